@@ -1,0 +1,1 @@
+"""deid: de-identification of FHIR resources under per-data-element rulesets."""

@@ -1,0 +1,106 @@
+"""Key material: one master secret from a key file or environment, purpose keys via HKDF.
+
+The master secret never lives in the repository. It is read from ``HUB_MASTER_KEY``
+(hex or base64) or from a key file (``HUB_KEY_FILE``, or a path given by the caller).
+Each use gets its own key derived with HKDF-SHA256, so a key for one purpose reveals
+nothing about another.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+ENV_KEY = "HUB_MASTER_KEY"
+ENV_KEY_FILE = "HUB_KEY_FILE"
+
+#: Purposes for which keys are derived. Adding one is a reviewed change.
+PURPOSES = (
+    "patient-linkage",  # resident ID number -> cross-institution patient pseudonym
+    "identifier",  # MRNs and other identifiers -> per-institution pseudonyms
+    "resource-id",  # (institution, namespace, source key) -> resource id
+    "source-key",  # lineage column: keyed hash of the source row key
+    "quarantine",  # AES-GCM key for quarantined source rows
+)
+
+
+class MasterKeyError(Exception):
+    """Raised when no usable master key is configured."""
+
+
+def _decode(text: str) -> bytes:
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except binascii.Error as exc:
+            raise MasterKeyError("master key is neither hex nor base64") from exc
+    if len(raw) < 32:
+        raise MasterKeyError("master key must be at least 32 bytes (64 hex characters)")
+    return raw
+
+
+def create_key_file(path: Path) -> Path:
+    """Write a fresh random 32-byte master key (hex) readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """Purpose keys derived from one master secret."""
+
+    master: bytes = field(repr=False)
+
+    @classmethod
+    def load(cls, key_file: Path | None = None) -> Keyring:
+        """Read the master key from HUB_MASTER_KEY, HUB_KEY_FILE, or key_file, in that order."""
+        if os.environ.get(ENV_KEY):
+            return cls(_decode(os.environ[ENV_KEY]))
+        path = Path(os.environ[ENV_KEY_FILE]) if os.environ.get(ENV_KEY_FILE) else key_file
+        if path is None or not path.exists():
+            raise MasterKeyError(
+                f"no master key: set {ENV_KEY}, or {ENV_KEY_FILE} to a key file"
+                + (f", or create {path}" if path else "")
+            )
+        return cls(_decode(path.read_text()))
+
+    def key(self, purpose: str) -> bytes:
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown key purpose {purpose!r}; known: {', '.join(PURPOSES)}")
+        return _derive(self.master, purpose)
+
+    @property
+    def key_id(self) -> str:
+        """A short public fingerprint of the master key, recorded with every published row."""
+        return hashlib.sha256(_derive(self.master, "key-id")).hexdigest()[:12]
+
+    def hmac_hex(self, purpose: str, message: str, length: int = 32) -> str:
+        """Lower-case hex HMAC-SHA256 of message under the purpose key, truncated to length."""
+        return hmac.new(self.key(purpose), message.encode(), hashlib.sha256).hexdigest()[:length]
+
+
+_cache: dict[tuple[bytes, str], bytes] = {}
+
+
+def _derive(master: bytes, purpose: str) -> bytes:
+    k = (master, purpose)
+    if k not in _cache:
+        _cache[k] = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"hub/" + purpose.encode()
+        ).derive(master)
+    return _cache[k]

@@ -1,0 +1,1 @@
+"""A synthetic multi-institution region: HIS and LIS databases from two vendor schemas."""

@@ -1,0 +1,1 @@
+"""FHIR R4 helpers: deterministic ids, lossless JSON, validation."""

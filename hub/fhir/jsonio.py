@@ -1,0 +1,44 @@
+"""Lossless JSON for FHIR resources: decimals keep their written precision (1.50 stays 1.50)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+_MARK = "\u0001dec:"
+_MARK_RE = re.compile(r'"\\u0001dec:([-+0-9.eE]+)"')
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return _MARK + str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _mark(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _mark(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mark(v) for v in node]
+    if isinstance(node, Decimal):
+        return _MARK + str(node)
+    return node
+
+
+def dumps(resource: dict) -> str:
+    """Compact, key-sorted JSON with Decimals written exactly as their text."""
+    text = json.dumps(_mark(resource), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _MARK_RE.sub(r"\1", text)
+
+
+def loads(text: str) -> dict:
+    """Parse JSON, reading every non-integer number as a Decimal."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def content_hash(text: str) -> str:
+    """SHA-256 of a resource's canonical JSON text."""
+    return hashlib.sha256(text.encode()).hexdigest()

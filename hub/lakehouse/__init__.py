@@ -1,0 +1,1 @@
+"""The lakehouse: Iceberg tables (pyiceberg, SQL catalog) of de-identified FHIR resources."""

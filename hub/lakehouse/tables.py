@@ -1,0 +1,120 @@
+"""Table layout: one Iceberg table per zone and resource type, partitioned by institution.
+
+Each row holds the lossless resource JSON, typed key columns for the common queries, and
+lineage columns naming where the row came from and under which mapping, rules and key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import NestedField, StringType, TimestamptzType
+
+KEY_COLUMNS = ("id", "institution", "resource_type", "patient", "code", "effective_time")
+LINEAGE_COLUMNS = (
+    "source_system", "source_table", "source_key_hash", "run_id",
+    "mapping_version", "ruleset_version", "key_id", "published_at",
+)
+
+_FIELDS = [
+    ("id", StringType(), True, "resource id (keyed pseudonym of institution + source key)"),
+    ("institution", StringType(), True, "issuing institution id"),
+    ("resource_type", StringType(), True, "FHIR resource type"),
+    ("patient", StringType(), False, "patient pseudonym (cross-institution linkage key)"),
+    ("code", StringType(), False, "primary code as system|code (LOINC, ICD-10 ...)"),
+    ("effective_time", TimestamptzType(), False, "clinically relevant time of the resource"),
+    ("resource", StringType(), True, "de-identified FHIR R4 resource, JSON, decimals exact"),
+    ("content_hash", StringType(), True, "SHA-256 of the resource JSON"),
+    ("source_system", StringType(), True, "HIS or LIS"),
+    ("source_table", StringType(), True, "source table the row came from"),
+    ("source_key_hash", StringType(), True, "keyed hash of the source row key"),
+    ("run_id", StringType(), True, "run that published this version"),
+    ("mapping_version", StringType(), True, "mapping name@version+hash"),
+    ("ruleset_version", StringType(), True, "de-identification ruleset name@version+hash"),
+    ("key_id", StringType(), True, "fingerprint of the key the pseudonyms were made with"),
+    ("published_at", TimestamptzType(), True, "when this version was published"),
+]
+
+SCHEMA = Schema(*[
+    NestedField(i + 1, name, typ, required=req, doc=doc) for i, (name, typ, req, doc) in enumerate(_FIELDS)
+])
+PARTITION_SPEC = PartitionSpec(
+    PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="institution")
+)
+ARROW_SCHEMA = pa.schema([
+    pa.field(name, pa.timestamp("us", tz="UTC") if isinstance(typ, TimestamptzType) else pa.string(), nullable=not req)
+    for name, typ, req, _ in _FIELDS
+])
+TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "format-version": "2"}
+
+
+def open_catalog(catalog_url: str, warehouse: Path) -> Catalog:
+    """The SQL catalog (SQLite file by default, PostgreSQL in production)."""
+    warehouse.mkdir(parents=True, exist_ok=True)
+    return SqlCatalog("hub", uri=catalog_url, warehouse=warehouse.resolve().as_uri())
+
+
+def table_name(zone: str, resource_type: str) -> str:
+    return f"{zone}.{resource_type.lower()}"
+
+
+def ensure_table(catalog: Catalog, zone: str, resource_type: str) -> Table:
+    """Load the zone's table for a resource type, creating namespace and table if needed."""
+    try:
+        catalog.create_namespace(zone)
+    except NamespaceAlreadyExistsError:
+        pass
+    name = table_name(zone, resource_type)
+    try:
+        return catalog.load_table(name)
+    except NoSuchTableError:
+        return catalog.create_table(name, schema=SCHEMA, partition_spec=PARTITION_SPEC, properties=TABLE_PROPERTIES)
+
+
+_CODE_ELEMENT = {
+    "MedicationRequest": "medicationCodeableConcept",
+    "Specimen": "type",
+    "Organization": "type",
+}
+_TIME_PATHS = {
+    "Observation": (("effectiveDateTime",), ("issued",)),
+    "DiagnosticReport": (("effectiveDateTime",), ("issued",)),
+    "Encounter": (("period", "start"),),
+    "Condition": (("recordedDate",), ("onsetDateTime",)),
+    "MedicationRequest": (("authoredOn",),),
+    "ServiceRequest": (("authoredOn",),),
+    "Specimen": (("collection", "collectedDateTime"), ("receivedTime",)),
+}
+
+
+def primary_code(resource: dict) -> str | None:
+    """system|code of the resource's main code, preferring a standard system over a local one."""
+    concept = resource.get(_CODE_ELEMENT.get(resource["resourceType"], "code"))
+    if isinstance(concept, list):
+        concept = concept[0] if concept else None
+    codings = (concept or {}).get("coding") or []
+    if not codings:
+        return None
+    best = next((c for c in codings if not c.get("system", "").startswith("urn:hub:")), codings[0])
+    return f"{best.get('system', '')}|{best.get('code', '')}"
+
+
+def effective_time(resource: dict, tz: dt.tzinfo) -> dt.datetime | None:
+    """The resource's clinically relevant time; date-only values are midnight in tz."""
+    for path in _TIME_PATHS.get(resource["resourceType"], ()):
+        node = resource
+        for step in path:
+            node = node.get(step) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            parsed = dt.datetime.fromisoformat(node)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+    return None

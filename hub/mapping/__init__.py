@@ -1,0 +1,1 @@
+"""The declarative mapping language: source rows to FHIR R4 resources."""

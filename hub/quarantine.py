@@ -1,0 +1,104 @@
+"""Quarantine: source rows that could not be published, encrypted, with reasons in clear.
+
+The source row (identifiable) is sealed with AES-GCM under the ``quarantine`` purpose key
+and never written in clear. The reason names row key, element, problem and expectation
+and carries no identifier, so it can be read by anyone operating the hub. Nothing is
+lost: an authorised operator can open the row again and replay it after a fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from deid.keys import Keyring
+from hub.identifiers import redact_identifiers
+from hub.lineage.catalog import metadata
+
+quarantine = sa.Table(
+    "hub_quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), nullable=False, index=True),
+    sa.Column("institution", sa.String(64), nullable=False),
+    sa.Column("feed", sa.String(64), nullable=False),
+    sa.Column("mapping", sa.String(128), nullable=False),
+    sa.Column("source_table", sa.String(128), nullable=False),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("source_key_hash", sa.String(64), nullable=False),
+    sa.Column("cause", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("nonce", sa.LargeBinary, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class QuarantinedRow:
+    """One rejected row before storage: where it came from, why, and the row itself."""
+
+    feed: str
+    mapping: str
+    source_table: str
+    resource_type: str
+    source_key_hash: str
+    cause: str  # short grouping label: element + problem
+    reason: str  # full text, no identifiers
+    row: dict  # the source row; encrypted before storage
+
+
+def _json_default(obj):
+    if isinstance(obj, dt.date | dt.datetime):
+        return obj.isoformat()
+    return str(obj)
+
+
+def _aad(institution: str, source_key_hash: str) -> bytes:
+    return f"{institution}|{source_key_hash}".encode()
+
+
+def store(engine: sa.Engine, keys: Keyring, run_id: str, institution: str, rows: list[QuarantinedRow]) -> None:
+    """Encrypt and append rejected rows in one transaction."""
+    if not rows:
+        return
+    aes = AESGCM(keys.key("quarantine"))
+    now = dt.datetime.now(dt.UTC)
+    records = []
+    for r in rows:
+        nonce = os.urandom(12)
+        payload = aes.encrypt(nonce, json.dumps(r.row, default=_json_default, ensure_ascii=False).encode(), _aad(institution, r.source_key_hash))
+        records.append({
+            "run_id": run_id, "institution": institution, "feed": r.feed, "mapping": r.mapping,
+            "source_table": r.source_table, "resource_type": r.resource_type,
+            "source_key_hash": r.source_key_hash, "cause": redact_identifiers(r.cause)[:256],
+            "reason": redact_identifiers(r.reason), "key_id": keys.key_id, "nonce": nonce, "payload": payload,
+            "created_at": now,
+        })
+    with engine.begin() as conn:
+        conn.execute(quarantine.insert(), records)
+
+
+def list_rows(engine: sa.Engine, run_id: str | None = None, institution: str | None = None) -> list[dict]:
+    """Quarantine entries without their payloads (safe to print)."""
+    cols = [c for c in quarantine.c if c.name not in ("payload", "nonce")]
+    q = sa.select(*cols).order_by(quarantine.c.id)
+    if run_id:
+        q = q.where(quarantine.c.run_id == run_id)
+    if institution:
+        q = q.where(quarantine.c.institution == institution)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def open_row(engine: sa.Engine, keys: Keyring, entry_id: int) -> dict:
+    """Decrypt one quarantined source row (authorised operators only: needs the master key)."""
+    with engine.connect() as conn:
+        rec = conn.execute(sa.select(quarantine).where(quarantine.c.id == entry_id)).one()
+    plain = AESGCM(keys.key("quarantine")).decrypt(rec.nonce, rec.payload, _aad(rec.institution, rec.source_key_hash))
+    return json.loads(plain)

@@ -1,0 +1,117 @@
+"""The region configuration (``region.yaml`` in a workspace): institutions, feeds, storage.
+
+A workspace is a folder holding ``region.yaml``, the catalog database, the warehouse of
+Parquet files and (for the demo) the source databases and key file. Feed URLs may use
+``{workspace}`` and ``${ENV_VAR}`` (for passwords), so secrets stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hub.yamlio import ConfigError, LineDict, load_yaml
+
+DEFAULT_WORKSPACE = Path(".hub")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_ENV_RE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str
+    mapping: Path
+    url: str
+
+
+@dataclass(frozen=True)
+class Institution:
+    id: str
+    name: str
+    level: str
+    feeds: tuple[Feed, ...]
+
+
+@dataclass
+class Region:
+    name: str
+    workspace: Path
+    institutions: list[Institution]
+    catalog_url: str
+    warehouse: Path
+    zone: str = "recognition"
+    ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "recognition.yaml")
+
+    @property
+    def key_file(self) -> Path:
+        return self.workspace / "keys" / "master.key"
+
+    def institution(self, institution_id: str) -> Institution:
+        for inst in self.institutions:
+            if inst.id == institution_id:
+                return inst
+        raise KeyError(f"no institution {institution_id!r} in {self.workspace / 'region.yaml'}; known: {', '.join(i.id for i in self.institutions)}")
+
+
+def _expand(text: str, workspace: Path, file: str, line: int, fld: str) -> str:
+    text = text.replace("{workspace}", str(workspace.resolve()))
+
+    def env(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(file, line, fld, f"environment variable {m.group(1)} is not set", f"{m.group(1)} set in the environment")
+        return os.environ[m.group(1)]
+
+    return _ENV_RE.sub(env, text)
+
+
+def _mapping_path(name: str, region_file: Path, mappings_dir: Path) -> Path:
+    p = Path(name)
+    if p.suffix not in (".yaml", ".yml"):
+        p = p.with_suffix(".yaml")
+    for candidate in (p, region_file.parent / p, mappings_dir / p):
+        if candidate.is_absolute() and candidate.exists():
+            return candidate
+        if candidate.exists():
+            return candidate.resolve()
+    return (mappings_dir / p).resolve()
+
+
+def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
+    """Load ``<workspace>/region.yaml``; errors name file, line and field."""
+    workspace = Path(workspace)
+    path = workspace / "region.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `hub demo` to create a demo region, or write one (see README)")
+    doc = load_yaml(path)
+    f = str(path)
+    if not isinstance(doc, LineDict) or not isinstance(doc.get("institutions"), list):
+        raise ConfigError(f, 1, "institutions", "is missing", "a list of institutions")
+    mappings_dir = Path(_expand(str(doc.get("mappings_dir", REPO_ROOT / "mappings")), workspace, f, doc.line_of("mappings_dir"), "mappings_dir"))
+    institutions, seen = [], set()
+    for node in doc["institutions"]:
+        iid = node.get("id")
+        if not isinstance(iid, str) or not _ID_RE.match(iid):
+            raise ConfigError(f, node.line_of("id"), "institutions.id", f"{iid!r} is not an institution id", "lower-case letters, digits and -")
+        if iid in seen:
+            raise ConfigError(f, node.line_of("id"), "institutions.id", f"{iid!r} appears twice", "unique institution ids")
+        seen.add(iid)
+        feeds = []
+        for fnode in node.get("feeds") or []:
+            for req in ("name", "mapping", "url"):
+                if not fnode.get(req):
+                    raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.{req}", "is missing", f"the feed's {req}")
+            mapping = _mapping_path(fnode["mapping"], path, mappings_dir)
+            if not mapping.exists():
+                raise ConfigError(f, fnode.line_of("mapping"), f"institutions[{iid}].feeds[{fnode['name']}].mapping", f"{fnode['mapping']!r} not found", f"a mapping file in {mappings_dir}")
+            url = _expand(fnode["url"], workspace, f, fnode.line_of("url"), f"institutions[{iid}].feeds[{fnode['name']}].url")
+            feeds.append(Feed(fnode["name"], mapping, url))
+        institutions.append(Institution(iid, str(node.get("name", iid)), str(node.get("level", "")), tuple(feeds)))
+    catalog = _expand(str(doc.get("catalog", "sqlite:///{workspace}/catalog.db")), workspace, f, doc.line_of("catalog"), "catalog")
+    warehouse = Path(_expand(str(doc.get("warehouse", "{workspace}/warehouse")), workspace, f, doc.line_of("warehouse"), "warehouse"))
+    region = Region(name=str(doc.get("region", "region")), workspace=workspace, institutions=institutions, catalog_url=catalog, warehouse=warehouse)
+    if doc.get("ruleset"):
+        region.ruleset = Path(_expand(str(doc["ruleset"]), workspace, f, doc.line_of("ruleset"), "ruleset"))
+    return region

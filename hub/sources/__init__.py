@@ -1,0 +1,1 @@
+"""Sources: yield bounded batches of source records."""
