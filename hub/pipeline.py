@@ -27,7 +27,13 @@ from hub import quarantine
 from hub.fhir.ids import source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
 from hub.fhir.validate import validation_problems
-from hub.lakehouse.tables import effective_time, ensure_table, open_catalog, primary_code, table_name
+from hub.lakehouse.tables import (
+    effective_time,
+    ensure_table,
+    open_catalog,
+    primary_code,
+    table_name,
+)
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import catalog as runcat
 from hub.mapping.compile import CompiledBlock, RowProblem
@@ -61,6 +67,7 @@ class BlockCount:
     rows_read: int = 0
     published: int = 0
     quarantined: int = 0
+    failed_validation: int = 0
     written: int = 0
     unchanged: int = 0
 
@@ -83,10 +90,11 @@ class RunReport:
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for c in self.counts:
-            agg = out.setdefault(c.resource_type, {"read": 0, "published": 0, "quarantined": 0, "written": 0, "unchanged": 0})
+            agg = out.setdefault(c.resource_type, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
             agg["read"] += c.rows_read
             agg["published"] += c.published
             agg["quarantined"] += c.quarantined
+            agg["failed_validation"] += c.failed_validation
             agg["written"] += c.written
             agg["unchanged"] += c.unchanged
         return out
@@ -171,6 +179,7 @@ def run_institution(
                     if resource is not None:
                         for element, msg in validation_problems(resource):
                             problems.append(_validation_problem(mapping.path.name, block.line, element, msg))
+                        count.failed_validation += bool(problems)
                     published = None
                     if not problems:
                         clean = deid.apply(resource)

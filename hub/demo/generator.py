@@ -267,7 +267,7 @@ def _visit_number(inst: DemoInstitution, his: str, index: int) -> str:
 def _render_lis_a(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
     rows = _Rows()
     order_id = result_id = visit_index = 0
-    for p, mrn, visits in enrolled:
+    for _p, mrn, visits in enrolled:
         for v in visits:
             visit_index += 1
             for o in v.orders:
@@ -311,7 +311,7 @@ def _bad_lis_a(rows: _Rows, rng: random.Random, order_id: int, result_id: int) -
 def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
     rows = _Rows()
     order_id = result_id = visit_index = 0
-    for p, mrn, visits in enrolled:
+    for _p, mrn, visits in enrolled:
         for v in visits:
             visit_index += 1
             for o in v.orders:

@@ -1,0 +1,84 @@
+"""Assets: one per published table of the recognition zone, all produced by one institution run.
+
+A run for one institution partition pulls every feed of that institution and publishes
+every resource type at once, so the tables are one multi-asset. Each table has two checks:
+validation rate (mapped resources that FHIR R4 accepts) and quarantine rate.
+"""
+
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    MaterializeResult,
+    multi_asset,
+)
+
+from dagster_project.partitions import institutions
+from dagster_project.resources import HubResource
+from hub.fhir.validate import RESOURCE_MODULES
+from hub.pipeline import run_institution
+from hub.progress import reporter
+
+ZONE = "recognition"
+MIN_VALIDATION_RATE = 0.99
+MAX_QUARANTINE_RATE = 0.05
+SOURCES = [AssetSpec(key=AssetKey(["sources", system]), description=f"{system.upper()} databases of each institution (external)", group_name="sources") for system in ("his", "lis")]
+
+
+def table_key(resource_type: str) -> AssetKey:
+    return AssetKey([ZONE, resource_type.lower()])
+
+
+TABLE_SPECS = [
+    AssetSpec(
+        key=table_key(rt),
+        deps=[s.key for s in SOURCES],
+        group_name=ZONE,
+        description=f"Iceberg table {ZONE}.{rt.lower()}: de-identified FHIR R4 {rt} with lineage columns",
+        metadata={"table": f"{ZONE}.{rt.lower()}", "resource_type": rt},
+    )
+    for rt in RESOURCE_MODULES
+]
+CHECK_SPECS = [
+    spec
+    for rt in RESOURCE_MODULES
+    for spec in (
+        AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
+        AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
+    )
+]
+
+
+@multi_asset(specs=TABLE_SPECS, check_specs=CHECK_SPECS, partitions_def=institutions, can_subset=False)
+def recognition_tables(context: AssetExecutionContext, hub: HubResource) -> Iterator:
+    """Pull one institution's feeds and publish every resource type to the recognition zone."""
+    report = run_institution(hub.region(), context.partition_key, hub.keyring(), progress=reporter())
+    by_resource = report.by_resource()
+    for rt in RESOURCE_MODULES:
+        c = by_resource.get(rt, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
+        yield MaterializeResult(
+            asset_key=table_key(rt),
+            metadata={
+                "dagster/row_count": c["published"],
+                "rows_read": c["read"], "rows_quarantined": c["quarantined"],
+                "rows_written": c["written"], "rows_unchanged": c["unchanged"],
+                "run_id": report.run_id, "snapshot_id": str(report.snapshots.get(rt, "")),
+                "ruleset": report.ruleset, "key_id": report.key_id,
+            },
+        )
+        mapped = c["read"] - (c["quarantined"] - c["failed_validation"])
+        validation_rate = 1.0 if mapped == 0 else 1 - c["failed_validation"] / mapped
+        quarantine_rate = 0.0 if c["read"] == 0 else c["quarantined"] / c["read"]
+        yield AssetCheckResult(
+            asset_key=table_key(rt), check_name="validation_rate", passed=validation_rate >= MIN_VALIDATION_RATE,
+            severity=AssetCheckSeverity.WARN, metadata={"validation_rate": validation_rate, "failed_validation": c["failed_validation"]},
+        )
+        yield AssetCheckResult(
+            asset_key=table_key(rt), check_name="quarantine_rate", passed=quarantine_rate <= MAX_QUARANTINE_RATE,
+            severity=AssetCheckSeverity.WARN, metadata={"quarantine_rate": quarantine_rate, "quarantined": c["quarantined"]},
+        )

@@ -1,0 +1,18 @@
+"""All Dagster definitions of hub, composed from one module per concern.
+
+Run ``dagster dev -m dagster_project.definitions`` with HUB_WORKSPACE pointing at a
+workspace (default ``.hub``, as ``make demo`` creates) to see the asset graph.
+"""
+
+from dagster import Definitions
+
+from dagster_project.assets import SOURCES, recognition_tables
+from dagster_project.jobs import publish_recognition
+from dagster_project.partitions import workspace
+from dagster_project.resources import HubResource
+
+defs = Definitions(
+    assets=[*SOURCES, recognition_tables],
+    jobs=[publish_recognition],
+    resources={"hub": HubResource(workspace=str(workspace()))},
+)

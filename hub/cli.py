@@ -1,0 +1,207 @@
+"""The ``hub`` command: ``hub demo`` builds a demo region and publishes it; more nouns follow.
+
+Commands are ``hub <noun> <verb>`` where there is a noun; reports are Rich tables and long
+work shows progress bars with counts and rates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from hub.region import DEFAULT_WORKSPACE
+
+app = typer.Typer(
+    help="hub: pull HIS/LIS records, map them to FHIR R4, de-identify, and publish a lakehouse.\n\n"
+    "Start with `hub demo`, which builds a three-institution demo region in .hub/ and publishes it.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+WorkspaceOpt = typer.Option(DEFAULT_WORKSPACE, "--workspace", "-w", help="Workspace folder: region.yaml, catalog, warehouse, demo sources.")
+
+
+class _RichProgress:
+    """Adapts the pipeline's progress protocol to a Rich progress display."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.task = progress, None
+
+    def start(self, label: str, total: int) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[-1].total)
+        self.task = self.progress.add_task(label, total=total or 1)
+
+    def advance(self, n: int) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+
+def _ensure_key(region) -> None:
+    from deid.keys import ENV_KEY, ENV_KEY_FILE, create_key_file
+
+    if not os.environ.get(ENV_KEY) and not os.environ.get(ENV_KEY_FILE) and not region.key_file.exists():
+        create_key_file(region.key_file)
+        console.print(f"[yellow]Created a new master key at {region.key_file} (mode 600). Keep it out of version control; "
+                      f"in production set {ENV_KEY} or {ENV_KEY_FILE} instead.[/]")
+
+
+def publish(workspace: Path, institution_ids: list[str] | None = None) -> list:
+    """Materialize the recognition tables for each institution partition with Dagster, in-process."""
+    os.environ["HUB_WORKSPACE"] = str(workspace)
+    from dagster import DagsterInstance, materialize
+
+    from dagster_project.assets import SOURCES, recognition_tables
+    from dagster_project.resources import HubResource
+    from hub import progress as hub_progress
+    from hub.lineage import catalog as runcat
+    from hub.region import load_region
+
+    region = load_region(workspace)
+    _ensure_key(region)
+    ids = institution_ids or [i.id for i in region.institutions]
+    reports = []
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        hub_progress.set_reporter(_RichProgress(bar))
+        try:
+            for iid in ids:
+                result = materialize(
+                    [*SOURCES, recognition_tables], partition_key=iid, instance=instance,
+                    resources={"hub": HubResource(workspace=str(workspace))},
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                )
+                if not result.success:
+                    raise typer.Exit(1)
+        finally:
+            hub_progress.set_reporter(None)
+    engine = runcat.connect(region.catalog_url)
+    for iid in ids:
+        reports.append(_latest_report(engine, iid))
+    return reports
+
+
+def _latest_report(engine, institution: str) -> dict:
+    import json
+
+    import sqlalchemy as sa
+
+    from hub.lineage.catalog import runs
+
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(runs.c.report).where(runs.c.institution == institution, runs.c.status == "succeeded").order_by(runs.c.started_at.desc()).limit(1)
+        ).one()
+    return json.loads(row.report)
+
+
+def print_report(reports: list[dict], workspace: Path) -> None:
+    table = Table(title="Run report: rows read = published + quarantined")
+    table.add_column("institution", no_wrap=True)
+    table.add_column("resource", no_wrap=True)
+    for col in ("read", "published", "quarantined", "written", "unchanged"):
+        table.add_column(col, justify="right")
+    causes: dict[str, int] = {}
+    uncovered: dict[str, int] = {}
+    for rep in reports:
+        for i, (rt, c) in enumerate(rep["by_resource"].items()):
+            table.add_row(rep["institution"] if i == 0 else "", rt, str(c["read"]), str(c["published"]),
+                          f"[red]{c['quarantined']}[/]" if c["quarantined"] else "0", str(c["written"]), str(c["unchanged"]))
+        table.add_section()
+        for k, v in rep["quarantine_causes"].items():
+            causes[k] = causes.get(k, 0) + v
+        for k, v in rep["uncovered_elements_dropped"].items():
+            uncovered[k] = uncovered.get(k, 0) + v
+    console.print(table)
+    if causes:
+        ct = Table(title="Quarantine causes (each row's reason: `hub quarantine list`; rows stay encrypted)")
+        ct.add_column("rows", justify="right")
+        ct.add_column("cause")
+        for k, v in sorted(causes.items(), key=lambda kv: -kv[1]):
+            ct.add_row(str(v), k)
+        console.print(ct)
+    if uncovered:
+        console.print("Elements no de-identification rule covers (dropped, deny by default): "
+                      + ", ".join(f"{k} ×{v}" for k, v in sorted(uncovered.items())))
+    region_ws = workspace.resolve()
+    console.print(f"Lakehouse: Iceberg tables in namespace [bold]recognition[/], catalog {region_ws / 'catalog.db'}, "
+                  f"Parquet files under {region_ws / 'warehouse'}")
+
+
+@app.command()
+def demo(
+    workspace: Path = WorkspaceOpt,
+    patients: int = typer.Option(300, "--patients", "-n", min=1, help="Number of people in the demo population."),
+    seed: int = typer.Option(20261122, help="Random seed; the same seed gives the same region."),
+) -> None:
+    """Generate a demo region (3 institutions, HIS + LIS each, 2 vendor schemas) and publish it.
+
+    Writes SQLite source databases and region.yaml into the workspace, then runs the main
+    job (extract, map, validate, de-identify, publish) for each institution through Dagster.
+    Running it again regenerates the same sources and publishes nothing new.
+    """
+    from hub.demo.generator import generate_region
+
+    with console.status(f"Generating demo region with {patients} people in {workspace}/ ..."):
+        counts = generate_region(workspace, patients=patients, seed=seed)
+    total = sum(sum(t.values()) for t in counts.values())
+    console.print(f"Demo region: {len(counts)} source databases, {total} rows, in {workspace}/sources")
+    print_report(publish(workspace), workspace)
+
+
+@app.command("publish")
+def publish_cmd(
+    institutions: list[str] = typer.Argument(None, help="Institution ids (default: all in region.yaml)."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Run the main job for an existing workspace: pull each institution's feeds and publish."""
+    print_report(publish(workspace, institutions or None), workspace)
+
+
+quarantine_app = typer.Typer(help="Rows that could not be published: encrypted, with reasons in clear.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    workspace: Path = WorkspaceOpt,
+    institution: str = typer.Option(None, "--institution", "-i", help="Only this institution."),
+    run_id: str = typer.Option(None, "--run", help="Only this run id."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines for machines."),
+) -> None:
+    """List quarantined rows with their reasons (the rows themselves stay encrypted)."""
+    import json
+
+    from hub import quarantine
+    from hub.lineage import catalog as runcat
+    from hub.region import load_region
+
+    rows = quarantine.list_rows(runcat.connect(load_region(workspace).catalog_url), run_id, institution)
+    if as_json:
+        for r in rows:
+            console.print_json(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}, ensure_ascii=False))
+        return
+    table = Table(title=f"{len(rows)} quarantined rows")
+    for col in ("id", "institution", "table", "resource", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), r["institution"], r["source_table"], r["resource_type"], r["reason"])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

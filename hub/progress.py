@@ -1,0 +1,20 @@
+"""Where long work reports progress: a no-op by default, a Rich display when the CLI sets one.
+
+The pipeline can run inside Dagster (``hub demo`` materializes assets in-process), where a
+progress object cannot be passed through run config; the CLI registers it here instead.
+"""
+
+from __future__ import annotations
+
+from hub.pipeline import Progress, _NoProgress
+
+_current: Progress = _NoProgress()
+
+
+def set_reporter(progress: Progress | None) -> None:
+    global _current
+    _current = progress or _NoProgress()
+
+
+def reporter() -> Progress:
+    return _current
