@@ -203,5 +203,18 @@ def quarantine_list(
     console.print(table)
 
 
+def main() -> None:
+    """Entry point: user errors (configuration, keys, missing files) print one clear line, exit 2."""
+    from deid.keys import MasterKeyError
+    from hub.yamlio import ConfigError
+
+    try:
+        app()
+    except (ConfigError, MasterKeyError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        console.print(f"[red]error:[/] {message}", highlight=False)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

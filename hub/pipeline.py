@@ -26,7 +26,6 @@ from deid.ruleset import load_ruleset
 from hub import quarantine
 from hub.fhir.ids import source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
-from hub.fhir.validate import validation_problems
 from hub.lakehouse.tables import (
     effective_time,
     ensure_table,
@@ -37,9 +36,10 @@ from hub.lakehouse.tables import (
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import catalog as runcat
 from hub.mapping.compile import CompiledBlock, RowProblem
+from hub.mapping.run import mapped_batches
 from hub.mapping.spec import load_mapping
 from hub.region import Region
-from hub.sources.sql import SourceSchema, build_select, iter_batches
+from hub.sources.sql import SourceSchema
 
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
@@ -163,7 +163,6 @@ def run_institution(
     try:
         for feed, mapping, block, src_engine, schema in work:
             compiled = CompiledBlock(mapping, block, inst.id, keys)
-            select = build_select(schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key, str(mapping.path), block.line)
             count = BlockCount(feed.name, mapping.label, block.table, block.resource)
             report.counts.append(count)
             with src_engine.connect() as conn:
@@ -171,17 +170,14 @@ def run_institution(
             progress.start(f"{inst.id} {feed.name} {block.table} → {block.resource}", total)
             subject_el = next((e for e in block.elements if e.path == "subject"), None)
             w = writer(block.resource)
-            for batch in iter_batches(src_engine, select, batch_size):
+            for batch in mapped_batches(compiled, src_engine, schema, batch_size):
                 rejected: list[quarantine.QuarantinedRow] = []
-                for row in batch:
+                for mapped in batch:
+                    row, resource, problems = mapped.row, mapped.resource, mapped.problems
                     count.rows_read += 1
-                    resource, problems = compiled.map_row(row)
-                    if resource is not None:
-                        for element, msg in validation_problems(resource):
-                            problems.append(_validation_problem(mapping.path.name, block.line, element, msg))
-                        count.failed_validation += bool(problems)
+                    count.failed_validation += mapped.failed_validation
                     published = None
-                    if not problems:
+                    if resource is not None:
                         clean = deid.apply(resource)
                         if block.resource == "Patient":
                             pseudonym = patient_pseudonym(clean)
@@ -190,7 +186,7 @@ def run_institution(
                             pid = _patient_ref(clean)
                             pseudonym = patients.get(pid) if pid else None
                             if pid and pseudonym is None:
-                                problems.append(_missing_patient(mapping.path.name, block.resource, subject_el))
+                                problems = [_missing_patient(mapping.path.name, block.resource, subject_el)]
                         if not problems:
                             published = clean
                     key = compiled.source_key(row)
@@ -247,10 +243,6 @@ def _count_row(institution: str, c: BlockCount) -> dict:
         "resource_type": c.resource_type, "rows_read": c.rows_read, "published": c.published,
         "quarantined": c.quarantined, "written": c.written, "unchanged": c.unchanged,
     }
-
-
-def _validation_problem(file: str, line: int, element: str, msg: str) -> RowProblem:
-    return RowProblem(f"{file}:{line}", element, None, f"fails FHIR R4 validation ({msg})", "a value FHIR R4 accepts for this element", None)
 
 
 def _missing_patient(file: str, resource_type: str, subject_el) -> RowProblem:

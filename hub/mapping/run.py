@@ -1,0 +1,55 @@
+"""Running a compiled mapping block over a source: extract, map and validate, batch by batch.
+
+Used by the pipeline (which then de-identifies and publishes) and by anything that needs
+to see what a mapping makes of a source without publishing (golden tests, feed checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.fhir.validate import validation_problems
+from hub.mapping.compile import CompiledBlock, RowProblem
+from hub.sources.sql import SourceSchema, build_select, iter_batches
+
+
+@dataclass
+class MappedRow:
+    """One source row and what the mapping made of it: a valid resource, or problems."""
+
+    row: tuple[Any, ...]
+    resource: dict | None
+    problems: list[RowProblem]
+    failed_validation: bool = False
+
+
+def mapped_batches(
+    compiled: CompiledBlock, engine: sa.Engine, schema: SourceSchema, batch_size: int = 5000
+) -> Iterator[list[MappedRow]]:
+    """Map and validate every row of the block's source table, in batches of batch_size."""
+    block, mapping = compiled.block, compiled.mapping
+    select = build_select(
+        schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key,
+        str(mapping.path), block.line,
+    )
+    where = f"{mapping.path.name}:{block.line}"
+    for batch in iter_batches(engine, select, batch_size):
+        out = []
+        for row in batch:
+            resource, problems = compiled.map_row(row)
+            if resource is None:
+                out.append(MappedRow(row, None, problems))
+                continue
+            invalid = validation_problems(resource)
+            if invalid:
+                out.append(MappedRow(row, None, [
+                    RowProblem(where, element, None, f"fails FHIR R4 validation ({msg})", "a value FHIR R4 accepts for this element", None)
+                    for element, msg in invalid
+                ], failed_validation=True))
+                continue
+            out.append(MappedRow(row, resource, []))
+        yield out

@@ -1,0 +1,32 @@
+"""Shared fixtures: a fixed test key (stable ids and pseudonyms) and a published demo workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deid.keys import Keyring
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+TEST_MASTER_KEY = bytes(range(32))  # test-only; real keys come from HUB_MASTER_KEY or a key file
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keyring:
+    return Keyring(TEST_MASTER_KEY)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, keys):
+    """A small demo region, generated and published once per test session."""
+    from hub.demo.generator import generate_region
+    from hub.pipeline import run_institution
+    from hub.region import load_region
+
+    ws = tmp_path_factory.mktemp("demo")
+    counts = generate_region(ws, patients=40)
+    region = load_region(ws)
+    reports = {i.id: run_institution(region, i.id, keys) for i in region.institutions}
+    return region, counts, reports

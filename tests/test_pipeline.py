@@ -1,0 +1,117 @@
+"""The whole path on a small demo region: counts reconcile, re-runs are idempotent, nothing leaks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+
+from hub import quarantine
+from hub.demo.generator import build_region
+from hub.lakehouse.tables import open_catalog
+from hub.lineage import catalog as runcat
+from hub.pipeline import run_institution
+from tests.leakscan import hits, identifiers_of, parquet_text
+
+pytestmark = pytest.mark.slow
+TYPES = ["organization", "patient", "encounter", "condition", "medicationrequest", "servicerequest", "specimen", "diagnosticreport", "observation"]
+
+
+def _tables(region):
+    cat = open_catalog(region.catalog_url, region.warehouse)
+    return {t: cat.load_table(f"recognition.{t}").scan().to_arrow() for t in TYPES}
+
+
+def test_rows_in_equal_published_plus_quarantined_per_institution(demo):
+    region, _, reports = demo
+    tables = _tables(region)
+    engine = runcat.connect(region.catalog_url)
+    for inst, report in reports.items():
+        q = Counter(r["resource_type"] for r in quarantine.list_rows(engine, report.run_id))
+        for rtype, c in report.by_resource().items():
+            table = tables[rtype.lower()]
+            in_lake = pc.sum(pc.equal(table["institution"], inst)).as_py() or 0
+            assert c["read"] == in_lake + q[rtype], (inst, rtype)
+            assert c["quarantined"] == q[rtype]
+
+
+def test_every_demo_institution_has_each_kind_of_bad_row(demo):
+    _, _, reports = demo
+    for report in reports.values():
+        causes = " ".join(report.causes)
+        assert "is not a date-time" in causes
+        assert "has no mapping in lab_items" in causes
+        assert "refers to a patient this institution has not published" in causes
+
+
+def test_second_run_changes_no_row_count_and_no_id(demo, keys):
+    region, _, _ = demo
+    before = {t: sorted(tab["id"].to_pylist()) for t, tab in _tables(region).items()}
+    for inst in region.institutions:
+        report = run_institution(region, inst.id, keys)
+        assert all(c["written"] == 0 for c in report.by_resource().values())
+    after = {t: sorted(tab["id"].to_pylist()) for t, tab in _tables(region).items()}
+    assert after == before
+
+
+def test_the_same_person_is_linked_across_institutions(demo):
+    region, _, _ = demo
+    patients = _tables(region)["patient"]
+    institutions_per_person: dict[str, set[str]] = {}
+    for pseudonym, inst in zip(patients["patient"].to_pylist(), patients["institution"].to_pylist(), strict=True):
+        institutions_per_person.setdefault(pseudonym, set()).add(inst)
+    assert max(len(v) for v in institutions_per_person.values()) >= 2
+    results = _tables(region)["observation"]
+    assert pc.all(pc.is_valid(results["patient"])).as_py()
+
+
+def test_no_identifier_in_any_published_file_or_catalog(demo):
+    region, _, _ = demo
+    secrets = identifiers_of(build_region(40))
+    assert len(secrets) > 100
+    # positive control: the same scan finds them in a source database
+    source = next(region.workspace.glob("sources/*-his.db")).read_bytes().decode("utf-8", errors="ignore")
+    assert len(hits(source, secrets)) > 50
+    parquet = sorted(region.warehouse.rglob("*.parquet"))
+    assert parquet
+    for f in parquet:
+        assert hits(parquet_text(f), secrets) == [], f
+    # raw bytes of everything else hub wrote: Iceberg metadata and manifests (column bounds),
+    # the catalog database with run reports and quarantine (encrypted rows, reasons in clear)
+    written = [p for p in region.workspace.rglob("*") if p.is_file() and "sources" not in p.parts and p.suffix != ".parquet"]
+    assert any(p.name == "catalog.db" for p in written)
+    for f in written:
+        data = f.read_bytes().decode("utf-8", errors="ignore")
+        assert hits(data, secrets) == [], f
+
+
+def test_quarantined_rows_are_encrypted_and_openable_with_the_key(demo, keys):
+    region, _, reports = demo
+    engine = runcat.connect(region.catalog_url)
+    entries = quarantine.list_rows(engine, reports["city-first"].run_id)
+    assert entries and all("payload" not in e for e in entries)
+    with engine.connect() as conn:
+        payload = conn.execute(sa.select(quarantine.quarantine.c.payload).limit(1)).scalar_one()
+    assert b"lab_result" not in payload
+    row = quarantine.open_row(engine, keys, entries[-1]["id"])
+    assert any(k.endswith("result_time") or k.endswith("patient_mrn") or k.endswith("item_code") for k in row)
+
+
+def test_lineage_columns_name_the_run_mapping_rules_and_key(demo, keys):
+    region, _, reports = demo
+    obs = _tables(region)["observation"].to_pylist()[0]
+    assert obs["mapping_version"].startswith(("lis_vendor_a@", "lis_vendor_b@"))
+    assert obs["ruleset_version"].startswith("hub-default@")
+    assert obs["key_id"] == keys.key_id
+    assert obs["source_system"] == "LIS" and len(obs["source_key_hash"]) == 32
+    assert obs["code"].startswith("http://loinc.org|")
+    assert obs["effective_time"] is not None
+
+
+def test_run_counts_are_recorded_in_the_catalog(demo):
+    region, _, reports = demo
+    engine = runcat.connect(region.catalog_url)
+    rows = runcat.counts_for_run(engine, reports["xihu-second"].run_id)
+    assert rows and all(r["rows_read"] == r["published"] + r["quarantined"] for r in rows)
