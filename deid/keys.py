@@ -91,10 +91,16 @@ class Keyring:
 
     def hmac_hex(self, purpose: str, message: str, length: int = 32) -> str:
         """Lower-case hex HMAC-SHA256 of message under the purpose key, truncated to length."""
-        return hmac.new(self.key(purpose), message.encode(), hashlib.sha256).hexdigest()[:length]
+        base = _hmac_cache.get((self.master, purpose))
+        if base is None:
+            base = _hmac_cache[(self.master, purpose)] = hmac.new(self.key(purpose), digestmod=hashlib.sha256)
+        h = base.copy()
+        h.update(message.encode())
+        return h.hexdigest()[:length]
 
 
 _cache: dict[tuple[bytes, str], bytes] = {}
+_hmac_cache: dict[tuple[bytes, str], hmac.HMAC] = {}
 
 
 def _derive(master: bytes, purpose: str) -> bytes:

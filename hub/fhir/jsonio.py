@@ -18,19 +18,9 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _mark(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _mark(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_mark(v) for v in node]
-    if isinstance(node, Decimal):
-        return _MARK + str(node)
-    return node
-
-
 def dumps(resource: dict) -> str:
     """Compact, key-sorted JSON with Decimals written exactly as their text."""
-    text = json.dumps(_mark(resource), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    text = json.dumps(resource, default=_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return _MARK_RE.sub(r"\1", text)
 
 

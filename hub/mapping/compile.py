@@ -106,6 +106,10 @@ def _prune(node: Any) -> Any:
     return node
 
 
+def _coding(system: str, code: str, display: str | None) -> dict[str, str]:
+    return {"system": system, "code": code, "display": display} if display else {"system": system, "code": code}
+
+
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -233,14 +237,13 @@ class CompiledBlock:
             if lookup is not None:
                 hit = lookup(code)
                 if hit is not None and hasattr(hit, "code"):
-                    codings.append({"system": hit.system, "code": hit.code, "display": hit.display})
+                    codings.append(_coding(hit.system, hit.code, hit.display))
             if local_system:
-                display = cmap.source_display.get(code) if cmap else None
-                codings.append({"system": local_system, "code": code, "display": display})
-            out = {"coding": codings}
+                codings.append(_coding(local_system, code, cmap.source_display.get(code) if cmap else None))
+            out: dict[str, Any] = {"coding": codings} if codings else {}
             if text_get is not None and not _blank(text_get(row)):
                 out["text"] = str(text_get(row)).strip()
-            return out
+            return out or None
 
         return fn
 
@@ -315,7 +318,7 @@ class CompiledBlock:
                 return ("Quantity", q)
             hit = tmap.lookup(parsed) if tmap else None
             if hit is not None:
-                return ("CodeableConcept", {"coding": [{"system": hit.system, "code": hit.code, "display": hit.display}], "text": parsed})
+                return ("CodeableConcept", {"coding": [_coding(hit.system, hit.code, hit.display)], "text": parsed})
             return ("String", parsed)
 
         return fn
@@ -381,7 +384,10 @@ class CompiledBlock:
                 _set(resource, tokens, value)
         if problems:
             return None, problems
-        for anchor in self._data_anchors - filled:
-            _set(resource, _tokens(anchor), None)
-        return _prune(resource), []
+        empty = self._data_anchors - filled
+        if empty:
+            for anchor in empty:
+                _set(resource, _tokens(anchor), None)
+            resource = _prune(resource)
+        return resource, []
 
