@@ -11,9 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import sqlalchemy as sa
 from pyiceberg.exceptions import NoSuchTableError
@@ -38,24 +36,12 @@ from hub.lineage import catalog as runcat
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.mapping.run import mapped_batches
 from hub.mapping.spec import load_mapping
+from hub.progress import NoProgress, Progress
 from hub.region import Region
 from hub.sources.sql import SourceSchema
 
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
-
-
-class Progress(Protocol):
-    def start(self, label: str, total: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-
-
-class _NoProgress:
-    def start(self, label: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
 
 
 @dataclass
@@ -128,10 +114,9 @@ def run_institution(
     progress: Progress | None = None,
     batch_size: int = 5000,
     flush_rows: int = 50_000,
-    on_batch: Callable[[], None] | None = None,
 ) -> RunReport:
     """Pull every feed of one institution and publish it to the region's zone."""
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     inst = region.institution(institution_id)
     ruleset = load_ruleset(region.ruleset, region.zone)
     deid = Deidentifier(ruleset, keys)
@@ -172,6 +157,7 @@ def run_institution(
             w = writer(block.resource)
             for batch in mapped_batches(compiled, src_engine, schema, batch_size):
                 rejected: list[quarantine.QuarantinedRow] = []
+                now = dt.datetime.now(dt.UTC)
                 for mapped in batch:
                     row, resource, problems = mapped.row, mapped.resource, mapped.problems
                     count.rows_read += 1
@@ -213,13 +199,11 @@ def run_institution(
                         "source_system": mapping.system, "source_table": block.table,
                         "source_key_hash": skh, "run_id": run_id, "mapping_version": mapping.label,
                         "ruleset_version": ruleset.label, "key_id": keys.key_id,
-                        "published_at": dt.datetime.now(dt.UTC),
+                        "published_at": now,
                     })
                     count.published += 1
                 quarantine.store(engine, keys, run_id, inst.id, rejected)
                 progress.advance(len(batch))
-                if on_batch:
-                    on_batch()
             before_w, before_u = w.written, w.unchanged
             w.flush()
             count.written, count.unchanged = w.written - before_w, w.unchanged - before_u

@@ -6,14 +6,28 @@ progress object cannot be passed through run config; the CLI registers it here i
 
 from __future__ import annotations
 
-from hub.pipeline import Progress, _NoProgress
+from typing import Protocol
 
-_current: Progress = _NoProgress()
+
+class Progress(Protocol):
+    def start(self, label: str, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, label: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+_current: Progress = NoProgress()
 
 
 def set_reporter(progress: Progress | None) -> None:
     global _current
-    _current = progress or _NoProgress()
+    _current = progress or NoProgress()
 
 
 def reporter() -> Progress:
