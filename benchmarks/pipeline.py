@@ -6,7 +6,7 @@ people), then in the same run measures:
   baseline  every source table streamed with SQLAlchemy in the same batch size and written
             to Parquet with pyarrow, no mapping (the I/O floor);
   hub       extract -> map -> validate (fhir.resources) -> de-identify -> publish (Iceberg)
-            for every institution, one process.
+            for every institution, per-row work on one worker process per core.
 
 Prints rows/second for both and their ratio; the machines are noisy, so compare ratios.
 Usage: python benchmarks/pipeline.py [--patients 8000] [--workspace /tmp/hub-bench]
@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from deid.keys import Keyring
 from hub.demo.generator import generate_region
 from hub.pipeline import run_institution
+from hub.prepare import default_workers
 from hub.region import load_region
 
 BATCH = 5000
@@ -61,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=8000)
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     args = parser.parse_args()
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="hub-bench-"))
     if ws.exists():
@@ -87,13 +89,13 @@ def main() -> None:
     t = time.perf_counter()
     read = published = quarantined = 0
     for inst in region.institutions:
-        report = run_institution(region, inst.id, keys)
+        report = run_institution(region, inst.id, keys, workers=args.workers or default_workers())
         for c in report.by_resource().values():
             read += c["read"]
             published += c["published"]
             quarantined += c["quarantined"]
     hub_s = time.perf_counter() - t
-    print(f"hub       end to end:            {read} source rows -> {published} resources published, "
+    print(f"hub       end to end, {args.workers or default_workers()} worker(s): {read} source rows -> {published} resources published, "
           f"{quarantined} quarantined, in {hub_s:.1f}s = {published / hub_s:,.0f} resources/s ({read / hub_s:,.0f} rows/s)")
     print(f"ratio     hub / plain copy (rows/s): {(read / hub_s) / (copied / base_s):.3f}  "
           f"(hub reads some tables once per resource type: {read} block rows vs {copied} table rows)")

@@ -69,6 +69,7 @@ def recognition_tables(context: AssetExecutionContext, hub: HubResource) -> Iter
                 "rows_written": c["written"], "rows_unchanged": c["unchanged"],
                 "run_id": report.run_id, "snapshot_id": str(report.snapshots.get(rt, "")),
                 "ruleset": report.ruleset, "key_id": report.key_id,
+                "quarantine_causes": {k: v for k, v in report.causes.most_common() if k.startswith(f"{rt}.")},
             },
         )
         mapped = c["read"] - (c["quarantined"] - c["failed_validation"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -84,7 +85,7 @@ class Keyring:
             raise ValueError(f"unknown key purpose {purpose!r}; known: {', '.join(PURPOSES)}")
         return _derive(self.master, purpose)
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
         """A short public fingerprint of the master key, recorded with every published row."""
         return hashlib.sha256(_derive(self.master, "key-id")).hexdigest()[:12]

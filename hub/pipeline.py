@@ -18,28 +18,22 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import EqualTo
 
 import hub
-from deid.engine import Deidentifier, patient_pseudonym
 from deid.keys import Keyring
 from deid.ruleset import load_ruleset
 from hub import quarantine
-from hub.fhir.ids import source_key_hash
-from hub.fhir.jsonio import content_hash, dumps
-from hub.lakehouse.tables import (
-    effective_time,
-    ensure_table,
-    open_catalog,
-    primary_code,
-    table_name,
-)
+from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import catalog as runcat
-from hub.mapping.compile import CompiledBlock, RowProblem
-from hub.mapping.run import mapped_batches
+from hub.mapping.compile import RowProblem
+from hub.mapping.run import block_select
 from hub.mapping.spec import load_mapping
+from hub.prepare import PreparePool, Ready, Rejected, default_workers
 from hub.progress import NoProgress, Progress
 from hub.region import Region
-from hub.sources.sql import SourceSchema
+from hub.sources.sql import SourceSchema, iter_batches
 
+#: Below this many source rows a run stays in one process (a pool costs more than it saves).
+PARALLEL_FROM_ROWS = 50_000
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
 
@@ -101,11 +95,6 @@ def new_run_id(institution: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{institution}-{secrets.token_hex(3)}"
 
 
-def _patient_ref(resource: dict) -> str | None:
-    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
-    return ref[len("Patient/"):] if ref.startswith("Patient/") else None
-
-
 def run_institution(
     region: Region,
     institution_id: str,
@@ -114,12 +103,16 @@ def run_institution(
     progress: Progress | None = None,
     batch_size: int = 5000,
     flush_rows: int = 50_000,
+    workers: int | None = None,
 ) -> RunReport:
-    """Pull every feed of one institution and publish it to the region's zone."""
+    """Pull every feed of one institution and publish it to the region's zone.
+
+    workers: processes for the per-row work; None means one per core when the institution
+    has at least PARALLEL_FROM_ROWS source rows, else in-process.
+    """
     progress = progress or NoProgress()
     inst = region.institution(institution_id)
     ruleset = load_ruleset(region.ruleset, region.zone)
-    deid = Deidentifier(ruleset, keys)
     engine = runcat.connect(region.catalog_url)
     icat = open_catalog(region.catalog_url, region.warehouse)
     run_id = new_run_id(inst.id)
@@ -140,70 +133,64 @@ def run_institution(
         mapping = load_mapping(feed.mapping)
         src_engine = sa.create_engine(feed.url)
         schema = SourceSchema(src_engine)
-        for block in mapping.blocks:
-            work.append((feed, mapping, block, src_engine, schema))
-    work.sort(key=lambda w: RESOURCE_ORDER.index(w[2].resource) if w[2].resource in RESOURCE_ORDER else len(RESOURCE_ORDER))
-
-    status = "failed"
-    try:
-        for feed, mapping, block, src_engine, schema in work:
-            compiled = CompiledBlock(mapping, block, inst.id, keys)
-            count = BlockCount(feed.name, mapping.label, block.table, block.resource)
-            report.counts.append(count)
+        for index, block in enumerate(mapping.blocks):
             with src_engine.connect() as conn:
                 total = conn.execute(sa.select(sa.func.count()).select_from(schema.table(block.table))).scalar_one()
+            work.append((feed, mapping, index, block, src_engine, schema, total))
+    work.sort(key=lambda w: RESOURCE_ORDER.index(w[3].resource) if w[3].resource in RESOURCE_ORDER else len(RESOURCE_ORDER))
+    if workers is None:
+        workers = default_workers() if sum(w[-1] for w in work) >= PARALLEL_FROM_ROWS else 1
+
+    status = "failed"
+    pool = PreparePool(inst.id, keys, ruleset, workers)
+    try:
+        for feed, mapping, index, block, src_engine, schema, total in work:
+            compiled = pool.local.compiled(str(mapping.path), index)
+            count = BlockCount(feed.name, mapping.label, block.table, block.resource)
+            report.counts.append(count)
             progress.start(f"{inst.id} {feed.name} {block.table} → {block.resource}", total)
             subject_el = next((e for e in block.elements if e.path == "subject"), None)
             w = writer(block.resource)
-            for batch in mapped_batches(compiled, src_engine, schema, batch_size):
+            source = iter_batches(src_engine, block_select(compiled, schema), batch_size)
+            for batch in pool.map(str(mapping.path), index, source):
+                report.uncovered.update(batch.uncovered)
+                report.dropped_by_rule.update(batch.dropped_by_rule)
                 rejected: list[quarantine.QuarantinedRow] = []
                 now = dt.datetime.now(dt.UTC)
-                for mapped in batch:
-                    row, resource, problems = mapped.row, mapped.resource, mapped.problems
+                for row, item in zip(batch.rows, batch.items, strict=True):
                     count.rows_read += 1
-                    count.failed_validation += mapped.failed_validation
-                    published = None
-                    if resource is not None:
-                        clean = deid.apply(resource)
+                    if isinstance(item, Ready):
                         if block.resource == "Patient":
-                            pseudonym = patient_pseudonym(clean)
-                            patients[clean["id"]] = pseudonym
+                            patients[item.id] = item.pseudonym
+                            pseudonym = item.pseudonym
                         else:
-                            pid = _patient_ref(clean)
-                            pseudonym = patients.get(pid) if pid else None
-                            if pid and pseudonym is None:
-                                problems = [_missing_patient(mapping.path.name, block.resource, subject_el)]
-                        if not problems:
-                            published = clean
-                    key = compiled.source_key(row)
-                    skh = source_key_hash(keys, inst.id, mapping.system, block.table, key)
-                    if published is None:
-                        label = compiled.row_label(row)
+                            pseudonym = patients.get(item.patient_ref) if item.patient_ref else None
+                            if item.patient_ref and pseudonym is None:
+                                item = Rejected([_missing_patient(mapping.path.name, block.resource, subject_el)], False, compiled.row_label(row), item.source_key_hash)
+                    if isinstance(item, Rejected):
                         count.quarantined += 1
-                        for p in problems:
+                        count.failed_validation += item.failed_validation
+                        for p in item.problems:
                             report.causes[f"{p.element}: {p.problem}"] += 1
                         rejected.append(quarantine.QuarantinedRow(
                             feed=feed.name, mapping=mapping.label, source_table=block.table,
-                            resource_type=block.resource, source_key_hash=skh,
-                            cause=f"{problems[0].element}: {problems[0].problem}",
-                            reason=" | ".join(p.reason(label) for p in problems),
+                            resource_type=block.resource, source_key_hash=item.source_key_hash,
+                            cause=f"{item.problems[0].element}: {item.problems[0].problem}",
+                            reason=" | ".join(p.reason(item.label) for p in item.problems),
                             row=dict(zip(compiled.columns, row, strict=True)),
                         ))
                         continue
-                    text = dumps(published)
                     w.add({
-                        "id": published["id"], "institution": inst.id, "resource_type": block.resource,
-                        "patient": pseudonym, "code": primary_code(published),
-                        "effective_time": effective_time(published, mapping.timezone),
-                        "resource": text, "content_hash": content_hash(text),
+                        "id": item.id, "institution": inst.id, "resource_type": block.resource,
+                        "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
+                        "resource": item.text, "content_hash": item.hash,
                         "source_system": mapping.system, "source_table": block.table,
-                        "source_key_hash": skh, "run_id": run_id, "mapping_version": mapping.label,
-                        "ruleset_version": ruleset.label, "key_id": keys.key_id,
-                        "published_at": now,
+                        "source_key_hash": item.source_key_hash, "run_id": run_id, "mapping_version": mapping.label,
+                        "ruleset_version": ruleset.label, "key_id": keys.key_id, "published_at": now,
                     })
                     count.published += 1
                 quarantine.store(engine, keys, run_id, inst.id, rejected)
-                progress.advance(len(batch))
+                progress.advance(len(batch.rows))
             before_w, before_u = w.written, w.unchanged
             w.flush()
             count.written, count.unchanged = w.written - before_w, w.unchanged - before_u
@@ -213,10 +200,9 @@ def run_institution(
             w.flush()
             if w.snapshot_ids:
                 report.snapshots[rtype] = w.snapshot_ids[-1]
-        report.uncovered = deid.stats.uncovered
-        report.dropped_by_rule = deid.stats.dropped_by_rule
         status = "succeeded"
     finally:
+        pool.close()
         runcat.finish_run(engine, run_id, status, [_count_row(inst.id, c) for c in report.counts], report.as_dict())
     return report
 

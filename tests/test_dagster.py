@@ -46,6 +46,9 @@ def test_one_institution_partition_materializes(demo, monkeypatch, keys):
     obs = mats["recognition/observation"].step_materialization_data.materialization.metadata
     assert obs["dagster/row_count"].value > 0
     assert obs["rows_read"].value == obs["dagster/row_count"].value + obs["rows_quarantined"].value
+    causes = obs["quarantine_causes"].value
+    assert sum(causes.values()) >= obs["rows_quarantined"].value  # a row may have several problems
+    assert any("has no mapping in lab_items_vendor_a" in c for c in causes)
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert checks[("recognition/observation", "validation_rate")] is True
     assert checks[("recognition/observation", "quarantine_rate")] is True

@@ -115,3 +115,22 @@ def test_run_counts_are_recorded_in_the_catalog(demo):
     engine = runcat.connect(region.catalog_url)
     rows = runcat.counts_for_run(engine, reports["xihu-second"].run_id)
     assert rows and all(r["rows_read"] == r["published"] + r["quarantined"] for r in rows)
+
+
+def test_worker_processes_publish_exactly_what_one_process_publishes(demo, keys, tmp_path):
+    from hub.demo.generator import generate_region
+    from hub.region import load_region
+
+    region, _, reports = demo
+    generate_region(tmp_path, patients=40)  # same seed, same sources as the demo fixture
+    parallel = load_region(tmp_path)
+    for inst in parallel.institutions:
+        report = run_institution(parallel, inst.id, keys, workers=2)
+        assert {k: (v["published"], v["quarantined"]) for k, v in report.by_resource().items()} == {
+            k: (v["published"], v["quarantined"]) for k, v in reports[inst.id].by_resource().items()
+        }
+    one, two = _tables(region), _tables(parallel)
+    for t in TYPES:
+        assert sorted(zip(one[t]["id"].to_pylist(), one[t]["content_hash"].to_pylist(), strict=True)) == sorted(
+            zip(two[t]["id"].to_pylist(), two[t]["content_hash"].to_pylist(), strict=True)
+        ), t

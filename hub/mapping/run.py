@@ -27,29 +27,34 @@ class MappedRow:
     failed_validation: bool = False
 
 
+def block_select(compiled: CompiledBlock, schema: SourceSchema) -> sa.Select:
+    """The SELECT that feeds a compiled block: its columns, joins and key order."""
+    block = compiled.block
+    return build_select(
+        schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key,
+        str(compiled.mapping.path), block.line,
+    )
+
+
 def mapped_batches(
     compiled: CompiledBlock, engine: sa.Engine, schema: SourceSchema, batch_size: int = 5000
 ) -> Iterator[list[MappedRow]]:
     """Map and validate every row of the block's source table, in batches of batch_size."""
-    block, mapping = compiled.block, compiled.mapping
-    select = build_select(
-        schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key,
-        str(mapping.path), block.line,
-    )
-    where = f"{mapping.path.name}:{block.line}"
+    select = block_select(compiled, schema)
     for batch in iter_batches(engine, select, batch_size):
-        out = []
-        for row in batch:
-            resource, problems = compiled.map_row(row)
-            if resource is None:
-                out.append(MappedRow(row, None, problems))
-                continue
-            invalid = validation_problems(resource)
-            if invalid:
-                out.append(MappedRow(row, None, [
-                    RowProblem(where, element, None, f"fails FHIR R4 validation ({msg})", "a value FHIR R4 accepts for this element", None)
-                    for element, msg in invalid
-                ], failed_validation=True))
-                continue
-            out.append(MappedRow(row, resource, []))
-        yield out
+        yield [map_and_validate(compiled, row) for row in batch]
+
+
+def map_and_validate(compiled: CompiledBlock, row: tuple[Any, ...]) -> MappedRow:
+    """Map one source row and validate the result against FHIR R4."""
+    resource, problems = compiled.map_row(row)
+    if resource is None:
+        return MappedRow(row, None, problems)
+    invalid = validation_problems(resource)
+    if invalid:
+        where = f"{compiled.mapping.path.name}:{compiled.block.line}"
+        return MappedRow(row, None, [
+            RowProblem(where, element, None, f"fails FHIR R4 validation ({msg})", "a value FHIR R4 accepts for this element", None)
+            for element, msg in invalid
+        ], failed_validation=True)
+    return MappedRow(row, resource, [])

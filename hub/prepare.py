@@ -1,0 +1,166 @@
+"""The CPU-bound part of a run, per batch: map, validate, de-identify and serialise rows.
+
+A Preparer turns a batch of source rows into publishable rows or rejections. It holds no
+connection and no writer, so it runs the same in-process or in worker processes: large
+runs fan batches out to a small process pool (one worker per core) through a bounded
+window, so at most a few batches are in flight and memory stays bounded. The parent keeps
+everything stateful: the patient index, the quarantine and the table writers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing as mp
+import os
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deid.engine import Deidentifier, patient_pseudonym
+from deid.keys import Keyring
+from deid.ruleset import Ruleset
+from hub.fhir.ids import source_key_hash
+from hub.fhir.jsonio import content_hash, dumps
+from hub.lakehouse.tables import effective_time, primary_code
+from hub.mapping.compile import CompiledBlock, RowProblem
+from hub.mapping.run import map_and_validate
+from hub.mapping.spec import Mapping, load_mapping
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A de-identified resource ready to publish, with its key and lineage columns."""
+
+    id: str
+    text: str
+    hash: str
+    code: str | None
+    effective_time: dt.datetime | None
+    patient_ref: str | None  # the Patient id this resource refers to
+    pseudonym: str | None  # for a Patient: its own linkage pseudonym
+    source_key_hash: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row that could not become a valid resource, with every problem found."""
+
+    problems: list[RowProblem]
+    failed_validation: bool
+    label: str
+    source_key_hash: str
+
+
+@dataclass
+class PreparedBatch:
+    rows: list[tuple[Any, ...]]
+    items: list[Ready | Rejected]
+    uncovered: Counter = field(default_factory=Counter)
+    dropped_by_rule: Counter = field(default_factory=Counter)
+
+
+def _patient_ref(resource: dict) -> str | None:
+    ref = (resource.get("subject") or resource.get("patient") or {}).get("reference", "")
+    return ref[len("Patient/"):] if ref.startswith("Patient/") else None
+
+
+class Preparer:
+    """Prepares batches for one institution under one ruleset and key."""
+
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset):
+        self.institution, self.keys = institution, keys
+        self.deid = Deidentifier(ruleset, keys)
+        self._blocks: dict[tuple[str, int], CompiledBlock] = {}
+        self._mappings: dict[str, Mapping] = {}
+
+    def compiled(self, mapping_path: str, block_index: int) -> CompiledBlock:
+        key = (mapping_path, block_index)
+        if key not in self._blocks:
+            if mapping_path not in self._mappings:
+                self._mappings[mapping_path] = load_mapping(Path(mapping_path))
+            mapping = self._mappings[mapping_path]
+            self._blocks[key] = CompiledBlock(mapping, mapping.blocks[block_index], self.institution, self.keys)
+        return self._blocks[key]
+
+    def prepare(self, mapping_path: str, block_index: int, rows: list[tuple[Any, ...]]) -> PreparedBatch:
+        compiled = self.compiled(mapping_path, block_index)
+        mapping, block = compiled.mapping, compiled.block
+        stats = self.deid.stats
+        before_unc, before_drop = stats.uncovered.copy(), stats.dropped_by_rule.copy()
+        items: list[Ready | Rejected] = []
+        for row in rows:
+            skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
+            mapped = map_and_validate(compiled, row)
+            if mapped.resource is None:
+                items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
+                continue
+            clean = self.deid.apply(mapped.resource)
+            text = dumps(clean)
+            is_patient = block.resource == "Patient"
+            items.append(Ready(
+                id=clean["id"], text=text, hash=content_hash(text), code=primary_code(clean),
+                effective_time=effective_time(clean, mapping.timezone),
+                patient_ref=None if is_patient else _patient_ref(clean),
+                pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=skh,
+            ))
+        return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop)
+
+
+# ---- worker processes ------------------------------------------------------------------
+
+#: Rows per task sent to a worker: small enough that every block splits across the workers.
+TASK_ROWS = 1000
+_worker: Preparer | None = None
+
+
+def _init_worker(institution: str, master: bytes, ruleset: Ruleset) -> None:
+    global _worker
+    _worker = Preparer(institution, Keyring(master), ruleset)
+
+
+def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]]]) -> PreparedBatch:
+    assert _worker is not None
+    return _worker.prepare(*args)
+
+
+def default_workers() -> int:
+    """One worker per core the process may use (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class PreparePool:
+    """Runs a Preparer's batches in-process (workers <= 1) or in a process pool."""
+
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, workers: int):
+        self.local = Preparer(institution, keys, ruleset)
+        self.workers = workers
+        self._pool = None
+        if workers > 1:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset))
+
+    def map(self, mapping_path: str, block_index: int, batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[PreparedBatch]:
+        """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight."""
+        if self._pool is None:
+            for rows in batches:
+                yield self.local.prepare(mapping_path, block_index, rows)
+            return
+        window: deque = deque()
+        for rows in batches:
+            for i in range(0, len(rows), TASK_ROWS):
+                window.append(self._pool.apply_async(_prepare_in_worker, ((mapping_path, block_index, rows[i : i + TASK_ROWS]),)))
+                if len(window) >= 2 * self.workers:
+                    yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
