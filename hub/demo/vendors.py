@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 T, I = sa.Text, sa.Integer  # noqa: E741
+K = sa.String(64)  # text keys: bounded so every database can index them
 
 
 def his_a() -> sa.MetaData:
     md = sa.MetaData()
-    sa.Table("hospital", md, sa.Column("hosp_code", T, primary_key=True), sa.Column("hosp_name", T), sa.Column("hosp_level", T))
+    sa.Table("hospital", md, sa.Column("hosp_code", K, primary_key=True), sa.Column("hosp_name", T), sa.Column("hosp_level", T))
     sa.Table(
         "patient", md, sa.Column("patient_id", I, primary_key=True), sa.Column("mrn", T, nullable=False),
         sa.Column("name", T), sa.Column("sex", T), sa.Column("birth_date", T), sa.Column("id_card_no", T),
@@ -56,7 +57,7 @@ def lis_a() -> sa.MetaData:
 
 def his_b() -> sa.MetaData:
     md = sa.MetaData()
-    sa.Table("T_JG_YYXX", md, sa.Column("YYDM", T, primary_key=True), sa.Column("YYMC", T), sa.Column("YYDJ", T))
+    sa.Table("T_JG_YYXX", md, sa.Column("YYDM", K, primary_key=True), sa.Column("YYMC", T), sa.Column("YYDJ", T))
     sa.Table(
         "T_BR_JBXX", md, sa.Column("BRID", I, primary_key=True), sa.Column("BAH", T), sa.Column("XM", T),
         sa.Column("XB", T), sa.Column("CSRQ", T), sa.Column("SFZH", T), sa.Column("LXDH", T),
@@ -81,7 +82,7 @@ def his_b() -> sa.MetaData:
 def lis_b() -> sa.MetaData:
     md = sa.MetaData()
     sa.Table(
-        "LIS_SQD", md, sa.Column("SQDH", T, primary_key=True), sa.Column("TMH", T), sa.Column("BAH", T),
+        "LIS_SQD", md, sa.Column("SQDH", K, primary_key=True), sa.Column("TMH", T), sa.Column("BAH", T),
         sa.Column("JZH", T), sa.Column("ZHDM", T), sa.Column("ZHMC", T), sa.Column("SQSJ", T),
         sa.Column("BBLX", T), sa.Column("CJSJ", T), sa.Column("JSSJ", T), sa.Column("BGSJ", T), sa.Column("ZT", T),
     )

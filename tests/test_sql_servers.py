@@ -1,0 +1,68 @@
+"""The same mappings pull from real PostgreSQL and MariaDB servers (URLs from configuration)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from hub.demo.generator import build_region, write_database
+from hub.lakehouse.tables import open_catalog
+from hub.pipeline import run_institution
+from hub.region import load_region
+
+PG = "postgresql+psycopg://${HUB_TEST_PG_USER}@127.0.0.1:5432/test"
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
+
+
+def _reachable(url: str) -> None:
+    try:
+        with sa.create_engine(url).connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"database server not reachable at {url.split('@')[-1]}: start it (.ci/run does): {exc.orig}")
+
+
+@pytest.fixture()
+def servers(monkeypatch):
+    monkeypatch.setenv("HUB_TEST_PG_USER", "postgres")
+    pg = PG.replace("${HUB_TEST_PG_USER}", "postgres")
+    _reachable(pg)
+    _reachable(MARIADB)
+    return pg
+
+
+@pytest.mark.postgres
+@pytest.mark.mariadb
+@pytest.mark.slow
+def test_vendor_b_on_postgres_and_mariadb_matches_sqlite(servers, demo, keys, tmp_path):
+    sqlite_region, _, sqlite_reports = demo
+    rows = build_region(40)["xihu-second"]  # the demo fixture's data for this institution
+    write_database(servers, "his_vendor_b", rows["his_vendor_b"])
+    write_database(MARIADB, "lis_vendor_b", rows["lis_vendor_b"])
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump({
+        "region": "servers",
+        "institutions": [{
+            "id": "xihu-second", "name": "西湖区第二人民医院",
+            "feeds": [
+                {"name": "his", "mapping": "his_vendor_b", "url": PG},  # user from ${HUB_TEST_PG_USER}
+                {"name": "lis", "mapping": "lis_vendor_b", "url": MARIADB},
+            ],
+        }],
+    }, allow_unicode=True), encoding="utf-8")
+    region = load_region(tmp_path)
+    assert "postgres@" in region.institutions[0].feeds[0].url
+
+    report = run_institution(region, "xihu-second", keys)
+
+    def counts(rep):
+        return {k: (v["read"], v["published"], v["quarantined"]) for k, v in rep.by_resource().items()}
+
+    assert counts(report) == counts(sqlite_reports["xihu-second"])
+    for table in ("observation", "patient", "encounter"):
+        got = open_catalog(region.catalog_url, region.warehouse).load_table(f"recognition.{table}").scan().to_arrow()
+        want = open_catalog(sqlite_region.catalog_url, sqlite_region.warehouse).load_table(f"recognition.{table}").scan(
+            row_filter=f"institution == 'xihu-second'").to_arrow()
+        assert sorted(zip(got["id"].to_pylist(), got["content_hash"].to_pylist(), strict=True)) == sorted(
+            zip(want["id"].to_pylist(), want["content_hash"].to_pylist(), strict=True)
+        ), table
