@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -20,16 +21,16 @@ from pyiceberg.expressions import EqualTo
 import hub
 from deid.keys import Keyring
 from deid.ruleset import load_ruleset
-from hub import quarantine
+from hub import quarantine, watermarks
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import catalog as runcat
 from hub.mapping.compile import RowProblem
 from hub.mapping.run import block_select
-from hub.mapping.spec import load_mapping
+from hub.mapping.spec import Block, Mapping, load_mapping
 from hub.prepare import PreparePool, Ready, Rejected, default_workers
 from hub.progress import NoProgress, Progress
-from hub.region import Region
+from hub.region import Feed, Institution, Region
 from hub.sources.sql import SourceSchema, iter_batches
 
 #: Below this many source rows a run stays in one process (a pool costs more than it saves).
@@ -95,6 +96,141 @@ def new_run_id(institution: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{institution}-{secrets.token_hex(3)}"
 
 
+@dataclass
+class BlockWork:
+    """One mapping block of one feed, bound to its source."""
+
+    feed: Feed
+    mapping: Mapping
+    index: int
+    block: Block
+    engine: sa.Engine
+    schema: SourceSchema
+
+    @property
+    def block_id(self) -> str:
+        b = self.block
+        return f"{b.resource}:{b.table}:{b.namespace}"
+
+
+def feed_blocks(inst: Institution) -> list[BlockWork]:
+    """Every mapping block of every feed of an institution; patients and visits first."""
+    out = []
+    for feed in inst.feeds:
+        mapping = load_mapping(feed.mapping)
+        engine = sa.create_engine(feed.url)
+        schema = SourceSchema(engine)
+        out.extend(BlockWork(feed, mapping, i, b, engine, schema) for i, b in enumerate(mapping.blocks))
+    out.sort(key=lambda w: RESOURCE_ORDER.index(w.block.resource) if w.block.resource in RESOURCE_ORDER else len(RESOURCE_ORDER))
+    return out
+
+
+class InstitutionRun:
+    """State of one run for one institution: writers, patient index, counts, quarantine.
+
+    ``publish(work, batches)`` is the single place where prepared rows become published or
+    quarantined rows; the main job and quarantine replay both go through it.
+    """
+
+    def __init__(self, region: Region, institution_id: str, keys: Keyring, *, progress: Progress | None = None,
+                 flush_rows: int = 50_000, workers: int = 1):
+        self.region, self.keys = region, keys
+        self.inst = region.institution(institution_id)
+        self.progress = progress or NoProgress()
+        self.flush_rows = flush_rows
+        self.ruleset = load_ruleset(region.ruleset, region.zone)
+        self.engine = runcat.connect(region.catalog_url)
+        self.icat = open_catalog(region.catalog_url, region.warehouse)
+        self.run_id = new_run_id(self.inst.id)
+        self.report = RunReport(self.run_id, self.inst.id, keys.key_id, self.ruleset.label, warehouse=str(region.warehouse))
+        self.writers: dict[str, TableWriter] = {}
+        self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
+        self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers)
+        runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
+
+    def writer(self, resource_type: str) -> TableWriter:
+        if resource_type not in self.writers:
+            table = ensure_table(self.icat, self.region.zone, resource_type)
+            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id)
+        return self.writers[resource_type]
+
+    def publish(self, work: BlockWork, batches: Iterable[list[tuple]], on_commit: Callable[[object], None] | None = None) -> BlockCount:
+        """Prepare, then publish or quarantine every row of batches; commit every flush_rows rows.
+
+        on_commit(v) is called after each commit with the watermark value of the last
+        committed row (None when the block has no watermark).
+        """
+        block, mapping = work.block, work.mapping
+        compiled = self.pool.local.compiled(str(mapping.path), work.index)
+        count = BlockCount(work.feed.name, mapping.label, block.table, block.resource)
+        self.report.counts.append(count)
+        subject_el = next((e for e in block.elements if e.path == "subject"), None)
+        w = self.writer(block.resource)
+        before_w, before_u = w.written, w.unchanged
+        wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
+        last_wm = None
+        for batch in self.pool.map(str(mapping.path), work.index, batches):
+            self.report.uncovered.update(batch.uncovered)
+            self.report.dropped_by_rule.update(batch.dropped_by_rule)
+            rejected: list[quarantine.QuarantinedRow] = []
+            now = dt.datetime.now(dt.UTC)
+            for row, item in zip(batch.rows, batch.items, strict=True):
+                count.rows_read += 1
+                if isinstance(item, Ready):
+                    if block.resource == "Patient":
+                        self.patients[item.id] = item.pseudonym
+                        pseudonym = item.pseudonym
+                    else:
+                        pseudonym = self.patients.get(item.patient_ref) if item.patient_ref else None
+                        if item.patient_ref and pseudonym is None:
+                            item = Rejected([_missing_patient(mapping.path.name, block.resource, subject_el)], False, compiled.row_label(row), item.source_key_hash)
+                if isinstance(item, Rejected):
+                    count.quarantined += 1
+                    count.failed_validation += item.failed_validation
+                    for p in item.problems:
+                        self.report.causes[f"{p.element}: {p.problem}"] += 1
+                    rejected.append(quarantine.QuarantinedRow(
+                        feed=work.feed.name, mapping=mapping.label, source_table=block.table,
+                        resource_type=block.resource, source_key_hash=item.source_key_hash,
+                        cause=f"{item.problems[0].element}: {item.problems[0].problem}",
+                        reason=" | ".join(p.reason(item.label) for p in item.problems),
+                        row=dict(zip(compiled.columns, row, strict=True)),
+                    ))
+                    continue
+                w.add({
+                    "id": item.id, "institution": self.inst.id, "resource_type": block.resource,
+                    "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
+                    "resource": item.text, "content_hash": item.hash,
+                    "source_system": mapping.system, "source_table": block.table,
+                    "source_key_hash": item.source_key_hash, "run_id": self.run_id, "mapping_version": mapping.label,
+                    "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
+                })
+                count.published += 1
+            quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
+            if wm_index is not None and batch.rows:
+                last_wm = batch.rows[-1][wm_index]
+            self.progress.advance(len(batch.rows))
+            if w.pending >= self.flush_rows:
+                w.flush()
+                if on_commit:
+                    on_commit(last_wm)
+        w.flush()
+        if on_commit:
+            on_commit(last_wm)
+        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u
+        if count.rows_read != count.published + count.quarantined:
+            raise AssertionError(f"{block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
+        return count
+
+    def finish(self, status: str) -> RunReport:
+        self.pool.close()
+        for rtype, w in self.writers.items():
+            if w.snapshot_ids:
+                self.report.snapshots[rtype] = w.snapshot_ids[-1]
+        runcat.finish_run(self.engine, self.run_id, status, [_count_row(self.inst.id, c) for c in self.report.counts], self.report.as_dict())
+        return self.report
+
+
 def run_institution(
     region: Region,
     institution_id: str,
@@ -104,106 +240,41 @@ def run_institution(
     batch_size: int = 5000,
     flush_rows: int = 50_000,
     workers: int | None = None,
+    full: bool = False,
 ) -> RunReport:
     """Pull every feed of one institution and publish it to the region's zone.
 
-    workers: processes for the per-row work; None means one per core when the institution
-    has at least PARALLEL_FROM_ROWS source rows, else in-process.
+    Blocks with a watermark pull only rows past it unless full is true. workers: processes
+    for the per-row work; None means one per core when there are at least
+    PARALLEL_FROM_ROWS rows to read, else in-process.
     """
-    progress = progress or NoProgress()
+    catalog_engine = runcat.connect(region.catalog_url)
     inst = region.institution(institution_id)
-    ruleset = load_ruleset(region.ruleset, region.zone)
-    engine = runcat.connect(region.catalog_url)
-    icat = open_catalog(region.catalog_url, region.warehouse)
-    run_id = new_run_id(inst.id)
-    report = RunReport(run_id, inst.id, keys.key_id, ruleset.label, warehouse=str(region.warehouse))
-    runcat.start_run(engine, run_id, inst.id, keys.key_id, ruleset.label, hub.__version__)
-
-    writers: dict[str, TableWriter] = {}
-
-    def writer(resource_type: str) -> TableWriter:
-        if resource_type not in writers:
-            table = ensure_table(icat, region.zone, resource_type)
-            writers[resource_type] = TableWriter(table, inst.id, run_id, flush_rows)
-        return writers[resource_type]
-
-    patients = _load_patient_index(icat, region.zone, inst.id)
-    work = []
-    for feed in inst.feeds:
-        mapping = load_mapping(feed.mapping)
-        src_engine = sa.create_engine(feed.url)
-        schema = SourceSchema(src_engine)
-        for index, block in enumerate(mapping.blocks):
-            with src_engine.connect() as conn:
-                total = conn.execute(sa.select(sa.func.count()).select_from(schema.table(block.table))).scalar_one()
-            work.append((feed, mapping, index, block, src_engine, schema, total))
-    work.sort(key=lambda w: RESOURCE_ORDER.index(w[3].resource) if w[3].resource in RESOURCE_ORDER else len(RESOURCE_ORDER))
+    plans = []
+    for work in feed_blocks(inst):
+        since = None if full else watermarks.get(catalog_engine, inst.id, work.feed.name, work.block_id)
+        with work.engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(work.schema.table(work.block.table))).scalar_one()
+        plans.append((work, since, total))
     if workers is None:
-        workers = default_workers() if sum(w[-1] for w in work) >= PARALLEL_FROM_ROWS else 1
-
+        workers = default_workers() if sum(p[2] for p in plans) >= PARALLEL_FROM_ROWS else 1
+    run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers)
     status = "failed"
-    pool = PreparePool(inst.id, keys, ruleset, workers)
     try:
-        for feed, mapping, index, block, src_engine, schema, total in work:
-            compiled = pool.local.compiled(str(mapping.path), index)
-            count = BlockCount(feed.name, mapping.label, block.table, block.resource)
-            report.counts.append(count)
-            progress.start(f"{inst.id} {feed.name} {block.table} → {block.resource}", total)
-            subject_el = next((e for e in block.elements if e.path == "subject"), None)
-            w = writer(block.resource)
-            source = iter_batches(src_engine, block_select(compiled, schema), batch_size)
-            for batch in pool.map(str(mapping.path), index, source):
-                report.uncovered.update(batch.uncovered)
-                report.dropped_by_rule.update(batch.dropped_by_rule)
-                rejected: list[quarantine.QuarantinedRow] = []
-                now = dt.datetime.now(dt.UTC)
-                for row, item in zip(batch.rows, batch.items, strict=True):
-                    count.rows_read += 1
-                    if isinstance(item, Ready):
-                        if block.resource == "Patient":
-                            patients[item.id] = item.pseudonym
-                            pseudonym = item.pseudonym
-                        else:
-                            pseudonym = patients.get(item.patient_ref) if item.patient_ref else None
-                            if item.patient_ref and pseudonym is None:
-                                item = Rejected([_missing_patient(mapping.path.name, block.resource, subject_el)], False, compiled.row_label(row), item.source_key_hash)
-                    if isinstance(item, Rejected):
-                        count.quarantined += 1
-                        count.failed_validation += item.failed_validation
-                        for p in item.problems:
-                            report.causes[f"{p.element}: {p.problem}"] += 1
-                        rejected.append(quarantine.QuarantinedRow(
-                            feed=feed.name, mapping=mapping.label, source_table=block.table,
-                            resource_type=block.resource, source_key_hash=item.source_key_hash,
-                            cause=f"{item.problems[0].element}: {item.problems[0].problem}",
-                            reason=" | ".join(p.reason(item.label) for p in item.problems),
-                            row=dict(zip(compiled.columns, row, strict=True)),
-                        ))
-                        continue
-                    w.add({
-                        "id": item.id, "institution": inst.id, "resource_type": block.resource,
-                        "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
-                        "resource": item.text, "content_hash": item.hash,
-                        "source_system": mapping.system, "source_table": block.table,
-                        "source_key_hash": item.source_key_hash, "run_id": run_id, "mapping_version": mapping.label,
-                        "ruleset_version": ruleset.label, "key_id": keys.key_id, "published_at": now,
-                    })
-                    count.published += 1
-                quarantine.store(engine, keys, run_id, inst.id, rejected)
-                progress.advance(len(batch.rows))
-            before_w, before_u = w.written, w.unchanged
-            w.flush()
-            count.written, count.unchanged = w.written - before_w, w.unchanged - before_u
-            if count.rows_read != count.published + count.quarantined:
-                raise AssertionError(f"{block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
-        for rtype, w in writers.items():
-            w.flush()
-            if w.snapshot_ids:
-                report.snapshots[rtype] = w.snapshot_ids[-1]
+        for work, since, total in plans:
+            run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
+            compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
+            select = block_select(compiled, work.schema, since, incremental=True)
+            wm = work.block.watermark
+
+            def commit(value: object, work: BlockWork = work, wm=wm) -> None:
+                if wm is not None and value is not None:
+                    watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, wm.kind, value, run.run_id)
+
+            run.publish(work, iter_batches(work.engine, select, batch_size), on_commit=commit)
         status = "succeeded"
     finally:
-        pool.close()
-        runcat.finish_run(engine, run_id, status, [_count_row(inst.id, c) for c in report.counts], report.as_dict())
+        report = run.finish(status)
     return report
 
 

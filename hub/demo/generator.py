@@ -278,13 +278,14 @@ def _render_lis_a(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
                     "visit_no": _visit_number(inst, inst.his, visit_index), "panel_code": o.panel.code_a, "panel_name": o.panel.name,
                     "order_time": o.order_time.strftime(A_TS), "specimen_type": spec[0], "collect_time": o.collect.strftime(A_TS),
                     "receive_time": o.receive.strftime(A_TS), "report_time": o.report.strftime(A_TS), "status": _STATUS_A[o.status],
+                    "updated_at": o.report.strftime(A_TS),
                 })
                 for item, value, flag in o.results:
                     result_id += 1
                     rows.add("lab_result", {
                         "result_id": result_id, "order_id": order_id, "item_code": item.code_a, "item_name": item.name,
                         "result_value": value, "unit": item.unit_a, "ref_range": item.ref, "abnormal_flag": flag or "N",
-                        "result_time": o.report.strftime(A_TS), "status": _STATUS_A[o.status],
+                        "result_time": o.report.strftime(A_TS), "status": _STATUS_A[o.status], "updated_at": o.report.strftime(A_TS),
                     })
     _bad_lis_a(rows, rng, order_id, result_id)
     return rows
@@ -301,10 +302,12 @@ def _bad_lis_a(rows: _Rows, rng: random.Random, order_id: int, result_id: int) -
         "order_id": order_id, "barcode": f"{order_id:012d}", "patient_mrn": "M99999999", "visit_no": None,
         "panel_code": "P-GLU", "panel_name": "空腹血糖测定", "order_time": "2024-05-06 08:00:00", "specimen_type": "serum",
         "collect_time": "2024-05-06 08:10:00", "receive_time": "2024-05-06 08:30:00", "report_time": "2024-05-06 10:00:00", "status": "F",
+        "updated_at": "2024-05-06 10:00:00",
     })
     rows.add("lab_result", {
         "result_id": result_id + 1, "order_id": order_id, "item_code": "GLU", "item_name": "空腹血糖", "result_value": "5.60",
         "unit": "mmol/L", "ref_range": "3.9-6.1", "abnormal_flag": "N", "result_time": "2024-05-06 10:00:00", "status": "F",
+        "updated_at": "2024-05-06 10:00:00",
     })
 
 
@@ -328,7 +331,7 @@ def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
                     rows.add("LIS_JG", {
                         "JGID": result_id, "SQDH": sqdh, "XMDM": item.code_b, "XMMC": item.name, "JG": value,
                         "DW": item.unit_b, "CKFW": item.ref.replace("-", "~"), "YCBZ": _FLAG_B[flag],
-                        "JYSJ": o.report.strftime(B_TS), "ZT": _STATUS_B[o.status],
+                        "JYSJ": o.report.strftime(B_TS), "ZT": _STATUS_B[o.status], "XGSJ": o.report.strftime(B_TS),
                     })
     results = rows.get("LIS_JG", [])
     if len(results) >= 3:
@@ -342,7 +345,7 @@ def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
     })
     rows.add("LIS_JG", {
         "JGID": result_id + 1, "SQDH": sqdh, "XMDM": "2002", "XMMC": "空腹血糖", "JG": "5.60", "DW": "mmol/l",
-        "CKFW": "3.9~6.1", "YCBZ": "", "JYSJ": "20240506100000", "ZT": "2",
+        "CKFW": "3.9~6.1", "YCBZ": "", "JYSJ": "20240506100000", "ZT": "2", "XGSJ": "20240506100000",
     })
     return rows
 

@@ -45,12 +45,13 @@ def lis_a() -> sa.MetaData:
         "lab_order", md, sa.Column("order_id", I, primary_key=True), sa.Column("barcode", T),
         sa.Column("patient_mrn", T), sa.Column("visit_no", T), sa.Column("panel_code", T), sa.Column("panel_name", T),
         sa.Column("order_time", T), sa.Column("specimen_type", T), sa.Column("collect_time", T),
-        sa.Column("receive_time", T), sa.Column("report_time", T), sa.Column("status", T),
+        sa.Column("receive_time", T), sa.Column("report_time", T), sa.Column("status", T), sa.Column("updated_at", T),
     )
     sa.Table(
         "lab_result", md, sa.Column("result_id", I, primary_key=True), sa.Column("order_id", I),
         sa.Column("item_code", T), sa.Column("item_name", T), sa.Column("result_value", T), sa.Column("unit", T),
         sa.Column("ref_range", T), sa.Column("abnormal_flag", T), sa.Column("result_time", T), sa.Column("status", T),
+        sa.Column("updated_at", T),
     )
     return md
 
@@ -89,7 +90,7 @@ def lis_b() -> sa.MetaData:
     sa.Table(
         "LIS_JG", md, sa.Column("JGID", I, primary_key=True), sa.Column("SQDH", T), sa.Column("XMDM", T),
         sa.Column("XMMC", T), sa.Column("JG", T), sa.Column("DW", T), sa.Column("CKFW", T), sa.Column("YCBZ", T),
-        sa.Column("JYSJ", T), sa.Column("ZT", T),
+        sa.Column("JYSJ", T), sa.Column("ZT", T), sa.Column("XGSJ", T),
     )
     return md
 

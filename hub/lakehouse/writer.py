@@ -16,10 +16,10 @@ from hub.lakehouse.tables import ARROW_SCHEMA
 
 
 class TableWriter:
-    """Buffers rows for one table and institution and upserts them in bounded commits."""
+    """Buffers rows for one table and institution; each flush() is one atomic upsert commit."""
 
-    def __init__(self, table: Table, institution: str, run_id: str, flush_rows: int = 50_000):
-        self.table, self.institution, self.run_id, self.flush_rows = table, institution, run_id, flush_rows
+    def __init__(self, table: Table, institution: str, run_id: str):
+        self.table, self.institution, self.run_id = table, institution, run_id
         self._buffer: dict[str, dict] = {}
         self._existing: dict[str, str] | None = None
         self.written = 0
@@ -36,8 +36,11 @@ class TableWriter:
 
     def add(self, row: dict) -> None:
         self._buffer[row["id"]] = row
-        if len(self._buffer) >= self.flush_rows:
-            self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Rows added since the last flush (the caller decides when to commit)."""
+        return len(self._buffer)
 
     def flush(self) -> None:
         if not self._buffer:

@@ -126,6 +126,7 @@ class CompiledBlock:
         for col in block.id_key:
             if col != INSTITUTION:
                 self._col(col)
+        self.watermark = self._col(block.watermark.column) if block.watermark else None
         self._id_getters = [self._key_getter(c) for c in block.id_key]
         self._key_getters = [self._col(c) for c in block.key]
         self._elements = [(el, _tokens(el.path), self._compile(el), _anchor(el)) for el in block.elements]

@@ -27,12 +27,17 @@ class MappedRow:
     failed_validation: bool = False
 
 
-def block_select(compiled: CompiledBlock, schema: SourceSchema) -> sa.Select:
-    """The SELECT that feeds a compiled block: its columns, joins and key order."""
+def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = None, incremental: bool = False) -> sa.Select:
+    """The SELECT that feeds a compiled block: its columns, joins and key order.
+
+    With incremental and a watermark on the block, only rows past ``since`` (all rows when
+    since is None), in watermark order.
+    """
     block = compiled.block
+    wm = (block.watermark.column, block.watermark.kind, since) if incremental and block.watermark else None
     return build_select(
         schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key,
-        str(compiled.mapping.path), block.line,
+        str(compiled.mapping.path), block.line, since=wm,
     )
 
 

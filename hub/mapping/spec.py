@@ -47,6 +47,14 @@ class Element:
 
 
 @dataclass(frozen=True)
+class Watermark:
+    """How to pull a table incrementally: rows whose column passed the last published value."""
+
+    column: str
+    kind: str  # timestamp: an update time, re-read from the last value (>=); key: a growing key (>)
+
+
+@dataclass(frozen=True)
 class Block:
     resource: str
     table: str
@@ -57,6 +65,7 @@ class Block:
     id_key: tuple[str, ...]
     elements: tuple[Element, ...]
     line: int
+    watermark: Watermark | None = None
 
 
 @dataclass
@@ -163,6 +172,14 @@ def _parse_block(path: Path, node: LineDict, terminology: dict[str, ConceptMap])
     id_spec = node.get("id") or {}
     namespace = id_spec.get("namespace", resource.lower())
     id_key = tuple(id_spec.get("key", key))
+    watermark = None
+    if node.get("watermark") is not None:
+        wm = node["watermark"]
+        if not isinstance(wm, dict) or not isinstance(wm.get("column"), str) or "." in wm["column"]:
+            raise _err(path, node, "watermark", f"{resource}.watermark", "is not a watermark", "{column: <column of the block's table>, kind: timestamp|key}")
+        if wm.get("kind", "timestamp") not in ("timestamp", "key"):
+            raise _err(path, wm, "kind", f"{resource}.watermark.kind", f"unknown kind {wm['kind']!r}", "timestamp (an update time) or key (a growing key)")
+        watermark = Watermark(wm["column"], wm.get("kind", "timestamp"))
     elements_node = _need(path, node, "elements", f"{resource}.elements", dict, "element lines")
     elements = [_parse_element(path, node, elements_node, t, resource) for t in elements_node]
     for el in elements:
@@ -173,7 +190,7 @@ def _parse_block(path: Path, node: LineDict, terminology: dict[str, ConceptMap])
     return Block(
         resource=resource, table=table, key=tuple(key),
         key_is_identifier=bool(node.get("key_is_identifier", False)), joins=tuple(joins),
-        namespace=namespace, id_key=id_key, elements=tuple(elements), line=node.line,
+        namespace=namespace, id_key=id_key, elements=tuple(elements), line=node.line, watermark=watermark,
     )
 
 

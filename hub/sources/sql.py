@@ -7,6 +7,7 @@ row whose lookup is missing still arrives (and is quarantined with a reason, not
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 
 import sqlalchemy as sa
@@ -35,8 +36,13 @@ def build_select(
     key: Sequence[str],
     where_file: str = "",
     where_line: int = 0,
+    since: tuple[str, str, object] | None = None,
 ) -> sa.Select:
-    """SELECT the qualified columns (``table.column``) from table LEFT JOIN each join table."""
+    """SELECT the qualified columns (``table.column``) from table LEFT JOIN each join table.
+
+    since: (column, kind, last value) pulls only rows past a watermark, in watermark order:
+    ``>=`` for an update timestamp (the last instant may hold more rows), ``>`` for a key.
+    """
 
     def resolve(qualified: str) -> sa.Column:
         tname, cname = qualified.split(".", 1)
@@ -56,7 +62,30 @@ def build_select(
         from_clause = from_clause.outerjoin(jt, cond)
     cols = [resolve(c).label(c) for c in columns]
     order = [resolve(k if "." in k else f"{table}.{k}") for k in key]
-    return sa.select(*cols).select_from(from_clause).order_by(*order)
+    select = sa.select(*cols).select_from(from_clause)
+    if since is not None:
+        column, kind, last = since
+        wm = resolve(f"{table}.{column}")
+        order = [wm, *order]
+        if last is not None:
+            last = _as_column_type(wm, last)
+            select = select.where(wm >= last if kind == "timestamp" else wm > last)
+    return select.order_by(*order)
+
+
+def _as_column_type(column: sa.Column, value: object) -> object:
+    """A stored watermark (text) as the column's Python type, so the database compares like with like."""
+    try:
+        py = column.type.python_type
+    except NotImplementedError:
+        return value
+    if py is int:
+        return int(value)
+    if py is dt.datetime:
+        return dt.datetime.fromisoformat(str(value))
+    if py is dt.date:
+        return dt.date.fromisoformat(str(value))
+    return value
 
 
 def iter_batches(engine: sa.Engine, select: sa.Select, batch_size: int = 5000) -> Iterator[list[tuple]]:
