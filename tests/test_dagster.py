@@ -34,12 +34,14 @@ def test_definitions_match_snapshot():
 
 
 @pytest.mark.slow
-def test_one_institution_partition_materializes(demo, monkeypatch, keys):
-    region, _, _ = demo
+def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
+    from hub.demo.generator import generate_region
+
+    generate_region(tmp_path, patients=15)
     monkeypatch.setenv("HUB_MASTER_KEY", keys.master.hex())
     result = materialize(
         [*SOURCES, recognition_tables], partition_key="beishan-chc",
-        resources={"hub": HubResource(workspace=str(region.workspace))},
+        resources={"hub": HubResource(workspace=str(tmp_path))},
     )
     assert result.success
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
