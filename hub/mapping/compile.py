@@ -10,6 +10,7 @@ value.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,8 @@ class CompiledBlock:
         self.mapping, self.block, self.institution, self.keys = mapping, block, institution, keys
         self.columns: list[str] = []
         self._index: dict[str, int] = {}
+        #: (terminology name, local value) -> times seen without a mapping, whatever the unmapped behaviour
+        self.unmapped: Counter[tuple[str, str]] = Counter()
         for col in block.key:
             self._col(col)
         for col in block.id_key:
@@ -183,11 +186,15 @@ class CompiledBlock:
     def _mapped(self, el: Element, cmap: ConceptMap, column: str) -> Callable[[str], Any]:
         behaviour = el.options.get("unmapped", "quarantine")
         default = el.options.get("default")
+        tname = el.options["map"]
+        shown = "(withheld: identifying column)" if el.options.get("phi") else None
+        unmapped = self.unmapped
 
         def lookup(code: str):
             hit = cmap.lookup(code)
             if hit is not None:
                 return hit
+            unmapped[(tname, shown or code)] += 1
             if behaviour == "quarantine":
                 raise _Problem(column, code, f"has no mapping in {cmap.name}", f"a code listed in {cmap.path.split('/')[-1]} (or unmapped: keep/default)")
             return None if behaviour == "keep" else default
@@ -270,6 +277,7 @@ class CompiledBlock:
             return lambda row: {}
         get = self._col(el.options["unit"])
         umap = self.mapping.terminology.get(el.options.get("unit_map")) if el.options.get("unit_map") else None
+        tname, unmapped = el.options.get("unit_map"), self.unmapped
 
         def fn(row):
             raw = get(row)
@@ -278,6 +286,8 @@ class CompiledBlock:
             unit = str(raw).strip()
             hit = umap.lookup(unit) if umap else None
             if hit is None:
+                if umap is not None:
+                    unmapped[(tname, unit)] += 1
                 return {"unit": unit}
             return {"unit": unit, "system": UCUM, "code": hit.code}
 
