@@ -169,10 +169,12 @@ class InstitutionRun:
         before_w, before_u = w.written, w.unchanged
         wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
         last_wm = None
+        reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
         for batch in self.pool.map(str(mapping.path), work.index, batches):
             self.report.uncovered.update(batch.uncovered)
             self.report.dropped_by_rule.update(batch.dropped_by_rule)
             rejected: list[quarantine.QuarantinedRow] = []
+            published_hashes: list[str] = []
             now = dt.datetime.now(dt.UTC)
             for row, item in zip(batch.rows, batch.items, strict=True):
                 count.rows_read += 1
@@ -206,7 +208,10 @@ class InstitutionRun:
                     "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
                 })
                 count.published += 1
+                published_hashes.append(item.source_key_hash)
             quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
+            if reopened and published_hashes:
+                quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, published_hashes, self.run_id)
             if wm_index is not None and batch.rows:
                 last_wm = batch.rows[-1][wm_index]
             self.progress.advance(len(batch.rows))

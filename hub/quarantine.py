@@ -29,13 +29,17 @@ quarantine = sa.Table(
     sa.Column("mapping", sa.String(128), nullable=False),
     sa.Column("source_table", sa.String(128), nullable=False),
     sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("source_key_hash", sa.String(64), nullable=False),
+    sa.Column("source_key_hash", sa.String(64), nullable=False, index=True),
     sa.Column("cause", sa.String(256), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("key_id", sa.String(32), nullable=False),
     sa.Column("nonce", sa.LargeBinary, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # open: the row is not published. resolved: a later run published it. superseded: a later
+    # run quarantined it again, with a newer entry. closed_by: that later run's id.
+    sa.Column("status", sa.String(16), nullable=False, default="open", index=True),
+    sa.Column("closed_by", sa.String(80)),
 )
 
 
@@ -78,13 +82,50 @@ def store(engine: sa.Engine, keys: Keyring, run_id: str, institution: str, rows:
             "source_table": r.source_table, "resource_type": r.resource_type,
             "source_key_hash": r.source_key_hash, "cause": redact_identifiers(r.cause)[:256],
             "reason": redact_identifiers(r.reason), "key_id": keys.key_id, "nonce": nonce, "payload": payload,
-            "created_at": now,
+            "created_at": now, "status": "open",
         })
     with engine.begin() as conn:
+        for (table, rtype), hashes in _by_block(rows).items():
+            _close(conn, institution, table, rtype, hashes, "superseded", run_id)
         conn.execute(quarantine.insert(), records)
 
 
-def list_rows(engine: sa.Engine, run_id: str | None = None, institution: str | None = None) -> list[dict]:
+def _by_block(rows: list[QuarantinedRow]) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        out.setdefault((r.source_table, r.resource_type), []).append(r.source_key_hash)
+    return out
+
+
+def _close(conn, institution: str, table: str, resource_type: str, hashes: list[str], status: str, run_id: str) -> int:
+    total = 0
+    for i in range(0, len(hashes), 900):
+        total += conn.execute(quarantine.update().where(
+            quarantine.c.status == "open", quarantine.c.institution == institution,
+            quarantine.c.source_table == table, quarantine.c.resource_type == resource_type,
+            quarantine.c.source_key_hash.in_(hashes[i : i + 900]),
+        ).values(status=status, closed_by=run_id)).rowcount
+    return total
+
+
+def has_open(engine: sa.Engine, institution: str, table: str, resource_type: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(quarantine.c.id).where(
+            quarantine.c.status == "open", quarantine.c.institution == institution,
+            quarantine.c.source_table == table, quarantine.c.resource_type == resource_type,
+        ).limit(1)).first() is not None
+
+
+def resolve_published(engine: sa.Engine, institution: str, table: str, resource_type: str, hashes: list[str], run_id: str) -> int:
+    """Close the open entries of rows that this run has now published."""
+    with engine.begin() as conn:
+        return _close(conn, institution, table, resource_type, hashes, "resolved", run_id)
+
+
+def list_rows(
+    engine: sa.Engine, run_id: str | None = None, institution: str | None = None,
+    status: str | None = None, ids: list[int] | None = None,
+) -> list[dict]:
     """Quarantine entries without their payloads (safe to print)."""
     cols = [c for c in quarantine.c if c.name not in ("payload", "nonce")]
     q = sa.select(*cols).order_by(quarantine.c.id)
@@ -92,6 +133,10 @@ def list_rows(engine: sa.Engine, run_id: str | None = None, institution: str | N
         q = q.where(quarantine.c.run_id == run_id)
     if institution:
         q = q.where(quarantine.c.institution == institution)
+    if status:
+        q = q.where(quarantine.c.status == status)
+    if ids:
+        q = q.where(quarantine.c.id.in_(ids))
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(q)]
 
@@ -99,6 +144,8 @@ def list_rows(engine: sa.Engine, run_id: str | None = None, institution: str | N
 def open_row(engine: sa.Engine, keys: Keyring, entry_id: int) -> dict:
     """Decrypt one quarantined source row (authorised operators only: needs the master key)."""
     with engine.connect() as conn:
-        rec = conn.execute(sa.select(quarantine).where(quarantine.c.id == entry_id)).one()
+        rec = conn.execute(sa.select(quarantine).where(quarantine.c.id == entry_id)).one_or_none()
+    if rec is None:
+        raise KeyError(f"no quarantine entry {entry_id}")
     plain = AESGCM(keys.key("quarantine")).decrypt(rec.nonce, rec.payload, _aad(rec.institution, rec.source_key_hash))
     return json.loads(plain)
