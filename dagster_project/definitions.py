@@ -10,9 +10,12 @@ from dagster_project.assets import SOURCES, recognition_tables
 from dagster_project.jobs import publish_recognition
 from dagster_project.partitions import workspace
 from dagster_project.resources import HubResource
+from dagster_project.sensors import hourly_pull, new_institutions
 
 defs = Definitions(
     assets=[*SOURCES, recognition_tables],
     jobs=[publish_recognition],
+    sensors=[new_institutions],
+    schedules=[hourly_pull],
     resources={"hub": HubResource(workspace=str(workspace()))},
 )

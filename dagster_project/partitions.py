@@ -1,25 +1,21 @@
-"""Institution partitions, read from the workspace's region.yaml (the demo's ids if there is none)."""
+"""Institution partitions: dynamic, so registering an institution in region.yaml needs no code.
+
+The ``new_institutions`` sensor (sensors.py) adds a partition for each institution that
+appears in region.yaml and requests its first run.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from dagster import StaticPartitionsDefinition
+from dagster import DynamicPartitionsDefinition
 
-from hub.demo.generator import INSTITUTIONS
-from hub.region import DEFAULT_WORKSPACE, load_region
+from hub.region import DEFAULT_WORKSPACE
+
+INSTITUTIONS = "institutions"
+institutions = DynamicPartitionsDefinition(name=INSTITUTIONS)
 
 
 def workspace() -> Path:
     return Path(os.environ.get("HUB_WORKSPACE", DEFAULT_WORKSPACE))
-
-
-def institution_ids() -> list[str]:
-    try:
-        return [i.id for i in load_region(workspace()).institutions]
-    except FileNotFoundError:
-        return [i.id for i in INSTITUTIONS]
-
-
-institutions = StaticPartitionsDefinition(institution_ids())

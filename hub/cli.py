@@ -75,6 +75,10 @@ def publish(workspace: Path, institution_ids: list[str] | None = None) -> list:
     ids = institution_ids or [i.id for i in region.institutions]
     reports = []
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    from dagster_project.partitions import INSTITUTIONS
+
+    known = set(instance.get_dynamic_partitions(INSTITUTIONS))
+    instance.add_dynamic_partitions(INSTITUTIONS, [i for i in ids if i not in known])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         hub_progress.set_reporter(_RichProgress(bar))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from dagster import materialize
+from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
 from dagster_project.assets import SOURCES, recognition_tables
 from dagster_project.definitions import defs
+from dagster_project.partitions import INSTITUTIONS
 from dagster_project.resources import HubResource
 from tests.conftest import DATA
 
@@ -26,7 +27,12 @@ def _snapshot() -> dict:
             "partitioned": node.partitions_def is not None,
             "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
         }
-    return {"assets": assets, "jobs": sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))}
+    return {
+        "assets": assets,
+        "jobs": sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__")),
+        "sensors": sorted(s.name for s in defs.sensors or []),
+        "schedules": sorted(s.name for s in defs.schedules or []),
+    }
 
 
 def test_definitions_match_snapshot():
@@ -39,8 +45,10 @@ def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
 
     generate_region(tmp_path, patients=15)
     monkeypatch.setenv("HUB_MASTER_KEY", keys.master.hex())
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(INSTITUTIONS, ["beishan-chc"])
     result = materialize(
-        [*SOURCES, recognition_tables], partition_key="beishan-chc",
+        [*SOURCES, recognition_tables], partition_key="beishan-chc", instance=instance,
         resources={"hub": HubResource(workspace=str(tmp_path))},
     )
     assert result.success
@@ -54,3 +62,25 @@ def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert checks[("recognition/observation", "validation_rate")] is True
     assert checks[("recognition/observation", "quarantine_rate")] is True
+
+
+def test_sensor_registers_newly_configured_institutions(tmp_path):
+    import yaml
+
+    from dagster_project.sensors import new_institutions
+
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump({"region": "r", "institutions": [
+        {"id": "old-hospital", "feeds": []}, {"id": "new-clinic", "feeds": []},
+    ]}), encoding="utf-8")
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(INSTITUTIONS, ["old-hospital"])
+    hub = HubResource(workspace=str(tmp_path))
+
+    result = new_institutions(build_sensor_context(instance=instance, resources={"hub": hub}))
+    assert isinstance(result, SensorResult)
+    assert [r.partition_key for r in result.run_requests] == ["new-clinic"]
+    assert result.dynamic_partitions_requests[0].partition_keys == ["new-clinic"]
+
+    instance.add_dynamic_partitions(INSTITUTIONS, ["new-clinic"])
+    again = new_institutions(build_sensor_context(instance=instance, resources={"hub": hub}))
+    assert not isinstance(again, SensorResult)  # a SkipReason: nothing new
