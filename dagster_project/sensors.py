@@ -1,8 +1,14 @@
 """Sensors and schedules: pick up newly registered institutions; pull every institution hourly."""
 
-from __future__ import annotations
-
-from dagster import RunRequest, ScheduleEvaluationContext, SensorEvaluationContext, SensorResult, SkipReason, schedule, sensor
+from dagster import (
+    RunRequest,
+    ScheduleEvaluationContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    schedule,
+    sensor,
+)
 
 from dagster_project.jobs import publish_recognition
 from dagster_project.partitions import INSTITUTIONS, institutions
