@@ -158,13 +158,16 @@ def demo(
     job (extract, map, validate, de-identify, publish) for each institution through Dagster.
     Running it again regenerates the same sources and publishes nothing new.
     """
-    from hub.demo.generator import generate_region
+    from hub.demo.generator import ONBOARDING, generate_onboarding_sources, generate_region
 
     with console.status(f"Generating demo region with {patients} people in {workspace}/ ..."):
         counts = generate_region(workspace, patients=patients, seed=seed)
+        generate_onboarding_sources(workspace, patients=patients, seed=seed)
     total = sum(sum(t.values()) for t in counts.values())
     console.print(f"Demo region: {len(counts)} source databases, {total} rows, in {workspace}/sources")
     print_report(publish(workspace), workspace)
+    console.print(f"Not yet connected: {ONBOARDING.name} ({ONBOARDING.id}), HIS and a wide-table LIS in "
+                  f"{workspace}/sources/onboarding/. docs/onboarding.md walks through connecting it.")
 
 
 @app.command("publish")

@@ -70,13 +70,13 @@ def replay(region: Region, institution: str, keys: Keyring, entry_ids: list[int]
 
 
 def _fetch(work, compiled, key_cols: list[str], keys: list[tuple]) -> list[tuple]:
-    """The current source rows with these keys, through the block's own select."""
-    cols = [work.schema.table(c.split(".", 1)[0]).c[c.split(".", 1)[1]] for c in key_cols]
+    """The current source rows with these keys, through the block's own select (joins, unpivot)."""
+    source = block_select(compiled, work.schema).subquery("replay_source")
+    cols = [source.c[c] for c in key_cols]
     rows: list[tuple] = []
     for i in range(0, len(keys), 500):
         chunk = keys[i : i + 500]
         cond = sa.or_(*[sa.and_(*[col == v for col, v in zip(cols, k, strict=True)]) for k in chunk])
-        select = block_select(compiled, work.schema).where(cond)
-        for batch in iter_batches(work.engine, select):
+        for batch in iter_batches(work.engine, sa.select(source).where(cond)):
             rows.extend(batch)
     return rows

@@ -350,7 +350,52 @@ def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
     return rows
 
 
-_RENDER = {"his_vendor_a": _render_his_a, "his_vendor_b": _render_his_b, "lis_vendor_a": _render_lis_a, "lis_vendor_b": _render_lis_b}
+C_TS = "%Y年%m月%d日 %H时%M分"
+_STATE_C = {"final": "2", "preliminary": "1", "corrected": "3"}
+_SAMPLE_C = {"serum": "01", "blood": "02", "urine": "03"}
+
+
+def _render_lis_c(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
+    """Vendor C: one wide row per report; the dictionary gives CRP no LOINC (a gap to find and fix)."""
+    rows = _Rows()
+    for item in C.LAB_ITEMS:
+        col = vendors.WIDE_ITEMS[C.LAB_ITEMS.index(item)]
+        rows.add("jy_item", {
+            "col_name": col, "item_name": item.name, "loinc": None if item.key == "crp" else item.loinc,
+            "loinc_name": None if item.key == "crp" else item.loinc_display, "unit": item.unit_a, "ref_range": item.ref,
+        })
+    for kind, code in _SAMPLE_C.items():
+        _, text, sct, display = C.SPECIMENS[kind]
+        rows.add("sys_dict", {"dict_type": "SAMPLE", "code": code, "name": text, "std_code": sct, "std_name": display})
+    for status, code in _STATE_C.items():
+        rows.add("sys_dict", {"dict_type": "STATE", "code": code, "name": status, "std_code": status, "std_name": None})
+    for panel in C.PANELS:
+        rows.add("sys_dict", {"dict_type": "PANEL", "code": panel.code_b, "name": panel.name, "std_code": panel.loinc, "std_name": panel.loinc_display})
+    report = visit_index = 0
+    for _p, mrn, visits in enrolled:
+        for v in visits:
+            visit_index += 1
+            for o in v.orders:
+                report += 1
+                wide = {c: None for c in vendors.WIDE_ITEMS}
+                for item, value, _flag in o.results:
+                    wide[vendors.WIDE_ITEMS[C.LAB_ITEMS.index(item)]] = value
+                rows.add("jy_report_wide", {
+                    "report_no": f"R{report:08d}", "patient_no": mrn, "clinic_no": _visit_number(inst, inst.his, visit_index),
+                    "panel": o.panel.code_b, "sample_type": _SAMPLE_C[o.panel.specimen], "sample_time": o.collect.strftime(C_TS),
+                    "report_time": o.report.strftime(C_TS), "state": _STATE_C[o.status], "modify_time": o.report.strftime(A_TS),
+                    **wide,
+                })
+    return rows
+
+
+_RENDER = {
+    "his_vendor_a": _render_his_a, "his_vendor_b": _render_his_b,
+    "lis_vendor_a": _render_lis_a, "lis_vendor_b": _render_lis_b, "lis_vendor_c": _render_lis_c,
+}
+
+#: An institution the demo writes sources for but does not register: the onboarding exercise.
+ONBOARDING = DemoInstitution("xixi-chc", "西溪街道社区卫生服务中心", "community health centre", "47000004-8", "his_vendor_a", "lis_vendor_c", 0.4)
 
 
 def write_database(url: str, schema: str, rows: dict[str, list[dict]]) -> None:
@@ -390,6 +435,23 @@ def build_region(patients: int, seed: int = DEFAULT_SEED) -> dict[str, dict[str,
             inst.lis: _RENDER[inst.lis](inst, enrolled, irng),
         }
     return out
+
+
+def generate_onboarding_sources(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED) -> dict[str, str]:
+    """Write the unregistered institution's HIS (vendor A) and LIS (vendor C) databases; return their URLs."""
+    rng = random.Random(seed * 97)
+    fake = Faker("zh_CN")
+    fake.seed_instance(seed * 97)
+    inst = ONBOARDING
+    enrolled = [(p, f"M{4_000_000 + i + 1:07d}", _visits(rng, p)) for i, p in enumerate(_person(rng, fake) for _ in range(max(1, patients // 4)))]
+    folder = Path(workspace) / "sources" / "onboarding"
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = {}
+    for system, schema in (("his", inst.his), ("lis", inst.lis)):
+        db = folder / f"{inst.id}-{system}.db"
+        urls[system] = f"sqlite:///{db.resolve()}"
+        write_database(urls[system], schema, _RENDER[schema](inst, enrolled, rng))
+    return urls
 
 
 def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED) -> dict[str, dict[str, int]]:

@@ -95,4 +95,28 @@ def lis_b() -> sa.MetaData:
     return md
 
 
-SCHEMAS = {"his_vendor_a": his_a, "lis_vendor_a": lis_a, "his_vendor_b": his_b, "lis_vendor_b": lis_b}
+#: vendor C's wide table holds one column per lab item (the item dictionary is keyed by column name)
+WIDE_ITEMS = ("GLU", "HBA1C", "TC", "TG", "LDL", "HDL", "CREA", "UREA", "K", "NA", "CL", "WBC", "RBC", "HGB", "PLT", "UPRO", "CRP")
+
+
+def lis_c() -> sa.MetaData:
+    """Vendor C ("Yunyi" cloud LIS): one wide row per report, an item dictionary, a generic lookup table."""
+    md = sa.MetaData()
+    sa.Table(
+        "jy_report_wide", md, sa.Column("report_no", K, primary_key=True), sa.Column("patient_no", T),
+        sa.Column("clinic_no", T), sa.Column("panel", T), sa.Column("sample_type", T), sa.Column("sample_time", T),
+        sa.Column("report_time", T), sa.Column("state", T), sa.Column("modify_time", T),
+        *[sa.Column(c, T) for c in WIDE_ITEMS],
+    )
+    sa.Table(
+        "jy_item", md, sa.Column("col_name", K, primary_key=True), sa.Column("item_name", T), sa.Column("loinc", T),
+        sa.Column("loinc_name", T), sa.Column("unit", T), sa.Column("ref_range", T),
+    )
+    sa.Table(
+        "sys_dict", md, sa.Column("dict_type", K, primary_key=True), sa.Column("code", K, primary_key=True),
+        sa.Column("name", T), sa.Column("std_code", T), sa.Column("std_name", T),
+    )
+    return md
+
+
+SCHEMAS = {"his_vendor_a": his_a, "lis_vendor_a": lis_a, "his_vendor_b": his_b, "lis_vendor_b": lis_b, "lis_vendor_c": lis_c}

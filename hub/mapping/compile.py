@@ -235,6 +235,11 @@ class CompiledBlock:
         cmap = self.mapping.terminology.get(el.options.get("map")) if el.options.get("map") else None
         lookup = self._mapped(el, cmap, column) if cmap else None
         text_get = self._col(el.options["text"]) if el.options.get("text") else None
+        std = el.options.get("coding")
+        std_code = self._col(std["code"]) if std else None
+        std_display = self._col(std["display"]) if std and std.get("display") else None
+        std_quarantine = el.options.get("unmapped", "quarantine") == "quarantine"
+        unmapped = self.unmapped
 
         def fn(row):
             raw = get(row)
@@ -242,6 +247,15 @@ class CompiledBlock:
                 return None
             code = str(raw).strip()
             codings = []
+            if std_code is not None:
+                sc = std_code(row)
+                if _blank(sc):
+                    unmapped[(std["code"], code)] += 1
+                    if std_quarantine:
+                        raise _Problem(column, code, f"has no standard code in {std['code']}", f"a {std['system']} code in {std['code']} for this local code (or unmapped: keep)")
+                else:
+                    display = std_display(row) if std_display else None
+                    codings.append(_coding(std["system"], str(sc).strip(), None if _blank(display) else str(display).strip()))
             if lookup is not None:
                 hit = lookup(code)
                 if hit is not None and hasattr(hit, "code"):

@@ -36,8 +36,8 @@ def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = 
     block = compiled.block
     wm = (block.watermark.column, block.watermark.kind, since) if incremental and block.watermark else None
     return build_select(
-        schema, block.table, [(j.table, j.on) for j in block.joins], compiled.columns, block.key,
-        str(compiled.mapping.path), block.line, since=wm,
+        schema, block.table, block.joins, compiled.columns, block.key,
+        str(compiled.mapping.path), block.line, since=wm, unpivot=block.unpivot,
     )
 
 

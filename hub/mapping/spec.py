@@ -21,7 +21,7 @@ from hub.yamlio import ConfigError, LineDict, load_yaml
 SOURCE_KINDS = ("const", "column", "codeable", "reference", "lab_value", "reference_range", "quantity")
 ELEMENT_OPTIONS = {
     "type", "format", "map", "unmapped", "default", "check", "phi", "required",
-    "system", "text", "display", "key", "namespace", "unit", "unit_map", "text_map",
+    "system", "text", "display", "key", "namespace", "unit", "unit_map", "text_map", "coding",
 }
 TYPES = ("string", "code", "integer", "decimal", "boolean", "date", "dateTime")
 UNMAPPED = ("quarantine", "keep", "default")
@@ -35,6 +35,21 @@ _TZ_RE = re.compile(r"^[+-]\d{2}:\d{2}$")
 class Join:
     table: str
     on: tuple[tuple[str, str], ...]  # (left qualified column, right column)
+    alias: str | None = None  # to join one lookup table several times
+    where: tuple[tuple[str, object], ...] = ()  # constant filters on the joined table
+
+    @property
+    def name(self) -> str:
+        return self.alias or self.table
+
+
+@dataclass(frozen=True)
+class Unpivot:
+    """A wide table read as one row per non-empty cell of the listed columns."""
+
+    columns: tuple[str, ...]
+    item: str = "item"  # produced column holding the source column's name
+    value: str = "value"  # produced column holding the cell's value (as text)
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,7 @@ class Block:
     elements: tuple[Element, ...]
     line: int
     watermark: Watermark | None = None
+    unpivot: Unpivot | None = None
 
 
 @dataclass
@@ -141,6 +157,10 @@ def _parse_element(path: Path, block_node: LineDict, elements: LineDict, target:
         raise _err(path, spec, "unmapped", fld, f"unknown behaviour {options['unmapped']!r}", f"one of {', '.join(UNMAPPED)}")
     if options.get("unmapped") == "default" and "default" not in options:
         raise _err(path, spec, "unmapped", fld, "says default but gives no default", "a default: value")
+    if "coding" in options:
+        c = options["coding"]
+        if kind != "codeable" or not isinstance(c, dict) or not isinstance(c.get("system"), str) or not isinstance(c.get("code"), str):
+            raise _err(path, spec, "coding", fld, "is not a coding from columns", "on a codeable line: coding: {system: <URI>, code: <column>, display: <column>}")
     if options.get("check") is not None and options["check"] not in CHECKS:
         raise _err(path, spec, "check", fld, f"unknown check {options['check']!r}", f"one of {', '.join(CHECKS)}")
     if kind == "reference":
@@ -168,7 +188,22 @@ def _parse_block(path: Path, node: LineDict, terminology: dict[str, ConceptMap])
             j["on"] = j.pop(True)
             j.key_lines["on"] = j.key_lines.pop(True, j.line)
         on = _need(path, j, "on", f"{resource}.join.on", dict, "{left_column: right_column}")
-        joins.append(Join(jt, tuple((k if "." in k else f"{table}.{k}", v) for k, v in on.items())))
+        where = j.get("where") or {}
+        if not isinstance(where, dict):
+            raise _err(path, j, "where", f"{resource}.join.where", "is not a mapping", "{column: constant}")
+        alias = j.get("as")
+        if alias is not None and (not isinstance(alias, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", alias)):
+            raise _err(path, j, "as", f"{resource}.join.as", f"{alias!r} is not a name", "a name like sex_dict")
+        joins.append(Join(jt, tuple((k if "." in k else f"{table}.{k}", v) for k, v in on.items()), alias, tuple(where.items())))
+    names = [table] + [j.name for j in joins]
+    if len(set(names)) != len(names):
+        raise _err(path, node, "join", f"{resource}.join", "joins the same table twice without distinct `as` names", "as: <alias> on repeated tables")
+    unpivot = None
+    if node.get("unpivot") is not None:
+        u = node["unpivot"]
+        if not isinstance(u, dict) or not isinstance(u.get("columns"), list) or not u["columns"]:
+            raise _err(path, node, "unpivot", f"{resource}.unpivot", "has no columns", "{columns: [wide column, ...], item: item, value: value}")
+        unpivot = Unpivot(tuple(u["columns"]), u.get("item", "item"), u.get("value", "value"))
     id_spec = node.get("id") or {}
     namespace = id_spec.get("namespace", resource.lower())
     id_key = tuple(id_spec.get("key", key))
@@ -191,6 +226,7 @@ def _parse_block(path: Path, node: LineDict, terminology: dict[str, ConceptMap])
         resource=resource, table=table, key=tuple(key),
         key_is_identifier=bool(node.get("key_is_identifier", False)), joins=tuple(joins),
         namespace=namespace, id_key=id_key, elements=tuple(elements), line=node.line, watermark=watermark,
+        unpivot=unpivot,
     )
 
 

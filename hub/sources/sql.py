@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from hub.yamlio import ConfigError
+
+if TYPE_CHECKING:
+    from hub.mapping.spec import Join, Unpivot
 
 
 class SourceSchema:
@@ -31,35 +35,52 @@ class SourceSchema:
 def build_select(
     schema: SourceSchema,
     table: str,
-    joins: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+    joins: Sequence[Join],
     columns: Sequence[str],
     key: Sequence[str],
     where_file: str = "",
     where_line: int = 0,
     since: tuple[str, str, object] | None = None,
+    unpivot: Unpivot | None = None,
 ) -> sa.Select:
-    """SELECT the qualified columns (``table.column``) from table LEFT JOIN each join table.
+    """SELECT the qualified columns (``name.column``) from table LEFT JOIN each join.
 
-    since: (column, kind, last value) pulls only rows past a watermark, in watermark order:
-    ``>=`` for an update timestamp (the last instant may hold more rows), ``>`` for a key.
+    joins: tables (optionally aliased, optionally filtered by constants) joined on column
+    equality. unpivot: read a wide table as one row per non-empty cell of its listed
+    columns, as a UNION ALL derived table named like the table, with the cell's column name
+    and value in two added columns. since: (column, kind, last value) pulls only rows past a
+    watermark, in watermark order: ``>=`` for an update timestamp (the last instant may hold
+    more rows), ``>`` for a key.
     """
 
-    def resolve(qualified: str) -> sa.Column:
-        tname, cname = qualified.split(".", 1)
-        try:
-            t = schema.table(tname)
-        except sa.exc.NoSuchTableError:
-            raise ConfigError(where_file, where_line, qualified, f"table {tname!r} does not exist in the source", "a table of the source database") from None
-        if cname not in t.c:
-            raise ConfigError(where_file, where_line, qualified, f"column {cname!r} does not exist in table {tname!r}", f"one of {', '.join(t.c.keys())}")
-        return t.c[cname]
+    def missing_table(name: str) -> ConfigError:
+        return ConfigError(where_file, where_line, name, f"table {name!r} does not exist in the source", "a table of the source database")
 
-    base = schema.table(table)
-    from_clause: sa.FromClause = base
-    for jtable, on in joins:
-        jt = schema.table(jtable)
-        cond = sa.and_(*[resolve(left) == resolve(f"{jtable}.{right}") for left, right in on])
-        from_clause = from_clause.outerjoin(jt, cond)
+    try:
+        base_table = schema.table(table)
+    except sa.exc.NoSuchTableError:
+        raise missing_table(table) from None
+    sources: dict[str, sa.FromClause] = {table: _unpivoted(base_table, unpivot, where_file, where_line) if unpivot else base_table}
+
+    def resolve(qualified: str) -> sa.ColumnElement:
+        name, cname = qualified.split(".", 1)
+        src = sources.get(name)
+        if src is None:
+            raise ConfigError(where_file, where_line, qualified, f"{name!r} is neither the block's table nor a join", f"one of {', '.join(sources)}")
+        if cname not in src.c:
+            raise ConfigError(where_file, where_line, qualified, f"column {cname!r} does not exist in {name!r}", f"one of {', '.join(src.c.keys())}")
+        return src.c[cname]
+
+    from_clause: sa.FromClause = sources[table]
+    for j in joins:
+        try:
+            jt = schema.table(j.table)
+        except sa.exc.NoSuchTableError:
+            raise missing_table(j.table) from None
+        sources[j.name] = jt.alias(j.alias) if j.alias else jt
+        conds = [resolve(left) == resolve(f"{j.name}.{right}") for left, right in j.on]
+        conds += [resolve(f"{j.name}.{col}") == value for col, value in j.where]
+        from_clause = from_clause.outerjoin(sources[j.name], sa.and_(*conds))
     cols = [resolve(c).label(c) for c in columns]
     order = [resolve(k if "." in k else f"{table}.{k}") for k in key]
     select = sa.select(*cols).select_from(from_clause)
@@ -71,6 +92,20 @@ def build_select(
             last = _as_column_type(wm, last)
             select = select.where(wm >= last if kind == "timestamp" else wm > last)
     return select.order_by(*order)
+
+
+def _unpivoted(table: sa.Table, unpivot: Unpivot, where_file: str, where_line: int) -> sa.FromClause:
+    """The wide table as rows of (other columns..., item, value), one per non-empty cell."""
+    for c in unpivot.columns:
+        if c not in table.c:
+            raise ConfigError(where_file, where_line, f"unpivot.columns.{c}", f"column {c!r} does not exist in table {table.name!r}", f"one of {', '.join(table.c.keys())}")
+    keep = [c for c in table.c if c.name not in unpivot.columns]
+    parts = [
+        sa.select(*keep, sa.literal(c, sa.String(64)).label(unpivot.item), sa.cast(table.c[c], sa.String(255)).label(unpivot.value))
+        .where(table.c[c].is_not(None))
+        for c in unpivot.columns
+    ]
+    return sa.union_all(*parts).subquery(table.name)
 
 
 def _as_column_type(column: sa.Column, value: object) -> object:
