@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
+    Config,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
@@ -54,10 +55,16 @@ CHECK_SPECS = [
 ]
 
 
+class PublishConfig(Config):
+    """full: ignore watermarks and pull every row again (unchanged rows are not rewritten)."""
+
+    full: bool = False
+
+
 @multi_asset(specs=TABLE_SPECS, check_specs=CHECK_SPECS, partitions_def=institutions, can_subset=False)
-def recognition_tables(context: AssetExecutionContext, hub: HubResource) -> Iterator:
-    """Pull one institution's feeds and publish every resource type to the recognition zone."""
-    report = run_institution(hub.region(), context.partition_key, hub.keyring(), progress=reporter())
+def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hub: HubResource) -> Iterator:
+    """Pull one institution's feeds (incrementally) and publish every resource type to the recognition zone."""
+    report = run_institution(hub.region(), context.partition_key, hub.keyring(), progress=reporter(), full=config.full)
     by_resource = report.by_resource()
     for rt in RESOURCE_MODULES:
         c = by_resource.get(rt, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})

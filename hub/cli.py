@@ -59,7 +59,7 @@ def _ensure_key(region) -> None:
                       f"in production set {ENV_KEY} or {ENV_KEY_FILE} instead.[/]")
 
 
-def publish(workspace: Path, institution_ids: list[str] | None = None) -> list:
+def publish(workspace: Path, institution_ids: list[str] | None = None, full: bool = False) -> list:
     """Materialize the recognition tables for each institution partition with Dagster, in-process."""
     os.environ["HUB_WORKSPACE"] = str(workspace)
     from dagster import DagsterInstance, materialize
@@ -87,7 +87,10 @@ def publish(workspace: Path, institution_ids: list[str] | None = None) -> list:
                 result = materialize(
                     [*SOURCES, recognition_tables], partition_key=iid, instance=instance,
                     resources={"hub": HubResource(workspace=str(workspace))},
-                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                    run_config={
+                        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                        "ops": {"recognition_tables": {"config": {"full": full}}},
+                    },
                 )
                 if not result.success:
                     raise typer.Exit(1)
@@ -174,9 +177,14 @@ def demo(
 def publish_cmd(
     institutions: list[str] = typer.Argument(None, help="Institution ids (default: all in region.yaml)."),
     workspace: Path = WorkspaceOpt,
+    full: bool = typer.Option(False, "--full", help="Ignore watermarks: pull every row again (unchanged rows are not rewritten)."),
 ) -> None:
-    """Run the main job for an existing workspace: pull each institution's feeds and publish."""
-    print_report(publish(workspace, institutions or None), workspace)
+    """Run the main job for an existing workspace: pull each institution's feeds and publish.
+
+    Pulls are incremental: blocks with a watermark read only rows changed since the last
+    published run. New institutions in region.yaml are picked up automatically.
+    """
+    print_report(publish(workspace, institutions or None, full), workspace)
 
 
 feeds_app = typer.Typer(help="Feeds: the HIS/LIS sources of each institution and their mappings.", no_args_is_help=True)
