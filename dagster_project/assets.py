@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
-    Config,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    Config,
     MaterializeResult,
     multi_asset,
 )
