@@ -99,6 +99,12 @@ def main() -> None:
           f"{quarantined} quarantined, in {hub_s:.1f}s = {published / hub_s:,.0f} resources/s ({read / hub_s:,.0f} rows/s)")
     print(f"ratio     hub / plain copy (rows/s): {(read / hub_s) / (copied / base_s):.3f}  "
           f"(hub reads some tables once per resource type: {read} block rows vs {copied} table rows)")
+    t = time.perf_counter()
+    again = 0
+    for inst in region.institutions:
+        report = run_institution(region, inst.id, keys, workers=args.workers or default_workers())
+        again += sum(c["read"] for c in report.by_resource().values())
+    print(f"hub       incremental re-run, sources unchanged: {again} rows read (watermarks), {time.perf_counter() - t:.1f}s")
     if args.workspace is None:
         shutil.rmtree(ws)
 

@@ -66,3 +66,39 @@ def test_vendor_b_on_postgres_and_mariadb_matches_sqlite(servers, demo, keys, tm
         assert sorted(zip(got["id"].to_pylist(), got["content_hash"].to_pylist(), strict=True)) == sorted(
             zip(want["id"].to_pylist(), want["content_hash"].to_pylist(), strict=True)
         ), table
+
+
+@pytest.mark.postgres
+@pytest.mark.mariadb
+@pytest.mark.slow
+def test_wide_table_vendor_on_postgres_and_his_on_mariadb(servers, keys, tmp_path):
+    from hub.demo.generator import generate_onboarding_sources
+
+    local = generate_onboarding_sources(tmp_path / "local", patients=40)  # the same rows, in SQLite
+    for system, schema, url in (("his", "his_vendor_a", MARIADB), ("lis", "lis_vendor_c", servers)):
+        source = sa.create_engine(local[system])
+        md = sa.MetaData()
+        md.reflect(source)
+        with source.connect() as conn:
+            rows = {t.name: [dict(r._mapping) for r in conn.execute(sa.select(t))] for t in md.sorted_tables}
+        write_database(url, schema, rows)
+    region_doc = {"region": "servers", "institutions": [{"id": "xixi-chc", "feeds": [
+        {"name": "his", "mapping": "his_vendor_a", "url": MARIADB},
+        {"name": "lis", "mapping": "lis_vendor_c", "url": PG},
+    ]}]}
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump(region_doc), encoding="utf-8")
+    on_servers = run_institution(load_region(tmp_path), "xixi-chc", keys)
+
+    (tmp_path / "sqlite").mkdir()
+    region_doc["institutions"][0]["feeds"] = [
+        {"name": "his", "mapping": "his_vendor_a", "url": local["his"]},
+        {"name": "lis", "mapping": "lis_vendor_c", "url": local["lis"]},
+    ]
+    (tmp_path / "sqlite" / "region.yaml").write_text(yaml.safe_dump(region_doc), encoding="utf-8")
+    on_sqlite = run_institution(load_region(tmp_path / "sqlite"), "xixi-chc", keys)
+
+    def counts(rep):
+        return {k: (v["read"], v["published"], v["quarantined"]) for k, v in rep.by_resource().items()}
+
+    assert counts(on_servers) == counts(on_sqlite)
+    assert counts(on_servers)["Observation"][0] > 50
