@@ -212,8 +212,8 @@ class InstitutionRun:
             quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
             if reopened and published_hashes:
                 quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, published_hashes, self.run_id)
-            if wm_index is not None and batch.rows:
-                last_wm = batch.rows[-1][wm_index]
+            if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
+                last_wm = next((r[wm_index] for r in reversed(batch.rows) if r[wm_index] is not None), last_wm)
             self.progress.advance(len(batch.rows))
             if w.pending >= self.flush_rows:
                 w.flush()
