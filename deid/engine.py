@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from deid.actions import PSEUDONYM_SYSTEM, Context, value_function
 from deid.keys import Keyring
 from deid.ruleset import Rule, Ruleset
-from hub.identifiers import normalise_resident_id
-
-PSEUDONYM_SYSTEM = "urn:hub:pseudonym:"
 
 
 @dataclass
@@ -42,10 +40,12 @@ class DeidStats:
 
     dropped_by_rule: Counter = field(default_factory=Counter)
     uncovered: Counter = field(default_factory=Counter)
+    redacted: Counter = field(default_factory=Counter)
 
     def merge(self, other: DeidStats) -> None:
         self.dropped_by_rule.update(other.dropped_by_rule)
         self.uncovered.update(other.uncovered)
+        self.redacted.update(other.redacted)
 
 
 class Deidentifier:
@@ -56,6 +56,7 @@ class Deidentifier:
         self._tries: dict[str, _Node] = {}
         self._wild = [r for r in ruleset.rules if r.resource == "*"]
         self._specific = [r for r in ruleset.rules if r.resource != "*"]
+        self._functions = {r.action: value_function(r.action, keys) for r in ruleset.rules}
         self.stats = DeidStats()
 
     def _trie(self, resource_type: str) -> _Node:
@@ -69,17 +70,12 @@ class Deidentifier:
             self._tries[resource_type] = root
         return self._tries[resource_type]
 
-    def pseudonym(self, purpose: str, value: str, system: str | None = None) -> str:
-        """The keyed pseudonym of a value; resident ID numbers are normalised first."""
-        if purpose == "patient-linkage":
-            return self.keys.hmac_hex(purpose, normalise_resident_id(value))
-        return self.keys.hmac_hex(purpose, f"{system or ''}|{value.strip()}")
-
-    def apply(self, resource: dict) -> dict:
-        """A de-identified copy of resource."""
+    def apply(self, resource: dict, patient: str | None = None, known_names: tuple[str, ...] = ()) -> dict:
+        """A de-identified copy of resource. patient: its patient's pseudonym (for date shifts)."""
         rtype = resource["resourceType"]
         out = {"resourceType": rtype}
-        self._walk(resource, out, self._trie(rtype), None, rtype)
+        ctx = Context(rtype, str(resource.get("id", "")), patient, known_names)
+        self._walk(resource, out, self._trie(rtype), None, rtype, ctx)
         return out
 
     def _lookup(self, node: _Node | None, key: str, item: Any) -> _Node | None:
@@ -95,7 +91,7 @@ class Deidentifier:
                 return child
         return None
 
-    def _walk(self, src: dict, dst: dict, node: _Node | None, inherited: Rule | None, path: str) -> None:
+    def _walk(self, src: dict, dst: dict, node: _Node | None, inherited: Rule | None, path: str, ctx: Context) -> None:
         for key, value in src.items():
             if key == "resourceType":
                 continue
@@ -108,34 +104,28 @@ class Deidentifier:
                 if rule is None:
                     self.stats.uncovered[sub] += 1
                     continue
-                if rule.action == "drop":
+                name = rule.action.name
+                if name == "drop":
                     self.stats.dropped_by_rule[sub] += 1
                     continue
-                if rule.action == "pseudonymize":
-                    if isinstance(item, dict) and "value" not in item:
-                        self.stats.dropped_by_rule[sub] += 1
-                        continue
-                    kept.append(self._pseudonymize(rule, item))
+                if name == "redact":
+                    self.stats.redacted[sub] += 1
+                    continue
+                if name == "pseudonymize" and isinstance(item, dict) and "value" not in item and "reference" not in item:
+                    self.stats.dropped_by_rule[sub] += 1  # an identifier with no value: nothing to keep
                     continue
                 if isinstance(item, dict) and child is not None and child.children:
                     inner: dict = {}
-                    self._walk(item, inner, child, rule, sub)
+                    self._walk(item, inner, child, rule, sub, ctx)
                     if inner:
-                        kept.append(inner)
-                else:
+                        kept.append(self._functions[rule.action](inner, ctx, sub) if name != "keep" and child.rule is rule else inner)
+                elif name == "keep":
                     kept.append(item)
+                else:
+                    kept.append(self._functions[rule.action](item, ctx, sub))
             if not kept:
                 continue
             dst[key] = kept if isinstance(value, list) else kept[0]
-
-    def _pseudonymize(self, rule: Rule, item: Any) -> Any:
-        purpose = rule.key or "identifier"
-        if isinstance(item, dict) and "value" in item:  # Identifier
-            out = {"system": PSEUDONYM_SYSTEM + purpose, "value": self.pseudonym(purpose, str(item["value"]), item.get("system"))}
-            if "type" in item:
-                out["type"] = item["type"]
-            return out
-        return self.pseudonym(purpose, str(item))
 
 
 def patient_pseudonym(deidentified_patient: dict) -> str | None:
@@ -143,7 +133,7 @@ def patient_pseudonym(deidentified_patient: dict) -> str | None:
     fallback = None
     for ident in deidentified_patient.get("identifier", []):
         system = ident.get("system", "")
-        if system == PSEUDONYM_SYSTEM + "patient-linkage":
+        if system in (PSEUDONYM_SYSTEM + "patient-linkage", PSEUDONYM_SYSTEM + "research-linkage"):
             return ident["value"]
         if fallback is None and system.startswith(PSEUDONYM_SYSTEM):
             fallback = ident["value"]

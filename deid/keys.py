@@ -31,6 +31,11 @@ PURPOSES = (
     "resource-id",  # (institution, namespace, source key) -> resource id
     "source-key",  # lineage column: keyed hash of the source row key
     "quarantine",  # AES-GCM key for quarantined source rows
+    "date-shift",  # per-patient date offsets (research zone)
+    "perturb",  # keyed, reproducible noise
+    "encryption",  # AES-SIV / AES-GCM for values that must stay recoverable
+    "research-id",  # research zone: resource ids and references, unlinkable to recognition ids
+    "research-linkage",  # research zone: patient pseudonyms
 )
 
 
@@ -80,10 +85,10 @@ class Keyring:
             )
         return cls(_decode(path.read_text()))
 
-    def key(self, purpose: str) -> bytes:
+    def key(self, purpose: str, length: int = 32) -> bytes:
         if purpose not in PURPOSES:
             raise ValueError(f"unknown key purpose {purpose!r}; known: {', '.join(PURPOSES)}")
-        return _derive(self.master, purpose)
+        return _derive(self.master, purpose, length)
 
     @functools.cached_property
     def key_id(self) -> str:
@@ -100,14 +105,13 @@ class Keyring:
         return h.hexdigest()[:length]
 
 
-_cache: dict[tuple[bytes, str], bytes] = {}
+_cache: dict[tuple[bytes, str, int], bytes] = {}
 _hmac_cache: dict[tuple[bytes, str], hmac.HMAC] = {}
 
 
-def _derive(master: bytes, purpose: str) -> bytes:
-    k = (master, purpose)
+def _derive(master: bytes, purpose: str, length: int = 32) -> bytes:
+    k = (master, purpose, length)
     if k not in _cache:
-        _cache[k] = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"hub/" + purpose.encode()
-        ).derive(master)
+        info = b"hub/" + purpose.encode() + (b"" if length == 32 else f"/{length}".encode())
+        _cache[k] = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master)
     return _cache[k]

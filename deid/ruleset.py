@@ -16,11 +16,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from deid.keys import PURPOSES
+from deid.actions import Action, parse_action
 from hub.fhir.validate import element_names, model_for
 from hub.yamlio import ConfigError, LineDict, load_yaml
 
-ACTIONS = ("keep", "drop", "pseudonymize")
 ZONES = ("recognition", "research")
 CATEGORIES = (
     "personal attribute", "health status", "medical application",
@@ -45,8 +44,7 @@ class Rule:
     level: int
     resource: str  # resource type or "*"
     segments: tuple[Segment, ...]
-    action: str
-    key: str | None
+    action: Action
     line: int
 
     @property
@@ -117,21 +115,25 @@ def load_ruleset(path: Path, zone: str) -> Ruleset:
         actions = node.get("action")
         if not isinstance(actions, dict) or not actions:
             raise ConfigError(str(path), node.line_of("action"), f"{where}.action", "is missing", "a mapping zone: action, e.g. {recognition: keep}")
+        parsed = {}
         for z, a in actions.items():
             if z not in ZONES:
                 raise ConfigError(str(path), actions.line_of(z), f"{where}.action.{z}", f"unknown zone {z!r}", ", ".join(ZONES))
-            if a not in ACTIONS:
-                raise ConfigError(str(path), actions.line_of(z), f"{where}.action.{z}", f"unknown action {a!r}", ", ".join(ACTIONS))
-        action = actions.get(zone, "drop")
-        key = node.get("key")
-        if action == "pseudonymize" and key not in PURPOSES:
-            raise ConfigError(str(path), node.line_of("key"), f"{where}.key", f"{key!r} is not a key purpose", ", ".join(PURPOSES))
+            if a == "pseudonymize" or (isinstance(a, dict) and "pseudonymize" in a and not (a["pseudonymize"] or {}).get("key")):
+                if node.get("key") is None:  # the rule-level key names the purpose for a bare pseudonymize
+                    raise ConfigError(str(path), node.line_of("action"), f"{where}.key", "is missing for pseudonymize", "key: <purpose>, e.g. patient-linkage")
+                a = {"pseudonymize": {"key": node["key"]}}
+            try:
+                parsed[z] = parse_action(a)
+            except ValueError as exc:
+                raise ConfigError(str(path), actions.line_of(z), f"{where}.action.{z}", str(exc)) from None
+        action = parsed.get(zone, Action("drop"))
         paths = node.get("paths")
         if not isinstance(paths, list) or not paths:
             raise ConfigError(str(path), node.line_of("paths"), f"{where}.paths", "is missing", "a list of FHIR paths")
         for p in paths:
             resource, segs = _parse_path(path, node.line_of("paths"), f"{where}.paths", str(p))
-            rules.append(Rule(element, str(node.get("name", "")), category, level, resource, segs, action, key, line))
+            rules.append(Rule(element, str(node.get("name", "")), category, level, resource, segs, action, line))
     return Ruleset(
         name=str(doc.get("ruleset", path.stem)), version=str(doc.get("version", "0")), zone=zone,
         rules=rules, path=path, content_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -139,4 +141,4 @@ def load_ruleset(path: Path, zone: str) -> Ruleset:
 
 
 def default_ruleset_path() -> Path:
-    return RULES_DIR / "recognition.yaml"
+    return RULES_DIR / "default.yaml"

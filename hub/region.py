@@ -43,7 +43,7 @@ class Region:
     catalog_url: str
     warehouse: Path
     zone: str = "recognition"
-    ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "recognition.yaml")
+    ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "default.yaml")
 
     @property
     def key_file(self) -> Path:
