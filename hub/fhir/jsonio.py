@@ -18,9 +18,10 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def dumps(resource: dict) -> str:
-    """Compact, key-sorted JSON with Decimals written exactly as their text."""
-    text = json.dumps(resource, default=_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+def dumps(resource: dict, indent: int | None = None) -> str:
+    """Key-sorted JSON with Decimals written exactly as their text; compact unless indent is given."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(resource, default=_default, ensure_ascii=False, separators=separators, sort_keys=True, indent=indent)
     return _MARK_RE.sub(r"\1", text)
 
 
