@@ -18,10 +18,13 @@ from dagster import (
     MaterializeResult,
     multi_asset,
 )
+from pyiceberg.exceptions import NoSuchTableError
 
 from dagster_project.partitions import institutions
 from dagster_project.resources import HubResource
 from hub.fhir.validate import RESOURCE_MODULES
+from hub.lakehouse.tables import open_catalog, table_name
+from hub.leakscan import load_canaries, published_files, scan_files, scan_text
 from hub.pipeline import run_institution
 from hub.progress import reporter
 
@@ -51,6 +54,7 @@ CHECK_SPECS = [
     for spec in (
         AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
         AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
+        AssetCheckSpec("leak_scan", asset=table_key(rt), blocking=True, description="no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs"),
     )
 ]
 
@@ -64,8 +68,13 @@ class PublishConfig(Config):
 @multi_asset(specs=TABLE_SPECS, check_specs=CHECK_SPECS, partitions_def=institutions, can_subset=False)
 def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hub: HubResource) -> Iterator:
     """Pull one institution's feeds (incrementally) and publish every resource type to the recognition zone."""
-    report = run_institution(hub.region(), context.partition_key, hub.keyring(), progress=reporter(), full=config.full)
+    region = hub.region()
+    report = run_institution(region, context.partition_key, hub.keyring(), progress=reporter(), full=config.full)
     by_resource = report.by_resource()
+    canaries = load_canaries(region.workspace)
+    catalog = open_catalog(region.catalog_url, region.warehouse)
+    log_text = "\n".join(e.user_message or "" for e in context.instance.all_logs(context.run_id))
+    log_hits = scan_text(log_text, f"run {context.run_id} logs", canaries)
     for rt in RESOURCE_MODULES:
         c = by_resource.get(rt, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
         yield MaterializeResult(
@@ -89,4 +98,13 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
         yield AssetCheckResult(
             asset_key=table_key(rt), check_name="quarantine_rate", passed=quarantine_rate <= MAX_QUARANTINE_RATE,
             severity=AssetCheckSeverity.WARN, metadata={"quarantine_rate": quarantine_rate, "quarantined": c["quarantined"]},
+        )
+        try:
+            files = published_files(catalog.load_table(table_name(ZONE, rt)), context.partition_key)
+        except NoSuchTableError:
+            files = []
+        hits = scan_files(files, canaries) + log_hits
+        yield AssetCheckResult(
+            asset_key=table_key(rt), check_name="leak_scan", passed=not hits, severity=AssetCheckSeverity.ERROR,
+            metadata={"files_scanned": len(files), "hits": len(hits), "first_hits (masked)": [str(h) for h in hits[:5]]},
         )

@@ -11,8 +11,9 @@ import re
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
 
-RESIDENT_ID_RE = re.compile(r"(?<![0-9])[1-9][0-9]{16}[0-9Xx](?![0-9A-Za-z])")
-MOBILE_RE = re.compile(r"(?<![0-9])(?:\+86|0086)?1[3-9][0-9]{9}(?![0-9])")
+# Token boundaries exclude ASCII letters too, so digits inside a hex pseudonym never match.
+RESIDENT_ID_RE = re.compile(r"(?<![0-9A-Za-z])[1-9][0-9]{16}[0-9Xx](?![0-9A-Za-z])")
+MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])(?:\+86|0086)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
 
 
 def resident_id_check_char(first17: str) -> str:

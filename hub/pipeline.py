@@ -24,6 +24,7 @@ from deid.ruleset import load_ruleset
 from hub import quarantine, watermarks
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
+from hub.leakscan import load_canaries
 from hub.lineage import catalog as runcat
 from hub.mapping.compile import RowProblem
 from hub.mapping.run import block_select
@@ -144,6 +145,7 @@ class InstitutionRun:
         self.run_id = new_run_id(self.inst.id)
         self.report = RunReport(self.run_id, self.inst.id, keys.key_id, self.ruleset.label, warehouse=str(region.warehouse))
         self.writers: dict[str, TableWriter] = {}
+        self.canaries = load_canaries(region.workspace)
         self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
         self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers)
         runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
@@ -151,7 +153,7 @@ class InstitutionRun:
     def writer(self, resource_type: str) -> TableWriter:
         if resource_type not in self.writers:
             table = ensure_table(self.icat, self.region.zone, resource_type)
-            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id)
+            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id, self.canaries)
         return self.writers[resource_type]
 
     def publish(self, work: BlockWork, batches: Iterable[list[tuple]], on_commit: Callable[[object], None] | None = None) -> BlockCount:

@@ -62,6 +62,7 @@ def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert checks[("recognition/observation", "validation_rate")] is True
     assert checks[("recognition/observation", "quarantine_rate")] is True
+    assert checks[("recognition/patient", "leak_scan")] is True
 
 
 def test_sensor_registers_newly_configured_institutions(tmp_path):

@@ -80,7 +80,9 @@ def test_no_identifier_in_any_published_file_or_catalog(demo):
         assert hits(parquet_text(f), secrets) == [], f
     # raw bytes of everything else hub wrote: Iceberg metadata and manifests (column bounds),
     # the catalog database with run reports and quarantine (encrypted rows, reasons in clear)
-    written = [p for p in region.workspace.rglob("*") if p.is_file() and "sources" not in p.parts and p.suffix != ".parquet"]
+    # (canary.json is the demo's tripwire list, written with the sources on purpose)
+    written = [p for p in region.workspace.rglob("*") if p.is_file() and "sources" not in p.parts
+               and p.suffix != ".parquet" and p.name != "canary.json"]
     assert any(p.name == "catalog.db" for p in written)
     for f in written:
         data = f.read_bytes().decode("utf-8", errors="ignore")

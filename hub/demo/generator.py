@@ -11,6 +11,7 @@ that quarantine has something to explain.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,14 @@ def _person(rng: random.Random, fake: Faker) -> Person:
         conditions.add("ckd")
     address = f"浙江省杭州市{district}{rng.choice(STREETS)}{rng.randrange(1, 400)}号{rng.randrange(1, 30)}幢{rng.randrange(1, 6)}单元{rng.randrange(1, 30)}{rng.randrange(1, 5):02d}室"
     return Person(id_number, fake.name_male() if sex == "male" else fake.name_female(), sex, birth, fake.phone_number(), address, conditions)
+
+
+def canary() -> Person:
+    """A synthetic patient planted at every institution: if any of its values is ever found in
+    published data or logs, de-identification has failed (the leak scan looks for them)."""
+    first17 = "33010619800101998"  # even sequence: female
+    return Person(first17 + resident_id_check_char(first17), "金丝雀", "female", dt.date(1980, 1, 1),
+                  "13000000013", "浙江省杭州市西湖区金丝雀路1号", {"diabetes", "hypertension"})
 
 
 def _value(rng: random.Random, item: C.LabItem, p: Person) -> tuple[str, str]:
@@ -421,6 +430,8 @@ def build_region(patients: int, seed: int = DEFAULT_SEED) -> dict[str, dict[str,
     for _ in people:
         chosen = {inst.id for inst in INSTITUTIONS if rng.random() < inst.share}
         memberships.append(chosen or {INSTITUTIONS[-1].id})  # everyone has a community centre
+    people.append(canary())
+    memberships.append({inst.id for inst in INSTITUTIONS})
     out: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for n, inst in enumerate(INSTITUTIONS):
         irng = random.Random(seed * 31 + n)
@@ -469,6 +480,14 @@ def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SE
             counts[f"{inst.id}/{system}"] = {t: len(r) for t, r in data[inst.id][schema].items()}
             feeds.append({"name": system, "mapping": schema, "url": f"sqlite:///{{workspace}}/sources/{db.name}"})
         region["institutions"].append({"id": inst.id, "name": inst.name, "level": inst.level, "feeds": feeds})
+    c = canary()
+    mrns = sorted({row.get("mrn") or row.get("BAH") for tables in data.values() for rows in tables.values()
+                   for table in ("patient", "T_BR_JBXX") for row in rows.get(table, []) if row.get("name", row.get("XM")) == c.name})
+    (workspace / "canary.json").write_text(json.dumps({
+        "note": "synthetic canary patient planted by hub demo at every institution; none of these values may appear "
+                "in published data or logs (the leak scan fails on any of them)",
+        "values": [c.name, c.id_number, c.phone, c.address, *mrns],
+    }, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (workspace / "region.yaml").write_text(
         "# Demo region written by `hub demo`. Feed URLs may use {workspace} and ${ENV_VAR}.\n"
         + yaml.safe_dump(region, allow_unicode=True, sort_keys=False),

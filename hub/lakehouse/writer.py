@@ -3,7 +3,8 @@
 A row is identified by its resource id. Before the first write of a run, the writer reads
 (id, content_hash) of the institution's partition once; then each flush appends only rows
 that are new or whose content changed, deleting the old versions of changed rows in the
-same transaction. Publishing identical data twice therefore writes nothing.
+same transaction. Publishing identical data twice therefore writes nothing. Every flush is
+leak-scanned first: rows carrying an identifier are never committed.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pyiceberg.expressions import And, EqualTo, In
 from pyiceberg.table import Table
 
 from hub.lakehouse.tables import ARROW_SCHEMA
+from hub.leakscan import LeakBlocked, scan_arrow
 
 
 class TableWriter:
     """Buffers rows for one table and institution; each flush() is one atomic upsert commit."""
 
-    def __init__(self, table: Table, institution: str, run_id: str):
-        self.table, self.institution, self.run_id = table, institution, run_id
+    def __init__(self, table: Table, institution: str, run_id: str, canaries: frozenset[str] = frozenset()):
+        self.table, self.institution, self.run_id, self.canaries = table, institution, run_id, canaries
         self._buffer: dict[str, dict] = {}
         self._existing: dict[str, str] | None = None
         self.written = 0
@@ -59,6 +61,9 @@ class TableWriter:
         if not rows:
             return
         data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+        hits = scan_arrow(data, ".".join(self.table.name()), self.canaries)
+        if hits:
+            raise LeakBlocked(hits)  # nothing of this flush is committed
         props = {"hub.run-id": self.run_id, "hub.institution": self.institution}
         with self.table.transaction() as tx:
             if changed:
