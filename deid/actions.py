@@ -140,9 +140,13 @@ def encrypt(keys: Keyring, params: dict, value: Any) -> Any:
     return seal(str(value))
 
 
-def decrypt(keys: Keyring, token: str) -> str:
-    """Open a value made by encrypt (authorised use only)."""
-    _, mode, _key_id, b64 = token.split(":", 3)
+def decrypt(keys: Keyring, token: str, key_file=None) -> str:
+    """Open a value made by encrypt (authorised use only), with a retired key if it was sealed under one."""
+    _, mode, key_id, b64 = token.split(":", 3)
+    if key_id != keys.key_id:
+        from deid.keys import keyring_for
+
+        keys = keyring_for(key_file, key_id)
     blob = base64.urlsafe_b64decode(b64)
     if mode == "siv":
         return AESSIV(keys.key("encryption", 64)).decrypt(blob, None).decode()

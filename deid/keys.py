@@ -115,3 +115,32 @@ def _derive(master: bytes, purpose: str, length: int = 32) -> bytes:
         info = b"hub/" + purpose.encode() + (b"" if length == 32 else f"/{length}".encode())
         _cache[k] = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master)
     return _cache[k]
+
+
+def rotate(key_file: Path) -> tuple[str, str]:
+    """Retire the master key in key_file (kept as retired/<key id>.key) and write a new one.
+
+    Returns (old key id, new key id). Data sealed under the old key stays readable through
+    keyring_for(key_file, old id); pseudonyms change from now on (re-publish to re-key).
+    """
+    key_file = Path(key_file)
+    old = Keyring(_decode(key_file.read_text()))
+    retired = key_file.parent / "retired"
+    retired.mkdir(mode=0o700, exist_ok=True)
+    target = retired / f"{old.key_id}.key"
+    os.replace(key_file, target)
+    os.chmod(target, 0o600)
+    create_key_file(key_file)
+    return old.key_id, Keyring.load(key_file).key_id
+
+
+def keyring_for(key_file: Path | None, key_id: str) -> Keyring:
+    """The keyring whose id is key_id: the current one, or a retired one next to the key file."""
+    current = Keyring.load(key_file)
+    if current.key_id == key_id:
+        return current
+    if key_file is not None:
+        retired = Path(key_file).parent / "retired" / f"{key_id}.key"
+        if retired.exists():
+            return Keyring(_decode(retired.read_text()))
+    raise MasterKeyError(f"no key with id {key_id}: it is neither the current master key nor a retired one")

@@ -311,3 +311,24 @@ def _load_patient_index(icat, zone: str, institution: str) -> dict[str, str | No
         return {}
     data = table.scan(row_filter=EqualTo("institution", institution), selected_fields=("id", "patient")).to_arrow()
     return dict(zip(data.column("id").to_pylist(), data.column("patient").to_pylist(), strict=True))
+
+
+def repseudonymize(region: Region, institution_id: str, keys: Keyring, **kwargs) -> tuple[RunReport, int]:
+    """Re-publish an institution under the current key, then remove its rows made with other keys.
+
+    Returns the run report and the number of old rows removed. Earlier snapshots and tags
+    (research releases) stay readable through time travel.
+    """
+    from pyiceberg.expressions import And, NotEqualTo
+
+    report = run_institution(region, institution_id, keys, full=True, **kwargs)
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    removed = 0
+    for name in icat.list_tables(region.zone):
+        table = icat.load_table(name)
+        stale = And(EqualTo("institution", institution_id), NotEqualTo("key_id", keys.key_id))
+        n = table.scan(row_filter=stale, selected_fields=("id",)).to_arrow().num_rows
+        if n:
+            table.delete(stale, snapshot_properties={"hub.run-id": report.run_id, "hub.rekey": keys.key_id})
+            removed += n
+    return report, removed

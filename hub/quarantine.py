@@ -141,11 +141,18 @@ def list_rows(
         return [dict(r._mapping) for r in conn.execute(q)]
 
 
-def open_row(engine: sa.Engine, keys: Keyring, entry_id: int) -> dict:
-    """Decrypt one quarantined source row (authorised operators only: needs the master key)."""
+def open_row(engine: sa.Engine, keys: Keyring, entry_id: int, key_file=None) -> dict:
+    """Decrypt one quarantined source row (authorised operators only: needs the master key).
+
+    A row sealed under a retired key is opened with that key, found next to key_file.
+    """
     with engine.connect() as conn:
         rec = conn.execute(sa.select(quarantine).where(quarantine.c.id == entry_id)).one_or_none()
     if rec is None:
         raise KeyError(f"no quarantine entry {entry_id}")
+    if rec.key_id != keys.key_id:
+        from deid.keys import keyring_for
+
+        keys = keyring_for(key_file, rec.key_id)
     plain = AESGCM(keys.key("quarantine")).decrypt(rec.nonce, rec.payload, _aad(rec.institution, rec.source_key_hash))
     return json.loads(plain)

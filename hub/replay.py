@@ -55,7 +55,7 @@ def replay(region: Region, institution: str, keys: Keyring, entry_ids: list[int]
             key_cols = [compiled.qualify(k) for k in work.block.key]
             wanted: dict[tuple, list[int]] = defaultdict(list)
             for e in group:
-                payload = quarantine.open_row(engine, keys, e["id"])
+                payload = quarantine.open_row(engine, keys, e["id"], region.key_file)
                 wanted[tuple(payload.get(c) for c in key_cols)].append(e["id"])
             rows = _fetch(work, compiled, key_cols, list(wanted))
             found = {tuple(r[compiled.columns.index(c)] for c in key_cols) for r in rows}
