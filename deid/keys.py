@@ -36,6 +36,7 @@ PURPOSES = (
     "encryption",  # AES-SIV / AES-GCM for values that must stay recoverable
     "research-id",  # research zone: resource ids and references, unlinkable to recognition ids
     "research-linkage",  # research zone: patient pseudonyms
+    "manifest-signing",  # Ed25519 seed for signing publication manifests
 )
 
 

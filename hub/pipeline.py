@@ -26,6 +26,7 @@ from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
 from hub.leakscan import load_canaries
 from hub.lineage import catalog as runcat
+from hub.lineage import manifests
 from hub.mapping.compile import RowProblem
 from hub.mapping.run import block_select
 from hub.mapping.spec import Block, Mapping, load_mapping
@@ -68,6 +69,7 @@ class RunReport:
     dropped_by_rule: Counter = field(default_factory=Counter)
     snapshots: dict[str, int] = field(default_factory=dict)
     warehouse: str = ""
+    manifest: tuple[int, str] | None = None  # (sequence number, hash) of the signed manifest
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -90,6 +92,7 @@ class RunReport:
             "uncovered_elements_dropped": dict(self.uncovered.most_common()),
             "elements_dropped_by_rule": dict(self.dropped_by_rule.most_common()),
             "snapshots": self.snapshots, "warehouse": self.warehouse,
+            "manifest": {"seq": self.manifest[0], "hash": self.manifest[1]} if self.manifest else None,
         }
 
 
@@ -234,6 +237,11 @@ class InstitutionRun:
         for rtype, w in self.writers.items():
             if w.snapshot_ids:
                 self.report.snapshots[rtype] = w.snapshot_ids[-1]
+        if status == "succeeded" and self.report.snapshots:
+            tables = {".".join(w.table.name()): w.table for w in self.writers.values() if w.snapshot_ids}
+            summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__,
+                       "counts": [_count_row(self.inst.id, c) for c in self.report.counts]}
+            self.report.manifest = manifests.append(self.engine, self.keys, self.run_id, tables, summary)
         runcat.finish_run(self.engine, self.run_id, status, [_count_row(self.inst.id, c) for c in self.report.counts], self.report.as_dict())
         return self.report
 

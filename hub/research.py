@@ -35,6 +35,7 @@ from hub.lakehouse.tables import (
     primary_code,
     table_name,
 )
+from hub.lineage import manifests
 from hub.lineage.catalog import connect as connect_catalog
 from hub.lineage.catalog import metadata
 from hub.region import Region
@@ -106,7 +107,7 @@ def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: 
         count = 0
         with target.transaction() as tx:
             if target.current_snapshot() is not None:
-                tx.delete(AlwaysTrue(), snapshot_properties={"hub.release": release_id})
+                tx.delete(AlwaysTrue(), snapshot_properties={"hub.run-id": release_id})
             chunk: list[dict] = []
             for row in source_rows(rtype):
                 if row["patient"] is not None and research_of.get(row["patient"]) in suppressed:
@@ -125,17 +126,19 @@ def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: 
                     "published_at": now,
                 })
                 if len(chunk) >= 50_000:
-                    tx.append(pa.Table.from_pylist(chunk, schema=ARROW_SCHEMA), snapshot_properties={"hub.release": release_id})
+                    tx.append(pa.Table.from_pylist(chunk, schema=ARROW_SCHEMA), snapshot_properties={"hub.run-id": release_id})
                     count += len(chunk)
                     chunk = []
             if chunk:
-                tx.append(pa.Table.from_pylist(chunk, schema=ARROW_SCHEMA), snapshot_properties={"hub.release": release_id})
+                tx.append(pa.Table.from_pylist(chunk, schema=ARROW_SCHEMA), snapshot_properties={"hub.run-id": release_id})
                 count += len(chunk)
         snap = target.current_snapshot()
         if snap is not None:
             target.manage_snapshots().create_tag(snap.snapshot_id, name).commit()
             snapshots[rtype] = snap.snapshot_id
         rows_written[rtype] = count
+    tables = {f"research.{t.lower()}": icat.load_table(f"research.{t.lower()}") for t in snapshots}
+    manifests.append(engine, keys, release_id, tables, {"release": name, "k": k, "ruleset": ruleset.label, "rows": rows_written})
     _record(engine, release_id, name, "published", k, ruleset.label, keys.key_id, report, snapshots)
     return Release(release_id, name, "published", report, rows_written, snapshots)
 
