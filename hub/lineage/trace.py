@@ -1,0 +1,100 @@
+"""Tracing a published row: back to its source and run, forward to the releases that contain it.
+
+The chain, as plain data: the row's zone, table and lineage columns; its run (times,
+status, counts for its source table); its mapping (is the file today the one that made the
+row?) and ruleset; the signed manifest that recorded the data file holding it (and whether
+that file still verifies); and the research releases whose tagged snapshot holds its
+research twin. Given a candidate source key, the keyed source-key hash can be checked
+without the hub ever storing source keys.
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import EqualTo
+
+from deid.actions import pseudonym
+from deid.keys import Keyring
+from hub.fhir.ids import source_key_hash
+from hub.lakehouse.tables import open_catalog
+from hub.lineage import catalog as runcat
+from hub.lineage.manifests import file_sha256, local_path, manifests
+from hub.mapping.spec import load_mapping
+from hub.region import Region
+
+
+def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] | None = None) -> dict:
+    """The lineage chain of ``Type/id`` (recognition or research zone)."""
+    rtype, _, rid = reference.partition("/")
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    engine = runcat.connect(region.catalog_url)
+    for zone in (region.zone, "research"):
+        try:
+            table = icat.load_table(f"{zone}.{rtype.lower()}")
+        except NoSuchTableError:
+            continue
+        rows = table.scan(row_filter=EqualTo("id", rid)).to_arrow().to_pylist()
+        if rows:
+            break
+    else:
+        raise KeyError(f"{reference} is not published in {region.zone} or research")
+    row = rows[0]
+    out: dict = {
+        "resource": reference, "zone": zone, "table": f"{zone}.{rtype.lower()}",
+        "row": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k != "resource"},
+    }
+    with engine.connect() as conn:
+        run = conn.execute(sa.select(runcat.runs).where(runcat.runs.c.run_id == row["run_id"])).first()
+        counts = conn.execute(sa.select(runcat.run_counts).where(
+            runcat.run_counts.c.run_id == row["run_id"], runcat.run_counts.c.source_table == row["source_table"],
+            runcat.run_counts.c.resource_type == rtype)).first()
+        recorded = list(conn.execute(sa.select(manifests).where(manifests.c.run_id == row["run_id"])))
+    if run is not None:
+        out["run"] = {"run_id": run.run_id, "started_at": run.started_at.isoformat(), "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+                      "status": run.status, "code_version": run.code_version, "ruleset": run.ruleset, "key_id": run.key_id}
+    if counts is not None:
+        out["counts"] = {"feed": counts.feed, "rows_read": counts.rows_read, "published": counts.published, "quarantined": counts.quarantined}
+        out["mapping"] = _mapping_state(region, row["institution"], counts.feed, row["mapping_version"])
+    files = {t.file.file_path for t in table.scan(row_filter=EqualTo("id", rid)).plan_files()}
+    for m in recorded:
+        body = json.loads(m.body)
+        for f in body["tables"].get(out["table"], {}).get("files", []):
+            if f["path"] in files:
+                now = file_sha256(local_path(f["path"])) if local_path(f["path"]).exists() else None
+                out["manifest"] = {"seq": m.seq, "hash": m.hash, "signed_with_key": m.key_id, "data_file": f["path"],
+                                   "data_file_intact": now == f["sha256"]}
+    if source_key is not None and zone == region.zone:
+        system = row["source_system"]
+        out["source_key_matches"] = source_key_hash(keys, row["institution"], system, row["source_table"], source_key) == row["source_key_hash"]
+    if zone == region.zone:
+        out["research_releases"] = _releases_containing(icat, engine, rtype, pseudonym(keys, "research-id", rid))
+    return out
+
+
+def _mapping_state(region: Region, institution: str, feed: str, label: str) -> dict:
+    try:
+        f = next(f for f in region.institution(institution).feeds if f.name == feed)
+        current = load_mapping(f.mapping).label
+    except (KeyError, StopIteration):
+        return {"recorded": label, "current": None, "file": None, "unchanged": False}
+    return {"recorded": label, "current": current, "file": str(f.mapping), "unchanged": current == label}
+
+
+def _releases_containing(icat, engine, rtype: str, research_id: str) -> list[str]:
+    from hub.research import releases
+
+    with engine.connect() as conn:
+        names = [r.name for r in conn.execute(sa.select(releases.c.name).where(releases.c.status == "published").order_by(releases.c.created_at))]
+    try:
+        table = icat.load_table(f"research.{rtype.lower()}")
+    except NoSuchTableError:
+        return []
+    found = []
+    for name in names:
+        ref = table.snapshot_by_name(name)
+        if ref is not None and table.scan(snapshot_id=ref.snapshot_id, row_filter=EqualTo("id", research_id)).to_arrow().num_rows:
+            found.append(name)
+    return found
