@@ -102,3 +102,44 @@ def test_wide_table_vendor_on_postgres_and_his_on_mariadb(servers, keys, tmp_pat
 
     assert counts(on_servers) == counts(on_sqlite)
     assert counts(on_servers)["Observation"][0] > 50
+
+
+@pytest.fixture()
+def pg_catalog_db(servers):
+    """A fresh PostgreSQL database for the Iceberg and lineage catalog, dropped afterwards."""
+    import secrets
+
+    name = f"hub_catalog_{secrets.token_hex(4)}"
+    admin = sa.create_engine(servers, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield servers.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
+    from hub.demo.generator import generate_region
+    from hub.lineage import catalog as runcat
+    from hub.lineage.manifests import verify
+
+    generate_region(tmp_path, patients=15)
+    doc = yaml.safe_load((tmp_path / "region.yaml").read_text(encoding="utf-8"))
+    doc["catalog"] = pg_catalog_db  # the only change: a PostgreSQL catalog URL
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    region = load_region(tmp_path)
+    assert region.catalog_url.startswith("postgresql")
+
+    first = run_institution(region, "city-first", keys)
+    second = run_institution(region, "city-first", keys)
+    assert all(c["written"] == 0 for c in second.by_resource().values())
+    obs = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation").scan().to_arrow()
+    assert obs.num_rows == first.by_resource()["Observation"]["published"]
+    engine = runcat.connect(region.catalog_url)
+    with engine.connect() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"iceberg_tables", "hub_runs", "hub_quarantine", "hub_manifests", "hub_watermarks"} <= tables
+    assert verify(engine, keys).ok
