@@ -334,6 +334,7 @@ def quarantine_list(
 def quarantine_show(
     entry: int = typer.Argument(..., help="Entry id from `hub quarantine list`."),
     workspace: Path = WorkspaceOpt,
+    purpose: str = typer.Option("fix a quarantined row", "--purpose", help="Why you open identifiable data (written to the access log)."),
 ) -> None:
     """Decrypt one quarantined source row, for an authorised operator (needs the master key).
 
@@ -354,6 +355,9 @@ def quarantine_show(
         raise KeyError(f"no quarantine entry {entry}")
     row = quarantine.open_row(engine, keys, entry, region.key_file)
     m = meta[0]
+    from hub.lineage import access
+
+    access.record(engine, "quarantine-show", purpose, {"quarantine_entry": entry, "table": m["source_table"], "rows": 1})
     console.print(f"[bold]entry {entry}[/] {m['institution']} {m['feed']} {m['source_table']} → {m['resource_type']} ({m['status']})")
     console.print(f"reason: {m['reason']}", highlight=False)
     console.print("[yellow]source row (identifiable data, decrypted for you):[/]")
@@ -399,6 +403,7 @@ def research_release(
     name: str = typer.Option(None, "--name", help="Release name, also the Iceberg tag on every research table."),
     k: int = typer.Option(5, "--k", min=2, help="Smallest class size required over the quasi-identifiers (birth year, sex)."),
     max_suppression: float = typer.Option(0.05, "--max-suppression", min=0.0, max=1.0, help="Largest share of people that may be suppressed."),
+    purpose: str = typer.Option("research release", "--purpose", help="Why the release is made (written to the access log)."),
 ) -> None:
     """Build a research release: re-key, shift dates, generalize, check k-anonymity, publish or refuse.
 
@@ -411,7 +416,7 @@ def research_release(
     from hub.research import build_release
 
     region = load_region(workspace)
-    release = build_release(region, Keyring.load(region.key_file), name=name, k=k, max_suppression=max_suppression)
+    release = build_release(region, Keyring.load(region.key_file), name=name, k=k, max_suppression=max_suppression, purpose=purpose)
     r = release.report
     t = Table(title=f"Risk report: release {release.name} ({release.status})")
     for col in ("birth-year band", "smallest class", "classes", "people below k", "share"):
@@ -556,6 +561,8 @@ def audit_verify(
 ) -> None:
     """Verify the publication history: manifest hashes, chain links, Ed25519 signatures, data file hashes.
 
+    Run it after every publication (the Dagster check does) and before handing data over.
+
     Exits 1 and names the manifest and file of every break.
     """
     from deid.keys import Keyring
@@ -571,6 +578,36 @@ def audit_verify(
     console.print(f"{report.manifests} manifests, {report.files} data files re-hashed: {verdict}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("access")
+def audit_access(
+    workspace: Path = WorkspaceOpt,
+    who: str = typer.Option(None, "--who", help="Only this actor."),
+    action: str = typer.Option(None, "--action", help="Only this action (research-release, quarantine-show, lineage-trace ...)."),
+    since: str = typer.Option(None, "--since", help="Only from this date (YYYY-MM-DD)."),
+    fhir: bool = typer.Option(False, "--fhir", help="Print FHIR R4 AuditEvent NDJSON instead of a table."),
+) -> None:
+    """List the access log: who read what through hub, when and why (AuditEvent NDJSON with --fhir)."""
+    import datetime as dt
+    import json
+
+    from hub.lineage import access
+    from hub.lineage import catalog as runcat
+    from hub.region import load_region
+
+    start = dt.datetime.fromisoformat(since).replace(tzinfo=dt.UTC) if since else None
+    rows = access.entries(runcat.connect(load_region(workspace).catalog_url), who, action, start)
+    if fhir:
+        for event in access.as_audit_events(rows):
+            print(json.dumps(event, ensure_ascii=False))
+        return
+    table = Table(title=f"Access log ({len(rows)} entries)")
+    for col in ("at", "who", "action", "purpose", "what", "outcome"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["who"], r["action"], r["purpose"], json.dumps(r["what"], ensure_ascii=False), r["outcome"])
+    console.print(table)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from hub.lakehouse.tables import (
     primary_code,
     table_name,
 )
-from hub.lineage import manifests
+from hub.lineage import access, manifests
 from hub.lineage.catalog import connect as connect_catalog
 from hub.lineage.catalog import metadata
 from hub.region import Region
@@ -67,8 +67,12 @@ class Release:
     snapshots: dict[str, int]
 
 
-def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: int = 5, max_suppression: float = 0.05) -> Release:
-    """Build, gate and (if it passes) publish a research release from the recognition zone."""
+def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: int = 5, max_suppression: float = 0.05,
+                  purpose: str = "research release") -> Release:
+    """Build, gate and (if it passes) publish a research release from the recognition zone.
+
+    The read of the recognition zone is written to the access log with its purpose.
+    """
     release_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-research-{secrets.token_hex(3)}"
     name = name or release_id
     ruleset = load_ruleset(region.ruleset, "research")
@@ -96,6 +100,7 @@ def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: 
         band, suppressed, report = enforce_k(people, k, QUASI_IDENTIFIERS, max_suppression)
     except RiskGateFailed as exc:
         _record(engine, release_id, name, "refused", k, ruleset.label, keys.key_id, exc.report, {})
+        access.record(engine, "research-release", purpose, {"release": name, "read": "recognition.patient", "people": len(people)}, "refused")
         return Release(release_id, name, "refused", exc.report, {}, {})
 
     # pass 2: every table, atomically replaced and tagged
@@ -140,6 +145,7 @@ def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: 
     tables = {f"research.{t.lower()}": icat.load_table(f"research.{t.lower()}") for t in snapshots}
     manifests.append(engine, keys, release_id, tables, {"release": name, "k": k, "ruleset": ruleset.label, "rows": rows_written})
     _record(engine, release_id, name, "published", k, ruleset.label, keys.key_id, report, snapshots)
+    access.record(engine, "research-release", purpose, {"release": name, "read": f"{region.zone}.*", "rows": rows_written, "snapshots": snapshots})
     return Release(release_id, name, "published", report, rows_written, snapshots)
 
 

@@ -20,6 +20,7 @@ from deid.actions import pseudonym
 from deid.keys import Keyring
 from hub.fhir.ids import source_key_hash
 from hub.lakehouse.tables import open_catalog
+from hub.lineage import access
 from hub.lineage import catalog as runcat
 from hub.lineage.manifests import file_sha256, local_path, manifests
 from hub.mapping.spec import load_mapping
@@ -71,6 +72,7 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
         out["source_key_matches"] = source_key_hash(keys, row["institution"], system, row["source_table"], source_key) == row["source_key_hash"]
     if zone == region.zone:
         out["research_releases"] = _releases_containing(icat, engine, rtype, pseudonym(keys, "research-id", rid))
+    access.record(engine, "lineage-trace", "audit: trace a published row", {"table": out["table"], "resource": reference, "rows": 1})
     return out
 
 

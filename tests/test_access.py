@@ -1,0 +1,52 @@
+"""The access log: reads through hub are recorded, filterable, exportable as FHIR AuditEvent, identifier-free."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hub.cli import app
+from hub.demo.generator import generate_region
+from hub.fhir.ids import resource_id
+from hub.leakscan import load_canaries, scan_text
+from hub.lineage import access
+from hub.lineage import catalog as runcat
+from hub.pipeline import run_institution
+from hub.region import load_region
+from hub.research import build_release
+
+pytestmark = pytest.mark.slow
+
+
+def test_reads_are_logged_and_exported_as_audit_events(tmp_path, keys, monkeypatch):
+    generate_region(tmp_path, patients=15)
+    region = load_region(tmp_path)
+    for inst in region.institutions:
+        run_institution(region, inst.id, keys)
+    monkeypatch.setenv("HUB_ACTOR", "ml-team-a")
+    build_release(region, keys, name="r1", k=2, max_suppression=0.5, purpose="diabetes cohort study #12")
+    build_release(region, keys, name="r2", k=10_000)  # refused, still logged
+    monkeypatch.setenv("HUB_MASTER_KEY", keys.master.hex())
+    monkeypatch.setenv("HUB_ACTOR", "operator-li")
+    runner = CliRunner()
+    assert runner.invoke(app, ["quarantine", "show", "1", "-w", str(tmp_path), "--purpose", "fix date format"]).exit_code == 0
+    rid = resource_id(keys, "city-first", "observation", [10])
+    assert runner.invoke(app, ["lineage", "trace", f"Observation/{rid}", "-w", str(tmp_path)]).exit_code == 0
+
+    engine = runcat.connect(region.catalog_url)
+    log = access.entries(engine)
+    assert [(e["who"], e["action"], e["outcome"]) for e in log] == [
+        ("ml-team-a", "research-release", "success"), ("ml-team-a", "research-release", "refused"),
+        ("operator-li", "quarantine-show", "success"), ("operator-li", "lineage-trace", "success"),
+    ]
+    assert log[0]["purpose"] == "diabetes cohort study #12" and log[0]["what"]["rows"]["Observation"] > 0
+    assert [e["action"] for e in access.entries(engine, who="operator-li")] == ["quarantine-show", "lineage-trace"]
+
+    ndjson = runner.invoke(app, ["audit", "access", "-w", str(tmp_path), "--fhir"]).stdout.strip().splitlines()
+    from fhir.resources.R4B.auditevent import AuditEvent
+
+    events = [AuditEvent.model_validate(json.loads(line)) for line in ndjson]
+    assert len(events) == 4 and events[1].outcome == "4"
+    assert scan_text("\n".join(ndjson), "access log", load_canaries(tmp_path)) == []
