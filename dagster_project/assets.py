@@ -25,6 +25,8 @@ from dagster_project.resources import HubResource
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.lakehouse.tables import open_catalog, table_name
 from hub.leakscan import load_canaries, published_files, scan_files, scan_text
+from hub.lineage.catalog import connect
+from hub.lineage.manifests import verify
 from hub.pipeline import run_institution
 from hub.progress import reporter
 
@@ -55,6 +57,7 @@ CHECK_SPECS = [
         AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
         AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
         AssetCheckSpec("leak_scan", asset=table_key(rt), blocking=True, description="no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs"),
+        AssetCheckSpec("audit_verify", asset=table_key(rt), description="the manifest chain verifies (hashes, links, signatures) and the latest manifest's data files are intact"),
     )
 ]
 
@@ -75,6 +78,8 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
     catalog = open_catalog(region.catalog_url, region.warehouse)
     log_text = "\n".join(e.user_message or "" for e in context.instance.all_logs(context.run_id))
     log_hits = scan_text(log_text, f"run {context.run_id} logs", canaries)
+    audit = verify(connect(region.catalog_url), hub.keyring(), region.key_file, last=1)
+    manifest = {"manifest_seq": report.manifest[0], "manifest_hash": report.manifest[1]} if report.manifest else {}
     for rt in RESOURCE_MODULES:
         c = by_resource.get(rt, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
         yield MaterializeResult(
@@ -86,6 +91,7 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
                 "run_id": report.run_id, "snapshot_id": str(report.snapshots.get(rt, "")),
                 "ruleset": report.ruleset, "key_id": report.key_id,
                 "quarantine_causes": {k: v for k, v in report.causes.most_common() if k.startswith(f"{rt}.")},
+                **manifest,
             },
         )
         mapped = c["read"] - (c["quarantined"] - c["failed_validation"])
@@ -104,6 +110,10 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
         except NoSuchTableError:
             files = []
         hits = scan_files(files, canaries) + log_hits
+        yield AssetCheckResult(
+            asset_key=table_key(rt), check_name="audit_verify", passed=audit.ok, severity=AssetCheckSeverity.ERROR,
+            metadata={"manifests": audit.manifests, "files_rehashed": audit.files, "breaks": audit.breaks[:5]},
+        )
         yield AssetCheckResult(
             asset_key=table_key(rt), check_name="leak_scan", passed=not hits, severity=AssetCheckSeverity.ERROR,
             metadata={"files_scanned": len(files), "hits": len(hits), "first_hits (masked)": [str(h) for h in hits[:5]]},

@@ -63,6 +63,8 @@ def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
     assert checks[("recognition/observation", "validation_rate")] is True
     assert checks[("recognition/observation", "quarantine_rate")] is True
     assert checks[("recognition/patient", "leak_scan")] is True
+    assert checks[("recognition/observation", "audit_verify")] is True
+    assert len(obs["manifest_hash"].value) == 64
 
 
 def test_sensor_registers_newly_configured_institutions(tmp_path):

@@ -16,6 +16,7 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import NestedField, StringType, TimestamptzType
 
@@ -67,17 +68,33 @@ def table_name(zone: str, resource_type: str) -> str:
     return f"{zone}.{resource_type.lower()}"
 
 
+SORT_ORDER = SortOrder(
+    SortField(source_id=4, transform=IdentityTransform()),  # patient: lookups by pseudonym prune row groups
+    SortField(source_id=6, transform=IdentityTransform()),  # effective_time: time-range pulls within a patient
+)
+
+
 def ensure_table(catalog: Catalog, zone: str, resource_type: str) -> Table:
-    """Load the zone's table for a resource type, creating namespace and table if needed."""
+    """Load the zone's table for a resource type, creating it if needed and evolving its schema.
+
+    A column added to SCHEMA (a new key column) is added to existing tables by a metadata
+    change only: data files are not rewritten, and older files read it as null.
+    """
     try:
         catalog.create_namespace(zone)
     except NamespaceAlreadyExistsError:
         pass
     name = table_name(zone, resource_type)
     try:
-        return catalog.load_table(name)
+        table = catalog.load_table(name)
     except NoSuchTableError:
-        return catalog.create_table(name, schema=SCHEMA, partition_spec=PARTITION_SPEC, properties=TABLE_PROPERTIES)
+        return catalog.create_table(name, schema=SCHEMA, partition_spec=PARTITION_SPEC, sort_order=SORT_ORDER, properties=TABLE_PROPERTIES)
+    missing = [f.name for f in SCHEMA.fields if f.name not in {c.name for c in table.schema().fields}]
+    if missing:
+        with table.update_schema() as update:
+            update.union_by_name(SCHEMA)
+        table = catalog.load_table(name)
+    return table
 
 
 _CODE_ELEMENT = {

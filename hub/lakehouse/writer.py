@@ -60,7 +60,7 @@ class TableWriter:
         self._buffer = {}
         if not rows:
             return
-        data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+        data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
         hits = scan_arrow(data, ".".join(self.table.name()), self.canaries)
         if hits:
             raise LeakBlocked(hits)  # nothing of this flush is committed
