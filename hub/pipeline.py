@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -70,6 +70,7 @@ class RunReport:
     snapshots: dict[str, int] = field(default_factory=dict)
     warehouse: str = ""
     manifest: tuple[int, str] | None = None  # (sequence number, hash) of the signed manifest
+    deleted: dict[str, int] = field(default_factory=dict)  # rows removed because the source deleted them
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -93,11 +94,19 @@ class RunReport:
             "elements_dropped_by_rule": dict(self.dropped_by_rule.most_common()),
             "snapshots": self.snapshots, "warehouse": self.warehouse,
             "manifest": {"seq": self.manifest[0], "hash": self.manifest[1]} if self.manifest else None,
+            "deleted_at_source": self.deleted,
         }
 
 
 def new_run_id(institution: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{institution}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class BlockResult:
+    count: BlockCount
+    last_watermark: object
+    seen_source_keys: set[str]
 
 
 @dataclass
@@ -156,14 +165,14 @@ class InstitutionRun:
     def writer(self, resource_type: str) -> TableWriter:
         if resource_type not in self.writers:
             table = ensure_table(self.icat, self.region.zone, resource_type)
-            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id, self.canaries)
+            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id, self.canaries, self.keys.key_id)
         return self.writers[resource_type]
 
-    def publish(self, work: BlockWork, batches: Iterable[list[tuple]], on_commit: Callable[[object], None] | None = None) -> BlockCount:
-        """Prepare, then publish or quarantine every row of batches; commit every flush_rows rows.
+    def publish(self, work: BlockWork, batches: Iterable[list[tuple]]) -> BlockResult:
+        """Prepare, then stage for publication or quarantine every row of batches.
 
-        on_commit(v) is called after each commit with the watermark value of the last
-        committed row (None when the block has no watermark).
+        Nothing is visible until commit(). Returns the block's counts, the last watermark
+        value read and the source-key hashes seen (for deletion detection on full pulls).
         """
         block, mapping = work.block, work.mapping
         compiled = self.pool.local.compiled(str(mapping.path), work.index)
@@ -174,6 +183,7 @@ class InstitutionRun:
         before_w, before_u = w.written, w.unchanged
         wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
         last_wm = None
+        seen: set[str] = set()
         reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
         for batch in self.pool.map(str(mapping.path), work.index, batches):
             self.report.uncovered.update(batch.uncovered)
@@ -183,6 +193,7 @@ class InstitutionRun:
             now = dt.datetime.now(dt.UTC)
             for row, item in zip(batch.rows, batch.items, strict=True):
                 count.rows_read += 1
+                seen.add(item.source_key_hash)
                 if isinstance(item, Ready):
                     if block.resource == "Patient":
                         self.patients[item.id] = item.pseudonym
@@ -211,6 +222,7 @@ class InstitutionRun:
                     "source_system": mapping.system, "source_table": block.table,
                     "source_key_hash": item.source_key_hash, "run_id": self.run_id, "mapping_version": mapping.label,
                     "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
+                    "source_updated_at": item.source_updated_at,
                 })
                 count.published += 1
                 published_hashes.append(item.source_key_hash)
@@ -222,15 +234,17 @@ class InstitutionRun:
             self.progress.advance(len(batch.rows))
             if w.pending >= self.flush_rows:
                 w.flush()
-                if on_commit:
-                    on_commit(last_wm)
+        before_s = w.stale
         w.flush()
-        if on_commit:
-            on_commit(last_wm)
-        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u
+        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u + (w.stale - before_s)
         if count.rows_read != count.published + count.quarantined:
             raise AssertionError(f"{block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
-        return count
+        return BlockResult(count, last_wm, seen)
+
+    def commit(self) -> None:
+        """Commit every table's staged changes (one atomic commit per table for the run)."""
+        for w in self.writers.values():
+            w.commit()
 
     def finish(self, status: str) -> RunReport:
         self.pool.close()
@@ -276,21 +290,50 @@ def run_institution(
     run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers)
     status = "failed"
     try:
+        advances, deletions = [], []
         for work, since, total in plans:
             run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
             compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
-            select = block_select(compiled, work.schema, since, incremental=True)
-            wm = work.block.watermark
-
-            def commit(value: object, work: BlockWork = work, wm=wm) -> None:
-                if wm is not None and value is not None:
-                    watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, wm.kind, value, run.run_id)
-
-            run.publish(work, iter_batches(work.engine, select, batch_size), on_commit=commit)
+            select = block_select(compiled, work.schema, since, incremental=not full)
+            result = run.publish(work, iter_batches(work.engine, select, batch_size))
+            if work.block.watermark is not None and result.last_watermark is not None:
+                advances.append((work, result.last_watermark))
+            if full:  # a complete pull: what is no longer at the source was deleted there
+                gone = run.writer(work.block.resource).stage_deletions(work.block.table, result.seen_source_keys)
+                deletions.extend((work, rid, skh) for rid, skh in gone)
+        run.commit()
+        record_deletions(run.engine, run.run_id, inst.id, deletions)
+        for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
+            watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, work.block.watermark.kind, value, run.run_id)
+        run.report.deleted = dict(Counter(w.block.resource for w, _, _ in deletions))
         status = "succeeded"
     finally:
         report = run.finish(status)
     return report
+
+
+deletions = sa.Table(
+    "hub_deletions", runcat.metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(80), nullable=False, index=True),
+    sa.Column("institution", sa.String(64), nullable=False),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(64), nullable=False, index=True),
+    sa.Column("source_table", sa.String(128), nullable=False),
+    sa.Column("source_key_hash", sa.String(64), nullable=False),
+    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def record_deletions(engine: sa.Engine, run_id: str, institution: str, gone: list) -> None:
+    """Record rows deleted at the source (found missing by a full pull) and removed from the lakehouse."""
+    if gone:
+        now = dt.datetime.now(dt.UTC)
+        with engine.begin() as conn:
+            conn.execute(deletions.insert(), [{
+                "run_id": run_id, "institution": institution, "resource_type": w.block.resource, "resource_id": rid,
+                "source_table": w.block.table, "source_key_hash": skh, "detected_at": now,
+            } for w, rid, skh in gone])
 
 
 def _count_row(institution: str, c: BlockCount) -> dict:

@@ -27,6 +27,7 @@ from hub.lakehouse.tables import effective_time, primary_code
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.mapping.run import map_and_validate
 from hub.mapping.spec import Mapping, load_mapping
+from hub.mapping.values import ValueProblem, parse_datetime
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Ready:
     patient_ref: str | None  # the Patient id this resource refers to
     pseudonym: str | None  # for a Patient: its own linkage pseudonym
     source_key_hash: str
+    source_updated_at: dt.datetime | None = None  # from a timestamp watermark column: orders versions
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ class Preparer:
         stats = self.deid.stats
         before_unc, before_drop = stats.uncovered.copy(), stats.dropped_by_rule.copy()
         items: list[Ready | Rejected] = []
+        wm = block.watermark
+        wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
         for row in rows:
             skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
             mapped = map_and_validate(compiled, row)
@@ -104,8 +108,18 @@ class Preparer:
                 effective_time=effective_time(clean, mapping.timezone),
                 patient_ref=None if is_patient else _patient_ref(clean),
                 pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=skh,
+                source_updated_at=_updated_at(row[wm_index], mapping) if wm_index is not None else None,
             ))
         return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop)
+
+
+def _updated_at(value: Any, mapping: Mapping) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(parse_datetime(value, mapping.datetime_formats, mapping.timezone))
+    except ValueProblem:
+        return None
 
 
 # ---- worker processes ------------------------------------------------------------------

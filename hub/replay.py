@@ -59,10 +59,11 @@ def replay(region: Region, institution: str, keys: Keyring, entry_ids: list[int]
                 wanted[tuple(payload.get(c) for c in key_cols)].append(e["id"])
             rows = _fetch(work, compiled, key_cols, list(wanted))
             found = {tuple(r[compiled.columns.index(c)] for c in key_cols) for r in rows}
-            count = run.publish(work, [rows] if rows else [])
+            count = run.publish(work, [rows] if rows else []).count
             out.published += count.published
             out.still_quarantined += count.quarantined
             out.not_in_source.extend(i for k, ids in wanted.items() if k not in found for i in ids)
+        run.commit()
         status = "succeeded"
     finally:
         out.run = run.finish(status)

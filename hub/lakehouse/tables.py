@@ -23,7 +23,7 @@ from pyiceberg.types import NestedField, StringType, TimestamptzType
 KEY_COLUMNS = ("id", "institution", "resource_type", "patient", "code", "effective_time")
 LINEAGE_COLUMNS = (
     "source_system", "source_table", "source_key_hash", "run_id",
-    "mapping_version", "ruleset_version", "key_id", "published_at",
+    "mapping_version", "ruleset_version", "key_id", "published_at", "source_updated_at",
 )
 
 _FIELDS = [
@@ -43,6 +43,7 @@ _FIELDS = [
     ("ruleset_version", StringType(), True, "de-identification ruleset name@version+hash"),
     ("key_id", StringType(), True, "fingerprint of the key the pseudonyms were made with"),
     ("published_at", TimestamptzType(), True, "when this version was published"),
+    ("source_updated_at", TimestamptzType(), False, "the source's update time of this version (orders versions)"),
 ]
 
 SCHEMA = Schema(*[

@@ -1,58 +1,82 @@
-"""Idempotent upsert of resource rows into an Iceberg table, one atomic commit per flush.
+"""Versioned, idempotent upsert of resource rows: one atomic Iceberg commit per table per run.
 
-A row is identified by its resource id. Before the first write of a run, the writer reads
-(id, content_hash) of the institution's partition once; then each flush appends only rows
-that are new or whose content changed, deleting the old versions of changed rows in the
-same transaction. Publishing identical data twice therefore writes nothing. Every flush is
-leak-scanned first: rows carrying an identifier are never committed.
+A row is identified by its resource id. Before its first write in a run, the writer reads
+(id, content_hash, source_updated_at, source_key_hash) of the institution's partition once.
+Rows are staged into one Iceberg transaction per table per run (data files are written as
+they come, so memory stays bounded) and committed together by ``commit()``:
+
+- a new id is appended; an unchanged one (same content hash) is skipped;
+- a changed one replaces the old version under the same id, unless the old version is
+  newer at the source (``source_updated_at``): an older version never overwrites a newer;
+- on a full pull, rows whose source key no longer exists at the source are deleted
+  (``stage_deletions``), and the caller records them as deletions.
+
+Every staged batch is leak-scanned first: rows carrying an identifier are never written.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
 from pyiceberg.expressions import And, EqualTo, In
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 
 from hub.lakehouse.tables import ARROW_SCHEMA
 from hub.leakscan import LeakBlocked, scan_arrow
 
 
 class TableWriter:
-    """Buffers rows for one table and institution; each flush() is one atomic upsert commit."""
+    """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
-    def __init__(self, table: Table, institution: str, run_id: str, canaries: frozenset[str] = frozenset()):
-        self.table, self.institution, self.run_id, self.canaries = table, institution, run_id, canaries
+    def __init__(self, table: Table, institution: str, run_id: str, canaries: frozenset[str] = frozenset(), key_id: str | None = None):
+        self.table, self.institution, self.run_id, self.canaries, self.key_id = table, institution, run_id, canaries, key_id
         self._buffer: dict[str, dict] = {}
-        self._existing: dict[str, str] | None = None
+        self._existing: dict[str, tuple[str, dt.datetime | None, str, str, str]] | None = None
+        self._tx: Transaction | None = None
         self.written = 0
         self.unchanged = 0
+        self.stale = 0  # rows not applied because the published version is newer at the source
         self.snapshot_ids: list[int] = []
 
-    def _load_existing(self) -> dict[str, str]:
+    @property
+    def props(self) -> dict[str, str]:
+        return {"hub.run-id": self.run_id, "hub.institution": self.institution}
+
+    def _load_existing(self) -> dict[str, tuple[str, dt.datetime | None, str, str, str]]:
+        """id -> (content hash, source update time, source-key hash, source table, key id) of what is published."""
         if self._existing is None:
-            scan = self.table.scan(
-                row_filter=EqualTo("institution", self.institution), selected_fields=("id", "content_hash")
-            ).to_arrow()
-            self._existing = dict(zip(scan.column("id").to_pylist(), scan.column("content_hash").to_pylist(), strict=True))
+            cols = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id")
+            scan = self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=cols).to_arrow()
+            self._existing = {rid: rest for rid, *rest in zip(*(scan.column(c).to_pylist() for c in cols), strict=True)}
         return self._existing
+
+    def _transaction(self) -> Transaction:
+        if self._tx is None:
+            self._tx = self.table.transaction()
+        return self._tx
 
     def add(self, row: dict) -> None:
         self._buffer[row["id"]] = row
 
     @property
     def pending(self) -> int:
-        """Rows added since the last flush (the caller decides when to commit)."""
+        """Rows added since the last flush (the caller decides when to stage them)."""
         return len(self._buffer)
 
     def flush(self) -> None:
+        """Stage the buffered rows into the run's transaction (visible only after commit())."""
         if not self._buffer:
             return
         existing = self._load_existing()
         rows, changed = [], []
         for rid, row in self._buffer.items():
             old = existing.get(rid)
-            if old == row["content_hash"]:
+            if old is not None and old[0] == row["content_hash"]:
                 self.unchanged += 1
+                continue
+            if old is not None and old[1] is not None and row.get("source_updated_at") is not None and row["source_updated_at"] < old[1]:
+                self.stale += 1
                 continue
             if old is not None:
                 changed.append(rid)
@@ -63,15 +87,40 @@ class TableWriter:
         data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
         hits = scan_arrow(data, ".".join(self.table.name()), self.canaries)
         if hits:
-            raise LeakBlocked(hits)  # nothing of this flush is committed
-        props = {"hub.run-id": self.run_id, "hub.institution": self.institution}
-        with self.table.transaction() as tx:
-            if changed:
-                tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=props)
-            tx.append(data, snapshot_properties=props)
+            raise LeakBlocked(hits)  # nothing of this run is committed
+        tx = self._transaction()
+        if changed:
+            tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
+        tx.append(data, snapshot_properties=self.props)
         for row in rows:
-            existing[row["id"]] = row["content_hash"]
+            existing[row["id"]] = (row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"], row["key_id"])
         self.written += len(rows)
+
+    def stage_deletions(self, source_table: str, seen_source_keys: set[str]) -> list[tuple[str, str]]:
+        """After a full pull of source_table: stage deletion of rows whose source key was not seen.
+
+        Only rows made with this run's key count: source-key hashes are keyed, so rows from
+        before a key rotation are re-keyed (hub keys repseudonymize), not deleted.
+        Returns (resource id, source-key hash) of each, for the caller to record.
+        """
+        existing = self._load_existing()
+        gone = [(rid, skh) for rid, (_, _, skh, st, kid) in existing.items()
+                if st == source_table and kid == self.key_id and skh not in seen_source_keys]
+        if gone:
+            ids = [rid for rid, _ in gone]
+            for i in range(0, len(ids), 1000):
+                self._transaction().delete(And(EqualTo("institution", self.institution), In("id", ids[i : i + 1000])), snapshot_properties=self.props)
+            for rid in ids:
+                existing.pop(rid, None)
+        return gone
+
+    def commit(self) -> None:
+        """Make everything staged in this run visible, atomically."""
+        self.flush()
+        if self._tx is None:
+            return
+        self._tx.commit_transaction()
+        self._tx = None
         snap = self.table.current_snapshot()
         if snap is not None:
             self.snapshot_ids.append(snap.snapshot_id)

@@ -47,6 +47,7 @@ def connect(url: str) -> sa.Engine:
     """Engine for the catalog database, with hub's tables created if missing."""
     import hub.lineage.access  # noqa: F401  - every hub_* table registers on `metadata`
     import hub.lineage.manifests  # noqa: F401
+    import hub.pipeline  # noqa: F401
     import hub.quarantine  # noqa: F401
     import hub.research  # noqa: F401
     import hub.watermarks  # noqa: F401
