@@ -1,0 +1,139 @@
+"""The recognition index: latest results per patient, item and issuing institution, for serving.
+
+Built from the recognition zone's Observation table into a SQL store (SQLite in the
+workspace by default, any SQLAlchemy URL in production). Incremental: each build reads
+only rows published since the previous build, and keeps per (patient, item, institution)
+the result with the latest time. Patients' MRN pseudonyms are indexed too, so a hospital
+can ask by institution + MRN.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import sqlalchemy as sa
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, GreaterThan
+
+from hub.lakehouse.tables import open_catalog
+from hub.region import Region
+
+metadata = sa.MetaData()
+results = sa.Table(
+    "recognition_results", metadata,
+    sa.Column("patient", sa.String(64), primary_key=True),
+    sa.Column("resource_type", sa.String(32), primary_key=True),  # Observation | DiagnosticReport
+    sa.Column("loinc", sa.String(32), primary_key=True),
+    sa.Column("institution", sa.String(64), primary_key=True),
+    sa.Column("observation_id", sa.String(64), nullable=False),
+    sa.Column("effective_time", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("resource", sa.Text, nullable=False),
+)
+patient_ids = sa.Table(
+    "recognition_patient_ids", metadata,
+    sa.Column("identifier", sa.String(64), primary_key=True),  # MRN pseudonym (institution-scoped)
+    sa.Column("patient", sa.String(64), nullable=False),  # linkage pseudonym
+)
+builds = sa.Table(
+    "recognition_builds", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("built_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("up_to", sa.DateTime(timezone=True), nullable=False),  # published_at of the newest row read
+    sa.Column("rows_read", sa.Integer, nullable=False),
+)
+decisions = sa.Table(
+    "recognition_decisions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("institution", sa.String(64), nullable=False),
+    sa.Column("observation_id", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # accept | retest
+    sa.Column("reason", sa.String(64)),
+)
+
+
+def index_url(region: Region) -> str:
+    return f"sqlite:///{(region.workspace / 'recognition.db').resolve()}"
+
+
+def connect(url: str) -> sa.Engine:
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    return engine
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def build(region: Region, engine: sa.Engine) -> int:
+    """Add rows published since the last build; returns rows read."""
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    with engine.connect() as conn:
+        since = _utc(conn.execute(sa.select(sa.func.max(builds.c.up_to))).scalar())
+    try:
+        pat = icat.load_table(f"{region.zone}.patient")
+        sources = [(t, icat.load_table(f"{region.zone}.{t.lower()}")) for t in ("Observation", "DiagnosticReport")]
+    except NoSuchTableError:
+        return 0
+    flt = GreaterThan("published_at", since.isoformat()) if since else AlwaysTrue()
+    read, newest = 0, since
+    with engine.begin() as conn:
+        for batch in pat.scan(row_filter=flt, selected_fields=("patient", "resource", "published_at")).to_arrow_batch_reader():
+            rows = []
+            for r in batch.to_pylist():
+                for ident in json.loads(r["resource"]).get("identifier", []):
+                    if ident.get("system") == "urn:hub:pseudonym:identifier":
+                        rows.append({"identifier": ident["value"], "patient": r["patient"]})
+            _upsert_ids(conn, rows)
+        for rtype, table in sources:
+            for batch in table.scan(row_filter=flt, selected_fields=("patient", "code", "institution", "id", "effective_time", "resource", "published_at")).to_arrow_batch_reader():
+                best: dict[tuple, dict] = {}
+                for r in batch.to_pylist():
+                    read += 1
+                    newest = max(filter(None, [newest, _utc(r["published_at"])]))
+                    if not r["patient"] or not (r["code"] or "").startswith("http://loinc.org|"):
+                        continue
+                    key = (r["patient"], rtype, r["code"].split("|", 1)[1], r["institution"])
+                    if key not in best or (r["effective_time"] or _MIN) > (best[key]["effective_time"] or _MIN):
+                        best[key] = {"patient": key[0], "resource_type": rtype, "loinc": key[2], "institution": key[3],
+                                     "observation_id": r["id"], "effective_time": r["effective_time"],
+                                     "status": json.loads(r["resource"]).get("status", ""), "resource": r["resource"]}
+                _upsert_results(conn, list(best.values()))
+        if newest is not None and read:
+            conn.execute(builds.insert().values(built_at=dt.datetime.now(dt.UTC), up_to=newest, rows_read=read))
+    return read
+
+
+_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _upsert_ids(conn, rows: list[dict]) -> None:
+    if rows:
+        conn.execute(patient_ids.delete().where(patient_ids.c.identifier.in_([r["identifier"] for r in rows])))
+        conn.execute(patient_ids.insert(), rows)
+
+
+def _upsert_results(conn, rows: list[dict]) -> None:
+    """Keep, per key, the later of the stored and the new result."""
+    if not rows:
+        return
+    for i in range(0, len(rows), 500):
+        chunk = rows[i : i + 500]
+        cols = (results.c.patient, results.c.resource_type, results.c.loinc, results.c.institution)
+        keys = sa.tuple_(*cols)
+
+        def key(r: dict) -> tuple:
+            return (r["patient"], r["resource_type"], r["loinc"], r["institution"])
+
+        stored = {(r.patient, r.resource_type, r.loinc, r.institution): _utc(r.effective_time) for r in conn.execute(
+            sa.select(*cols, results.c.effective_time).where(keys.in_([key(r) for r in chunk])))}
+        newer = [r for r in chunk if key(r) not in stored or stored[key(r)] is None
+                 or (r["effective_time"] and r["effective_time"] >= stored[key(r)])]
+        if newer:
+            conn.execute(results.delete().where(keys.in_([key(r) for r in newer])))
+            conn.execute(results.insert(), newer)

@@ -1,0 +1,102 @@
+"""Recognition queries: which results of a patient may a requesting institution recognise, and why.
+
+The requester gives the identifier it knows (resident ID number, or its own MRN); the hub
+turns it into the patient pseudonym and never stores or logs the identifier. Each result
+gets a verdict: recognisable (with the mark and scope, e.g. HR 杭州市), or not, with the
+reason: same institution, not on the list, not final, issuing lab failed EQA, outside the
+item's validity window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from deid.actions import pseudonym
+from deid.keys import Keyring
+from hub.recognition.catalog import Catalog
+from hub.recognition.index import patient_ids, results
+
+ID_CARD_SYSTEMS = ("urn:oid:2.16.156.10011.1.3", "urn:oid:2.16.840.1.113883.2.23.1.19.1")
+FINAL = ("final", "amended", "corrected")
+VERDICTS = {
+    "recognisable": "recognisable",
+    "same-institution": "issued by the requesting institution itself",
+    "not-listed": "the item is not on the region's recognised list",
+    "not-final": "the result is not final",
+    "eqa-failed": "the issuing laboratory did not pass external quality assessment for this item and year",
+    "eqa-unknown": "no external quality assessment record for the issuing laboratory, item and year",
+    "outside-window": "older than the item's validity window",
+}
+
+
+class UnknownIdentifier(ValueError):
+    """The identifier system is not one the hub can link (no identifier value in the message)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    observation: dict
+    institution: str
+    loinc: str
+    code: str  # a key of VERDICTS
+    recognisable: bool
+    reason: str
+    mark: str | None  # e.g. "HR 杭州市" when recognisable
+    age_days: int | None
+    window_days: int | None
+
+
+def patient_for(engine: sa.Engine, keys: Keyring, system: str, value: str) -> str | None:
+    """The linkage pseudonym for an identifier as a hospital knows it."""
+    if system in ID_CARD_SYSTEMS:
+        return pseudonym(keys, "patient-linkage", value)
+    if system.startswith("urn:hub:") and system.endswith(":mrn"):
+        with engine.connect() as conn:
+            return conn.execute(sa.select(patient_ids.c.patient).where(
+                patient_ids.c.identifier == pseudonym(keys, "identifier", value, system))).scalar()
+    raise UnknownIdentifier(f"identifier system {system!r} is not accepted; use {ID_CARD_SYSTEMS[0]} or urn:hub:<institution>:mrn")
+
+
+def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status: str, when: dt.datetime | None, at: dt.datetime) -> tuple[str, int | None, int | None]:
+    """(verdict code, age in days, window) for one result; checks in the order a doctor would."""
+    item = catalog.items.get(loinc)
+    age = (at - when).days if when else None
+    window = item.window_days if item else None
+    if institution == requester:
+        return "same-institution", age, window
+    if item is None:
+        return "not-listed", age, window
+    if status not in FINAL:
+        return "not-final", age, window
+    eqa = catalog.eqa_passed(institution, loinc, when.year) if when else None
+    if eqa is False:
+        return "eqa-failed", age, window
+    if eqa is None:
+        return "eqa-unknown", age, window
+    if age is None or age > item.window_days or age < 0:
+        return "outside-window", age, window
+    return "recognisable", age, window
+
+
+def query(engine: sa.Engine, catalog: Catalog, patient: str, requester: str, loincs: list[str] | None = None,
+          at: dt.datetime | None = None, since: dt.datetime | None = None, resource_type: str = "Observation") -> list[Verdict]:
+    at = at or dt.datetime.now(dt.UTC)
+    q = sa.select(results).where(results.c.patient == patient, results.c.resource_type == resource_type)
+    if loincs:
+        q = q.where(results.c.loinc.in_(loincs))
+    out = []
+    with engine.connect() as conn:
+        rows = list(conn.execute(q.order_by(results.c.loinc, results.c.effective_time.desc())))
+    for r in rows:
+        when = r.effective_time if r.effective_time is None or r.effective_time.tzinfo else r.effective_time.replace(tzinfo=dt.UTC)
+        if (since and when and when < since) or (when and when > at):
+            continue  # outside the asked period, or after the moment being judged
+        code, age, window = judge(catalog, requester, r.loinc, r.institution, r.status, when, at)
+        ok = code == "recognisable"
+        out.append(Verdict(json.loads(r.resource), r.institution, r.loinc, code, ok, VERDICTS[code],
+                           f"{catalog.mark} {catalog.scope}".strip() if ok else None, age, window))
+    return out
