@@ -14,8 +14,10 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    AutomationCondition,
     Config,
     MaterializeResult,
+    asset,
     multi_asset,
 )
 from pyiceberg.exceptions import NoSuchTableError
@@ -29,6 +31,9 @@ from hub.lineage.catalog import connect
 from hub.lineage.manifests import verify
 from hub.pipeline import run_institution
 from hub.progress import reporter
+from hub.recognition.index import build as build_index
+from hub.recognition.index import connect as connect_index
+from hub.recognition.index import index_url
 
 ZONE = "recognition"
 MIN_VALIDATION_RATE = 0.99
@@ -118,3 +123,17 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
             asset_key=table_key(rt), check_name="leak_scan", passed=not hits, severity=AssetCheckSeverity.ERROR,
             metadata={"files_scanned": len(files), "hits": len(hits), "first_hits (masked)": [str(h) for h in hits[:5]]},
         )
+
+
+@asset(
+    key=AssetKey(["recognition", "index"]),
+    deps=[table_key(t) for t in ("Patient", "Observation", "DiagnosticReport")],
+    group_name="serving",
+    automation_condition=AutomationCondition.eager(),
+    description="Recognition index (SQLite in the workspace): latest results per patient, item and institution, for the recognition API",
+)
+def recognition_index(hub: HubResource) -> MaterializeResult:
+    """Add results published since the last build to the recognition index."""
+    region = hub.region()
+    read = build_index(region, connect_index(index_url(region)))
+    return MaterializeResult(metadata={"rows_read": read, "index": index_url(region)})

@@ -6,14 +6,14 @@ workspace (default ``.hub``, as ``make demo`` creates) to see the asset graph.
 
 from dagster import Definitions
 
-from dagster_project.assets import SOURCES, recognition_tables
+from dagster_project.assets import SOURCES, recognition_index, recognition_tables
 from dagster_project.jobs import publish_recognition
 from dagster_project.partitions import workspace
 from dagster_project.resources import HubResource
 from dagster_project.sensors import hourly_pull, new_institutions
 
 defs = Definitions(
-    assets=[*SOURCES, recognition_tables],
+    assets=[*SOURCES, recognition_tables, recognition_index],
     jobs=[publish_recognition],
     sensors=[new_institutions],
     schedules=[hourly_pull],

@@ -96,6 +96,9 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
                     raise typer.Exit(1)
         finally:
             hub_progress.set_reporter(None)
+    from hub.recognition.index import build, connect, index_url
+
+    build(region, connect(index_url(region)))  # the recognition index follows every publish
     engine = runcat.connect(region.catalog_url)
     for iid in ids:
         reports.append(_latest_report(engine, iid))
