@@ -43,6 +43,7 @@ class Region:
     catalog_url: str
     warehouse: Path
     zone: str = "recognition"
+    recognition_index: str | None = None  # SQLAlchemy URL of the recognition index; default: SQLite in the workspace
     ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "default.yaml")
 
     @property
@@ -112,6 +113,8 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
     catalog = _expand(str(doc.get("catalog", "sqlite:///{workspace}/catalog.db")), workspace, f, doc.line_of("catalog"), "catalog")
     warehouse = Path(_expand(str(doc.get("warehouse", "{workspace}/warehouse")), workspace, f, doc.line_of("warehouse"), "warehouse"))
     region = Region(name=str(doc.get("region", "region")), workspace=workspace, institutions=institutions, catalog_url=catalog, warehouse=warehouse)
+    if doc.get("recognition_index"):
+        region.recognition_index = _expand(str(doc["recognition_index"]), workspace, f, doc.line_of("recognition_index"), "recognition_index")
     if doc.get("ruleset"):
         region.ruleset = Path(_expand(str(doc["ruleset"]), workspace, f, doc.line_of("ruleset"), "ruleset"))
     return region

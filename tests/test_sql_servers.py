@@ -143,3 +143,28 @@ def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
         tables = set(sa.inspect(conn).get_table_names())
     assert {"iceberg_tables", "hub_runs", "hub_quarantine", "hub_manifests", "hub_watermarks"} <= tables
     assert verify(engine, keys).ok
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_recognition_index_on_postgres(pg_catalog_db, keys, tmp_path):
+    import datetime as dt
+
+    from hub.demo.generator import canary, generate_region
+    from hub.recognition.catalog import load_catalog
+    from hub.recognition.index import build, connect, index_url
+    from hub.recognition.query import patient_for, query
+
+    generate_region(tmp_path, patients=10)
+    doc = yaml.safe_load((tmp_path / "region.yaml").read_text(encoding="utf-8"))
+    doc["recognition_index"] = pg_catalog_db
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    region = load_region(tmp_path)
+    for inst in region.institutions:
+        run_institution(region, inst.id, keys)
+    index = connect(index_url(region))
+    assert index.dialect.name == "postgresql"
+    assert build(region, index) > 0 and build(region, index) == 0  # incremental: nothing new the second time
+    patient = patient_for(index, keys, "urn:oid:2.16.156.10011.1.3", canary().id_number)
+    verdicts = query(index, load_catalog(), patient, "beishan-chc", at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    assert {v.institution for v in verdicts} >= {"city-first", "xihu-second"}

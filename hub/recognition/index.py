@@ -55,7 +55,8 @@ decisions = sa.Table(
 
 
 def index_url(region: Region) -> str:
-    return f"sqlite:///{(region.workspace / 'recognition.db').resolve()}"
+    """region.yaml's `recognition_index` URL (e.g. PostgreSQL in production), else SQLite in the workspace."""
+    return region.recognition_index or f"sqlite:///{(region.workspace / 'recognition.db').resolve()}"
 
 
 def connect(url: str) -> sa.Engine:

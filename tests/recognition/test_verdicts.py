@@ -59,3 +59,11 @@ def test_catalog_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_catalog(tmp_path / "rec")
     assert "items.yaml" in str(exc.value) and exc.value.field == "items.window_days" and exc.value.line > 1
+
+
+def test_eqa_unknown_when_the_catalog_requires_explicit_records():
+    import dataclasses
+
+    strict = dataclasses.replace(CATALOG, eqa_default="unknown")
+    assert judge(strict, "beishan-chc", "4548-4", "city-first", "final", AT - dt.timedelta(days=3), AT)[0] == "eqa-unknown"
+    assert judge(strict, "beishan-chc", "4548-4", "xihu-second", "final", dt.datetime(2025, 3, 1, tzinfo=dt.UTC), dt.datetime(2025, 3, 10, tzinfo=dt.UTC))[0] == "recognisable"
