@@ -6,6 +6,7 @@ outputs for leaks.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -30,11 +31,19 @@ def normalise_resident_id(value: str) -> str:
 
 
 def is_valid_resident_id(value: str | None) -> bool:
-    """True when value is an 18-character resident ID number whose check character matches."""
+    """True when value is an 18-character resident ID number: a real birth date (digits 7-14,
+    1900 or later) and a matching check character. The date test also keeps random 18-digit
+    numbers (snapshot ids, barcodes) from passing for ID numbers in leak scans."""
     if not value:
         return False
     v = normalise_resident_id(value)
-    if len(v) != 18 or not v[:17].isdigit():
+    if len(v) != 18 or not v[:17].isdigit() or v[0] == "0":
+        return False
+    try:
+        born = dt.date(int(v[6:10]), int(v[10:12]), int(v[12:14]))
+    except ValueError:
+        return False
+    if born.year < 1900:
         return False
     return resident_id_check_char(v[:17]) == v[17]
 

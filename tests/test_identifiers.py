@@ -23,6 +23,11 @@ def test_invalid_numbers(number):
     assert not is_valid_resident_id(number)
 
 
+def test_a_random_number_with_a_matching_check_digit_but_no_real_birth_date_is_not_an_id():
+    first17 = "39936931392054492"  # a snapshot id, not a date in digits 7-14
+    assert not is_valid_resident_id(first17 + resident_id_check_char(first17))
+
+
 def test_check_char_computation():
     assert resident_id_check_char("11010119900307461") == "0"
     assert resident_id_check_char("11010119900307002") == "X"

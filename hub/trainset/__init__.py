@@ -1,0 +1,1 @@
+"""Training sets: SQL-on-FHIR ViewDefinitions over the lakehouse, cohorts, splits, releases."""
