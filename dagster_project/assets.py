@@ -137,3 +137,30 @@ def recognition_index(hub: HubResource) -> MaterializeResult:
     region = hub.region()
     read = build_index(region, connect_index(index_url(region)))
     return MaterializeResult(metadata={"rows_read": read, "index": index_url(region)})
+
+
+@asset(
+    key=AssetKey(["indicators", "outcomes"]),
+    deps=[table_key(t) for t in ("Observation", "Condition", "Organization")],
+    group_name="indicators",
+    description="Outcome indicators per institution and month (HbA1c, LDL, blood pressure at target), as an Iceberg table",
+)
+def outcome_indicators(hub: HubResource) -> MaterializeResult:
+    """Compute the indicators with ViewDefinitions and replace the indicators.outcomes table."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+
+    from hub.trainset.indicators import compute
+
+    region = hub.region()
+    data = compute(region)
+    catalog = open_catalog(region.catalog_url, region.warehouse)
+    try:
+        catalog.create_namespace("indicators")
+    except NamespaceAlreadyExistsError:
+        pass
+    try:
+        table = catalog.load_table("indicators.outcomes")
+    except NoSuchTableError:
+        table = catalog.create_table("indicators.outcomes", schema=data.schema)
+    table.overwrite(data)
+    return MaterializeResult(metadata={"dagster/row_count": data.num_rows})

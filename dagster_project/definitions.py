@@ -6,14 +6,19 @@ workspace (default ``.hub``, as ``make demo`` creates) to see the asset graph.
 
 from dagster import Definitions
 
-from dagster_project.assets import SOURCES, recognition_index, recognition_tables
+from dagster_project.assets import (
+    SOURCES,
+    outcome_indicators,
+    recognition_index,
+    recognition_tables,
+)
 from dagster_project.jobs import publish_recognition
 from dagster_project.partitions import workspace
 from dagster_project.resources import HubResource
 from dagster_project.sensors import hourly_pull, new_institutions
 
 defs = Definitions(
-    assets=[*SOURCES, recognition_tables, recognition_index],
+    assets=[*SOURCES, recognition_tables, recognition_index, outcome_indicators],
     jobs=[publish_recognition],
     sensors=[new_institutions],
     schedules=[hourly_pull],

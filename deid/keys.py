@@ -37,6 +37,7 @@ PURPOSES = (
     "research-id",  # research zone: resource ids and references, unlinkable to recognition ids
     "research-linkage",  # research zone: patient pseudonyms
     "manifest-signing",  # Ed25519 seed for signing publication manifests
+    "trainset-split",  # patient-level train/validation/test assignment
 )
 
 

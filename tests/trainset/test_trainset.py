@@ -1,0 +1,122 @@
+"""Training sets: cohort logic on golden rows, disjoint patient-level splits, reproducibility on a tag, loaders, indicators."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from deid.keys import Keyring
+from hub.demo.generator import generate_region
+from hub.pipeline import run_institution
+from hub.region import REPO_ROOT, load_region
+from hub.research import build_release
+from hub.trainset.build import SPLITS, assign_split, build, cohort, features, labels, load_spec
+
+SPEC = REPO_ROOT / "trainsets" / "t2dm-hba1c.yaml"
+
+
+def test_cohort_label_and_feature_windows_on_golden_rows():
+    spec = load_spec(SPEC)
+    rows = {
+        "conditions": [
+            {"patient": "a", "code": "E11.900"}, {"patient": "b", "code": "E11.900"},
+            {"patient": "c", "code": "I10.x00"}, {"patient": "d", "code": "E11.900"},
+        ],
+        "hba1c": [
+            {"patient": "a", "value": 8.1, "time": "2024-01-01T09:00:00+08:00"},
+            {"patient": "a", "value": 6.5, "time": "2024-06-01T09:00:00+08:00"},  # a: last is at target
+            {"patient": "b", "value": 7.9, "time": "2024-02-01T09:00:00+08:00"},
+            {"patient": "b", "value": 7.4, "time": "2024-05-01T09:00:00+08:00"},  # b: not at target
+            {"patient": "c", "value": 6.0, "time": "2024-02-01T09:00:00+08:00"},
+            {"patient": "c", "value": 6.1, "time": "2024-03-01T09:00:00+08:00"},  # c: no diabetes diagnosis
+            {"patient": "d", "value": 6.2, "time": "2024-03-01T09:00:00+08:00"},  # d: only one HbA1c
+        ],
+        "labs": [
+            {"patient": "a", "loinc": "4548-4", "value": 8.1, "time": "2024-01-01T09:00:00+08:00"},  # in window
+            {"patient": "a", "loinc": "4548-4", "value": 6.5, "time": "2024-06-01T09:00:00+08:00"},  # the label itself: excluded
+            {"patient": "a", "loinc": "2823-3", "value": 4.1, "time": "2022-01-01T09:00:00+08:00"},  # too old
+            {"patient": "b", "loinc": "14771-0", "value": 7.0, "time": "2024-04-30T09:00:00+08:00"},
+        ],
+    }
+    people = cohort(spec, rows)
+    assert people == {"a", "b"}
+    lab = labels(spec, rows, people)
+    assert (lab["a"]["label"], lab["b"]["label"]) == (True, False)
+    assert lab["a"]["label_time"] == dt.datetime(2024, 6, 1, 9, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    feats = features(spec, rows, lab)["labs"]
+    assert sorted((r["patient"], r["value"]) for r in feats) == [("a", 8.1), ("b", 7.0)]
+
+
+def test_splits_follow_fractions_and_are_stable(keys):
+    fractions = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    assigned = {f"p{i}": assign_split(keys, f"p{i}", fractions) for i in range(3000)}
+    share = {s: sum(v == s for v in assigned.values()) / 3000 for s in SPLITS}
+    assert abs(share["train"] - 0.7) < 0.04 and abs(share["test"] - 0.15) < 0.03
+    assert all(assign_split(keys, p, fractions) == s for p, s in list(assigned.items())[:100])
+    assert any(assign_split(Keyring(bytes(32)), p, fractions) != s for p, s in list(assigned.items())[:100])
+
+
+@pytest.mark.slow
+def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys):
+    import pyarrow.parquet as pq
+
+    ws = tmp_path / "ws"
+    generate_region(ws, patients=150)
+    region = load_region(ws)
+    for inst in region.institutions:
+        run_institution(region, inst.id, keys)
+    assert build_release(region, keys, name="demo-release", k=2, max_suppression=0.2).status == "published"
+
+    first = build(region, keys, SPEC, tmp_path / "a")
+    patients = {s: set(pq.read_table(tmp_path / "a" / s / "labels.parquet")["patient"].to_pylist()) for s in SPLITS}
+    assert sum(len(p) for p in patients.values()) == first["labelled_patients"] > 10
+    assert all(patients[x].isdisjoint(patients[y]) for x in SPLITS for y in SPLITS if x < y)
+    for s in SPLITS:
+        if patients[s]:
+            assert set(pq.read_table(tmp_path / "a" / s / "labs.parquet")["patient"].to_pylist()) <= patients[s]
+
+    # later publishes and a newer release do not change a build pinned to the tag
+    lis = sa.create_engine(next(f.url for f in region.institution("city-first").feeds if f.name == "lis"))
+    with lis.begin() as conn:
+        conn.execute(sa.text("UPDATE lab_result SET result_value = '5.10', updated_at = '2026-09-01 00:00:00' WHERE item_code = 'HBA1C'"))
+    run_institution(region, "city-first", keys)
+    assert build_release(region, keys, name="later-release", k=2, max_suppression=0.2).status == "published"
+    again = build(region, keys, SPEC, tmp_path / "b")
+    assert again["files_sha256"] == first["files_sha256"]  # byte-for-byte
+    assert json.loads((tmp_path / "b" / "datasheet.json").read_text()) == json.loads((tmp_path / "a" / "datasheet.json").read_text())
+    assert "## Risk report of the release" in (tmp_path / "a" / "datasheet.md").read_text()
+
+    # loading recipes: pyarrow, polars, DuckDB, and a streaming iterable
+    import duckdb
+    import polars as pl
+
+    from hub.trainset.loaders import ParquetBatches
+
+    train = tmp_path / "a" / "train" / "labs.parquet"
+    arrow = pq.read_table(train)
+    frame = pl.read_parquet(train)
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{train}')").fetchall()[0][0]
+    batches = list(ParquetBatches(train, batch_size=50))
+    assert arrow.num_rows == frame.height == n == sum(len(b["patient"]) for b in batches) == len(ParquetBatches(train))
+    assert len(batches) == -(-arrow.num_rows // 50)
+
+    from hub.lineage import access
+    from hub.lineage import catalog as runcat
+
+    assert [e["action"] for e in access.entries(runcat.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 2
+
+
+@pytest.mark.slow
+def test_indicators(demo):
+    from hub.trainset.indicators import compute
+
+    region, _, _ = demo
+    rows = compute(region).to_pylist()
+    hba1c = [r for r in rows if r["indicator"].startswith("diabetes")]
+    assert hba1c and all(0 <= r["numerator"] <= r["denominator"] for r in hba1c)
+    assert {r["institution"] for r in hba1c} >= {"杭州市第一人民医院"}
+    bp = [r for r in rows if r["indicator"].startswith("hypertension")]
+    assert bp == [{"institution": None, "month": None, "indicator": bp[0]["indicator"], "numerator": 0, "denominator": 0, "share": None}]
