@@ -60,40 +60,29 @@ def _ensure_key(region) -> None:
 
 
 def publish(workspace: Path, institution_ids: list[str] | None = None, full: bool = False) -> list:
-    """Materialize the recognition tables for each institution partition with Dagster, in-process."""
-    os.environ["HUB_WORKSPACE"] = str(workspace)
-    from dagster import DagsterInstance, materialize
+    """Run the main job for each institution partition through Dagster, in-process, with progress bars.
 
-    from dagster_project.assets import SOURCES, recognition_tables
-    from dagster_project.resources import HubResource
+    hub itself does not depend on Dagster: the launch lives in dagster_project.launch, which
+    the command line hands off to.
+    """
+    import importlib
+
     from hub import progress as hub_progress
     from hub.lineage import catalog as runcat
     from hub.region import load_region
 
+    os.environ["HUB_WORKSPACE"] = str(workspace)
+    launch = importlib.import_module("dagster_project.launch")
     region = load_region(workspace)
     _ensure_key(region)
     ids = institution_ids or [i.id for i in region.institutions]
     reports = []
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
-    from dagster_project.partitions import INSTITUTIONS
-
-    known = set(instance.get_dynamic_partitions(INSTITUTIONS))
-    instance.add_dynamic_partitions(INSTITUTIONS, [i for i in ids if i not in known])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         hub_progress.set_reporter(_RichProgress(bar))
         try:
-            for iid in ids:
-                result = materialize(
-                    [*SOURCES, recognition_tables], partition_key=iid, instance=instance,
-                    resources={"hub": HubResource(workspace=str(workspace))},
-                    run_config={
-                        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-                        "ops": {"recognition_tables": {"config": {"full": full}}},
-                    },
-                )
-                if not result.success:
-                    raise typer.Exit(1)
+            if not launch.materialize_institutions(workspace, ids, full):
+                raise typer.Exit(1)
         finally:
             hub_progress.set_reporter(None)
     from hub.recognition.index import build, connect, index_url
@@ -590,6 +579,8 @@ def lineage_trace(
                       f"{'intact' if m['data_file_intact'] else '[red]ALTERED[/]'}", highlight=False)
     if chain.get("research_releases") is not None:
         console.print(f"  released in  {', '.join(chain['research_releases']) or '(no research release)'}", highlight=False)
+    for ts in chain.get("training_sets") or []:
+        console.print(f"  training set {ts['trainset']} ({ts['split']} split, tag {ts['tag']}) in {ts['out']}", highlight=False)
 
 
 audit_app = typer.Typer(help="Audit for the data-exchange operator: signed manifests, verification.", no_args_is_help=True)

@@ -72,6 +72,8 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
         out["source_key_matches"] = source_key_hash(keys, row["institution"], system, row["source_table"], source_key) == row["source_key_hash"]
     if zone == region.zone:
         out["research_releases"] = _releases_containing(icat, engine, rtype, pseudonym(keys, "research-id", rid))
+        if row.get("patient"):
+            out["training_sets"] = _trainsets_containing(engine, out["research_releases"], pseudonym(keys, "research-linkage", row["patient"]))
     access.record(engine, "lineage-trace", "audit: trace a published row", {"table": out["table"], "resource": reference, "rows": 1})
     return out
 
@@ -83,6 +85,24 @@ def _mapping_state(region: Region, institution: str, feed: str, label: str) -> d
     except (KeyError, StopIteration):
         return {"recorded": label, "current": None, "file": None, "unchanged": False}
     return {"recorded": label, "current": current, "file": str(f.mapping), "unchanged": current == label}
+
+
+def _trainsets_containing(engine, releases: list[str], research_patient: str) -> list[dict]:
+    """Training sets built on those releases whose labels include the row's patient (by its research pseudonym)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    found = []
+    for e in access.entries(engine, action="trainset-build"):
+        what = e["what"]
+        if what.get("tag") not in releases or what.get("zone") != "research" or not what.get("out"):
+            continue
+        for split in ("train", "validation", "test"):
+            labels = Path(what["out"]) / split / "labels.parquet"
+            if labels.exists() and research_patient in set(pq.read_table(labels, columns=["patient"])["patient"].to_pylist()):
+                found.append({"trainset": what["trainset"], "tag": what["tag"], "split": split, "out": what["out"]})
+    return found
 
 
 def _releases_containing(icat, engine, rtype: str, research_id: str) -> list[str]:

@@ -4,8 +4,9 @@ The spec names ViewDefinitions (each outputs a ``patient`` column), a cohort (a 
 code prefix and a minimum number of results), a label (the last result of a view below a
 threshold), feature windows (rows before the label time) and split fractions. Every read
 is pinned to the tag's snapshot, rows are sorted, and Parquet is written without
-timestamps, so the same spec on the same tag gives byte-identical files. Patients are
-assigned to a split by a keyed hash of their pseudonym: a patient is never in two splits.
+timestamps, so the same spec on the same tag gives byte-identical files. Rows are grouped
+by person (a Patient id at each institution resolves to one linkage pseudonym), and a
+person is assigned to a split by a keyed hash of that pseudonym: never in two splits.
 """
 
 from __future__ import annotations
@@ -165,6 +166,19 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
         lin = table.scan(snapshot_id=ref.snapshot_id, selected_fields=tuple(lineage)).to_arrow()
         for col in lineage:
             lineage[col].update(lin.column(col).to_pylist())
+    # a view's `patient` is a Patient resource id, one per institution; a person seen at two
+    # institutions has two. Resolve ids to the person (the zone's linkage pseudonym) so cohort,
+    # labels, features and splits are per person, and a person is never in two splits.
+    patients = icat.load_table(f"{spec.zone}.patient")
+    pref = patients.snapshot_by_name(spec.tag)
+    if pref is None:
+        raise KeyError(f"{spec.zone}.patient has no tag {spec.tag!r}")
+    snapshots[f"{spec.zone}.patient"] = pref.snapshot_id
+    pt = patients.scan(snapshot_id=pref.snapshot_id, selected_fields=("id", "patient")).to_arrow()
+    person = dict(zip(pt["id"].to_pylist(), pt["patient"].to_pylist(), strict=True))
+    for view_rows in rows.values():
+        for r in view_rows:
+            r["patient"] = person.get(r["patient"], r["patient"])
     people = cohort(spec, rows)
     label_rows = labels(spec, rows, people)
     feature_rows = features(spec, rows, label_rows)
@@ -205,7 +219,7 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
     (out / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     (out / "datasheet.md").write_text(_markdown(sheet), encoding="utf-8")
     access.record(engine, "trainset-build", purpose, {"trainset": spec.name, "tag": spec.tag, "snapshots": snapshots,
-                  "patients": len(label_rows), "rows": {s: c for s, c in counts.items()}})
+                  "zone": spec.zone, "out": str(Path(out).resolve()), "patients": len(label_rows), "rows": {s: c for s, c in counts.items()}})
     return sheet
 
 

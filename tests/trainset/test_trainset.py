@@ -108,6 +108,19 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
 
     assert [e["action"] for e in access.entries(runcat.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 2
 
+    # lineage goes forward from a published result to the training sets that include its patient
+    from hub.lakehouse.tables import open_catalog
+    from hub.lineage.trace import trace
+
+    member = next(iter(patients["train"]))
+    obs = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation").scan(
+        selected_fields=("id", "patient")).to_arrow().to_pylist()
+    from deid.actions import pseudonym
+
+    row = next(o for o in obs if pseudonym(keys, "research-linkage", o["patient"]) == member)
+    chain = trace(region, keys, f"Observation/{row['id']}")
+    assert {"trainset": "t2dm-hba1c", "tag": "demo-release", "split": "train", "out": str((tmp_path / "a").resolve())} in chain["training_sets"]
+
 
 @pytest.mark.slow
 def test_indicators(demo):
