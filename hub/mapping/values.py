@@ -7,6 +7,7 @@ what was expected, in words a hospital IT person can act on.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -25,6 +26,17 @@ def _example(fmt: str) -> str:
 
 def parse_datetime(value: object, formats: tuple[str, ...], tz: dt.timezone) -> str:
     """A FHIR dateTime with offset from a source timestamp in one of the given formats."""
+    if isinstance(value, str):
+        return _parse_datetime_text(value, formats, tz)  # cached: one order's results share their times
+    return _parse_datetime(value, formats, tz)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_datetime_text(value: str, formats: tuple[str, ...], tz: dt.timezone) -> str:
+    return _parse_datetime(value, formats, tz)
+
+
+def _parse_datetime(value: object, formats: tuple[str, ...], tz: dt.timezone) -> str:
     if isinstance(value, dt.datetime):
         parsed = value
     elif isinstance(value, dt.date):
