@@ -18,15 +18,19 @@ def keys() -> Keyring:
     return Keyring(TEST_MASTER_KEY)
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory, keys):
-    """A small demo region, generated and published once per test session."""
+def publish_region(workspace: Path, keys: Keyring, patients: int):
+    """Generate a demo region in workspace and publish every institution: (region, counts, reports by institution)."""
     from hub.demo.generator import generate_region
     from hub.pipeline import run_institution
     from hub.region import load_region
 
-    ws = tmp_path_factory.mktemp("demo")
-    counts = generate_region(ws, patients=40)
-    region = load_region(ws)
+    counts = generate_region(workspace, patients=patients)
+    region = load_region(workspace)
     reports = {i.id: run_institution(region, i.id, keys) for i in region.institutions}
     return region, counts, reports
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, keys):
+    """A small demo region, generated and published once per test session."""
+    return publish_region(tmp_path_factory.mktemp("demo"), keys, 40)

@@ -8,23 +8,18 @@ import pytest
 from typer.testing import CliRunner
 
 from hub.cli import app
-from hub.demo.generator import generate_region
 from hub.fhir.ids import resource_id
 from hub.leakscan import load_canaries, scan_text
 from hub.lineage import access
 from hub.lineage import catalog as runcat
-from hub.pipeline import run_institution
-from hub.region import load_region
 from hub.research import build_release
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 
 
 def test_reads_are_logged_and_exported_as_audit_events(tmp_path, keys, monkeypatch):
-    generate_region(tmp_path, patients=15)
-    region = load_region(tmp_path)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
+    region, _, _ = publish_region(tmp_path, keys, 15)
     monkeypatch.setenv("HUB_ACTOR", "ml-team-a")
     build_release(region, keys, name="r1", k=2, max_suppression=0.5, purpose="diabetes cohort study #12")
     build_release(region, keys, name="r2", k=10_000)  # refused, still logged

@@ -7,21 +7,17 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from hub.demo.generator import generate_region
 from hub.lineage import catalog as runcat
 from hub.lineage.manifests import manifests, verify
-from hub.pipeline import run_institution
-from hub.region import load_region
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
 def published(tmp_path, keys):
-    generate_region(tmp_path, patients=10)
-    region = load_region(tmp_path)
-    reports = [run_institution(region, i.id, keys) for i in region.institutions]
-    return region, runcat.connect(region.catalog_url), reports
+    region, _, reports = publish_region(tmp_path, keys, 10)
+    return region, runcat.connect(region.catalog_url), list(reports.values())
 
 
 def test_untouched_history_verifies(published, keys):

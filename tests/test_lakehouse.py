@@ -7,22 +7,17 @@ import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
-from hub.demo.generator import generate_region
 from hub.lakehouse.snapshots import history, read, tag_zone
 from hub.lakehouse.tables import ARROW_SCHEMA, SCHEMA, ensure_table, open_catalog
 from hub.pipeline import run_institution
-from hub.region import load_region
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
 def region(tmp_path, keys):
-    generate_region(tmp_path, patients=15)
-    region = load_region(tmp_path)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
-    return region
+    return publish_region(tmp_path, keys, 15)[0]
 
 
 def test_a_tagged_snapshot_reads_the_same_rows_after_later_publishes(region, keys):

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from hub.demo.generator import generate_region
 from hub.fhir.ids import resource_id
 from hub.lineage.trace import trace
-from hub.pipeline import run_institution
-from hub.region import load_region
 from hub.research import build_release
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory, keys):
-    ws = tmp_path_factory.mktemp("lineage")
-    generate_region(ws, patients=30)
-    region = load_region(ws)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
+    region, _, _ = publish_region(tmp_path_factory.mktemp("lineage"), keys, 30)
     build_release(region, keys, name="release-1", k=2)
     return region
 

@@ -9,24 +9,17 @@ import pytest
 import sqlalchemy as sa
 
 from deid.actions import pseudonym, shift_days
-from hub.demo.generator import generate_region
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import catalog as runcat
-from hub.pipeline import run_institution
-from hub.region import load_region
 from hub.research import build_release, releases
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, keys):
-    ws = tmp_path_factory.mktemp("research")
-    generate_region(ws, patients=120)
-    region = load_region(ws)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
-    return region
+    return publish_region(tmp_path_factory.mktemp("research"), keys, 120)[0]
 
 
 def _table(region, name, **scan):

@@ -7,15 +7,14 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from hub.demo.generator import canary, generate_region
+from hub.demo.generator import canary
 from hub.leakscan import load_canaries, scan_text
 from hub.lineage import access
 from hub.lineage import catalog as runcat
-from hub.pipeline import run_institution
 from hub.recognition.api import create_app, issue_token
 from hub.recognition.catalog import load_catalog
 from hub.recognition.index import build, connect, index_url
-from hub.region import load_region
+from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
 ID = "urn:oid:2.16.156.10011.1.3"
@@ -23,11 +22,7 @@ ID = "urn:oid:2.16.156.10011.1.3"
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, keys):
-    ws = tmp_path_factory.mktemp("recognition")
-    generate_region(ws, patients=20)
-    region = load_region(ws)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
+    region, _, _ = publish_region(tmp_path_factory.mktemp("recognition"), keys, 20)
     index = connect(index_url(region))
     build(region, index)
     tokens = {inst.id: issue_token(region, inst.id) for inst in region.institutions}

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from deid.keys import Keyring
-from hub.demo.generator import generate_region
 from hub.pipeline import run_institution
-from hub.region import REPO_ROOT, load_region
+from hub.region import REPO_ROOT
 from hub.research import build_release
 from hub.trainset.build import SPLITS, assign_split, build, cohort, features, labels, load_spec
+from tests.conftest import publish_region
 
 SPEC = REPO_ROOT / "trainsets" / "t2dm-hba1c.yaml"
 
@@ -63,11 +63,7 @@ def test_splits_follow_fractions_and_are_stable(keys):
 def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys):
     import pyarrow.parquet as pq
 
-    ws = tmp_path / "ws"
-    generate_region(ws, patients=150)
-    region = load_region(ws)
-    for inst in region.institutions:
-        run_institution(region, inst.id, keys)
+    region, _, _ = publish_region(tmp_path / "ws", keys, 150)
     assert build_release(region, keys, name="demo-release", k=2, max_suppression=0.2).status == "published"
 
     first = build(region, keys, SPEC, tmp_path / "a")
