@@ -1,0 +1,99 @@
+"""Mutual recognition: `hub recognition build-index|token|query`, `hub serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from hub.cli.base import WorkspaceOpt, app, console
+
+recognition_app = typer.Typer(help="Mutual recognition of lab results: index, tokens, queries.", no_args_is_help=True)
+app.add_typer(recognition_app, name="recognition")
+
+
+def _recognition(workspace: Path):
+    from deid.keys import Keyring
+    from hub.recognition.catalog import load_catalog
+    from hub.recognition.index import connect, index_url
+    from hub.region import load_region
+
+    region = load_region(workspace)
+    return region, Keyring.load(region.key_file), connect(index_url(region)), load_catalog()
+
+
+@recognition_app.command("build-index")
+def recognition_build_index(workspace: Path = WorkspaceOpt) -> None:
+    """Add results published since the last build to the recognition index (run after each publish)."""
+    from hub.recognition.index import build
+
+    region, _, index, _ = _recognition(workspace)
+    console.print(f"Recognition index: {build(region, index)} new rows read from {region.zone}.observation and .diagnosticreport")
+
+
+@recognition_app.command("token")
+def recognition_token(institution: str = typer.Argument(..., help="Institution id."), workspace: Path = WorkspaceOpt) -> None:
+    """Issue a bearer token for an institution's HIS (shown once; only its hash is kept)."""
+    from hub.recognition.api import issue_token
+    from hub.region import load_region
+
+    print(issue_token(load_region(workspace), institution))
+
+
+@recognition_app.command("query")
+def recognition_query(
+    requester: str = typer.Option(..., "--requester", "-r", help="The requesting institution's id."),
+    id_number: str = typer.Option(None, "--id-number", help="The patient's resident ID number."),
+    mrn: str = typer.Option(None, "--mrn", help="Or the requester's own MRN for the patient."),
+    code: list[str] = typer.Option(None, "--code", help="LOINC codes to ask about (repeat); default all."),
+    at: str = typer.Option(None, "--at", help="Judge as of this date (YYYY-MM-DD); default now."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """The recognition verdict of each of a patient's results, as the API gives it."""
+    import datetime as dt
+
+    from hub.lineage import access
+    from hub.lineage import catalog as runcat
+    from hub.recognition.query import patient_for, query
+
+    region, keys, index, catalog = _recognition(workspace)
+    if bool(id_number) == bool(mrn):
+        raise typer.BadParameter("give --id-number or --mrn")
+    system, value = ("urn:oid:2.16.156.10011.1.3", id_number) if id_number else (f"urn:hub:{requester}:mrn", mrn)
+    patient = patient_for(index, keys, system, value)
+    when = dt.datetime.fromisoformat(at).replace(tzinfo=dt.UTC) if at else None
+    verdicts = query(index, catalog, patient, requester, code or None, at=when) if patient else []
+    access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",
+                  {"requester": requester, "codes": code or None, "results": len(verdicts)})
+    table = Table(title=f"{len(verdicts)} results for the patient, as seen by {requester}")
+    for col in ("item (LOINC)", "issuer", "time", "value", "verdict", "reason / mark"):
+        table.add_column(col, overflow="fold")
+    for v in verdicts:
+        o = v.observation
+        value = o.get("valueQuantity", {}).get("value", o.get("valueString", (o.get("valueCodeableConcept") or {}).get("text", "")))
+        unit = o.get("valueQuantity", {}).get("unit", "")
+        table.add_row(v.loinc, v.institution, str(o.get("effectiveDateTime", ""))[:16], f"{value} {unit}".strip(),
+                      "[green]recognisable[/]" if v.recognisable else f"[red]{v.code}[/]", v.mark or v.reason)
+    console.print(table)
+
+
+@app.command("serve")
+def serve(
+    workspace: Path = WorkspaceOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Start the recognition FHIR API (FastAPI + uvicorn). OpenAPI at /docs, CapabilityStatement at /fhir/metadata.
+
+    uvicorn's access log is off: it would print query strings, which carry patient identifiers.
+    """
+    import logging
+
+    import uvicorn
+
+    from hub.recognition.api import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
+    region, keys, index, catalog = _recognition(workspace)
+    uvicorn.run(create_app(region, keys, index, catalog), host=host, port=port, access_log=False, log_level="info")

@@ -1,0 +1,84 @@
+"""ViewDefinitions: `hub views run|test`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hub.cli.base import WorkspaceOpt, app, console
+
+views_app = typer.Typer(help="SQL-on-FHIR v2 ViewDefinitions: run them, test the runner.", no_args_is_help=True)
+app.add_typer(views_app, name="views")
+
+
+@views_app.command("run")
+def views_run(
+    view: Path = typer.Argument(..., exists=True, help="A ViewDefinition (JSON)."),
+    table: str = typer.Option(None, "--table", help="A lakehouse table, e.g. recognition.observation."),
+    ndjson: Path = typer.Option(None, "--ndjson", help="Or an NDJSON file of FHIR resources."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write Parquet here instead of printing."),
+    as_of: str = typer.Option(None, "--as-of", help="A tag or snapshot id of the table."),
+    limit: int = typer.Option(20, "--limit", help="Rows to print."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Flatten FHIR resources into a table with a ViewDefinition (print it, or write Parquet)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hub.fhir.jsonio import loads
+    from hub.trainset.views import run_over_table, run_view
+
+    definition = json.loads(view.read_text(encoding="utf-8"))
+    if bool(table) == bool(ndjson):
+        raise typer.BadParameter("give --table or --ndjson")
+    if ndjson:
+        result = pa.Table.from_pylist(run_view(definition, (loads(line) for line in ndjson.read_text(encoding="utf-8").splitlines() if line.strip())))
+    else:
+        from hub.lakehouse.tables import open_catalog
+        from hub.region import load_region
+
+        region = load_region(workspace)
+        t = open_catalog(region.catalog_url, region.warehouse).load_table(table)
+        snapshot = None
+        if as_of:
+            snapshot = int(as_of) if as_of.isdigit() else t.snapshot_by_name(as_of).snapshot_id
+        result = run_over_table(t, definition, snapshot)
+    if output:
+        pq.write_table(result, output)
+        console.print(f"{result.num_rows} rows written to {output}")
+        return
+    console.print(result.slice(0, limit).to_pandas().to_string() if result.num_rows and _has_pandas() else result.slice(0, limit).to_pylist())
+    console.print(f"{result.num_rows} rows")
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@views_app.command("test")
+def views_test(
+    folder: Path = typer.Argument(..., exists=True, help="A folder of SQL-on-FHIR conformance test files."),
+    report: Path = typer.Option(None, "--report", help="Write the report here (the spec repository's test_report.json format)."),
+) -> None:
+    """Run the SQL-on-FHIR v2 conformance tests; exits 1 if any shareable test fails (experimental ones are reported)."""
+    import json
+
+    from hub.trainset.conformance import run_folder, summary
+
+    result = run_folder(folder)
+    if report:
+        report.write_text(json.dumps({f: {"tests": [{"name": t["name"], "result": t["result"]} for t in d["tests"]]} for f, d in result.items()}, indent=2, ensure_ascii=False))
+    for tag, (passed, total) in sorted(summary(result).items()):
+        console.print(f"{tag}: {passed}/{total} passed")
+    failed = [(f, t["name"]) for f, d in result.items() for t in d["tests"] if not t["result"]["passed"] and "shareable" in t["tags"]]
+    for f, name in failed:
+        console.print(f"[red]FAILED[/] {f}: {name}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
