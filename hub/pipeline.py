@@ -12,7 +12,7 @@ import datetime as dt
 import secrets
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 from pyiceberg.exceptions import NoSuchTableError
@@ -251,12 +251,12 @@ class InstitutionRun:
         for rtype, w in self.writers.items():
             if w.snapshot_ids:
                 self.report.snapshots[rtype] = w.snapshot_ids[-1]
+        counts = [_count_row(self.inst.id, c) for c in self.report.counts]
         if status == "succeeded" and self.report.snapshots:
             tables = {".".join(w.table.name()): w.table for w in self.writers.values() if w.snapshot_ids}
-            summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__,
-                       "counts": [_count_row(self.inst.id, c) for c in self.report.counts]}
+            summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__, "counts": counts}
             self.report.manifest = manifests.append(self.engine, self.keys, self.run_id, tables, summary)
-        runcat.finish_run(self.engine, self.run_id, status, [_count_row(self.inst.id, c) for c in self.report.counts], self.report.as_dict())
+        runcat.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
         return self.report
 
 
@@ -337,11 +337,8 @@ def record_deletions(engine: sa.Engine, run_id: str, institution: str, gone: lis
 
 
 def _count_row(institution: str, c: BlockCount) -> dict:
-    return {
-        "institution": institution, "feed": c.feed, "mapping": c.mapping, "source_table": c.source_table,
-        "resource_type": c.resource_type, "rows_read": c.rows_read, "published": c.published,
-        "quarantined": c.quarantined, "written": c.written, "unchanged": c.unchanged,
-    }
+    """A BlockCount as a hub_run_counts row (the columns the table has)."""
+    return {"institution": institution, **{k: v for k, v in asdict(c).items() if k in runcat.run_counts.c}}
 
 
 def _missing_patient(file: str, resource_type: str, subject_el) -> RowProblem:

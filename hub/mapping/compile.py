@@ -135,7 +135,7 @@ class CompiledBlock:
         self._elements = [(el, _tokens(el.path), self._compile(el), _anchor(el)) for el in block.elements]
         # Repeating elements fed by data (not only constants): dropped whole when no data arrives,
         # so an identifier with no value does not survive as a bare system.
-        self._data_anchors = {a for el, _, _, a in self._elements if a and el.kind != "const"}
+        self._data_anchors = {a: _tokens(a) for el, _, _, a in self._elements if a and el.kind != "const"}
 
     # -- columns ---------------------------------------------------------------
     def qualify(self, column: str) -> str:
@@ -409,10 +409,10 @@ class CompiledBlock:
                 _set(resource, tokens, value)
         if problems:
             return None, problems
-        empty = self._data_anchors - filled
+        empty = self._data_anchors.keys() - filled
         if empty:
             for anchor in empty:
-                _set(resource, _tokens(anchor), None)
+                _set(resource, self._data_anchors[anchor], None)
             resource = _prune(resource)
         return resource, []
 

@@ -114,7 +114,8 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
             if not date.startswith("ge"):
                 return outcome(400, "not-supported", "only date=ge<date> is supported")
             try:
-                since = dt.datetime.fromisoformat(date[2:]).replace(tzinfo=dt.UTC) if len(date) == 12 else dt.datetime.fromisoformat(date[2:])
+                since = dt.datetime.fromisoformat(date[2:])
+                since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
             except ValueError:
                 return outcome(400, "invalid", "date must be ge followed by an ISO date, e.g. ge2024-01-01")
         try:

@@ -57,6 +57,7 @@ def test_search_returns_a_bundle_with_verdicts(served):
         assert tag["system"] == "urn:hub:recognition-verdict" and tag["code"] == ext["verdict"]["valueCode"]
         issuers.add(ext["issuer"]["valueString"])
     assert issuers >= {"city-first", "xihu-second"}
+    assert _get(client, tokens["beishan-chc"], date="ge2020-01-01T00:00:00").status_code == 200  # a naive dateTime
     only = _get(client, tokens["beishan-chc"], code="http://loinc.org|4548-4").json()
     assert {e["resource"]["code"]["coding"][0]["code"] for e in only["entry"]} == {"4548-4"}
 
