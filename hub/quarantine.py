@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from deid.keys import Keyring
+from hub.errors import NotFound
 from hub.identifiers import redact_identifiers
 from hub.lineage.catalog import metadata
 
@@ -149,7 +150,7 @@ def open_row(engine: sa.Engine, keys: Keyring, entry_id: int, key_file=None) -> 
     with engine.connect() as conn:
         rec = conn.execute(sa.select(quarantine).where(quarantine.c.id == entry_id)).one_or_none()
     if rec is None:
-        raise KeyError(f"no quarantine entry {entry_id}")
+        raise NotFound(f"no quarantine entry {entry_id}")
     if rec.key_id != keys.key_id:
         from deid.keys import keyring_for
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hub.errors import NotFound
 from hub.yamlio import ConfigError, LineDict, load_yaml
 
 DEFAULT_WORKSPACE = Path(".hub")
@@ -54,7 +55,7 @@ class Region:
         for inst in self.institutions:
             if inst.id == institution_id:
                 return inst
-        raise KeyError(f"no institution {institution_id!r} in {self.workspace / 'region.yaml'}; known: {', '.join(i.id for i in self.institutions)}")
+        raise NotFound(f"no institution {institution_id!r} in {self.workspace / 'region.yaml'}; known: {', '.join(i.id for i in self.institutions)}")
 
 
 def _expand(text: str, workspace: Path, file: str, line: int, fld: str) -> str:

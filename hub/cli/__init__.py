@@ -21,19 +21,18 @@ from hub.cli import (  # noqa: F401  - importing a module registers its commands
     trainset,
     views,
 )
-from hub.cli.base import app, console
+from hub.cli.base import app
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Entry point: user errors (configuration, keys, missing files) print one clear line, exit 2."""
-    from deid.keys import MasterKeyError
-    from hub.yamlio import ConfigError
+    """Entry point: any error ends the command with one line on stderr and exit code 1 or 2
+    (see hub.cli.errors); ``hub --debug`` adds the traceback."""
+    from hub.cli.base import debug
+    from hub.cli.errors import report
 
     try:
         app()
-    except (ConfigError, MasterKeyError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        console.print(f"[red]error:[/] {message}", highlight=False)
-        raise SystemExit(2) from None
+    except Exception as exc:  # the last line of defence: one line, never a rich traceback
+        raise SystemExit(report(exc, debug["on"])) from None

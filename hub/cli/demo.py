@@ -61,6 +61,8 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
     region = load_region(workspace)
     _ensure_key(region)
     ids = institution_ids or [i.id for i in region.institutions]
+    for iid in ids:
+        region.institution(iid)  # an unknown id fails here, before any run starts
     reports = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:

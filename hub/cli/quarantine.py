@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from hub.cli.base import WorkspaceOpt, app, console
+from hub.errors import NotFound
 
 quarantine_app = typer.Typer(help="Rows that could not be published: encrypted, with reasons in clear.", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
@@ -67,7 +68,7 @@ def quarantine_show(
     engine = runcat.connect(region.catalog_url)
     meta = quarantine.list_rows(engine, ids=[entry])
     if not meta:
-        raise KeyError(f"no quarantine entry {entry}")
+        raise NotFound(f"no quarantine entry {entry}")
     row = quarantine.open_row(engine, keys, entry, region.key_file)
     m = meta[0]
     from hub.lineage import access

@@ -7,6 +7,8 @@ import datetime as dt
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
+from hub.errors import NotFound
+
 
 def history(catalog: Catalog, name: str) -> list[dict]:
     """A table's snapshots, oldest first, with the run that made each and the tags on it."""
@@ -50,7 +52,7 @@ def read(catalog: Catalog, name: str, as_of: str | int | None = None, row_filter
     if isinstance(as_of, str) and not as_of.isdigit():
         ref = table.snapshot_by_name(as_of)
         if ref is None:
-            raise KeyError(f"{name} has no tag or branch {as_of!r}")
+            raise NotFound(f"{name} has no tag or branch {as_of!r}")
         snapshot_id = ref.snapshot_id
     else:
         snapshot_id = int(as_of)

@@ -18,6 +18,7 @@ from pyiceberg.expressions import EqualTo
 
 from deid.actions import pseudonym
 from deid.keys import Keyring
+from hub.errors import NotFound
 from hub.fhir.ids import source_key_hash
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import access
@@ -41,7 +42,7 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
         if rows:
             break
     else:
-        raise KeyError(f"{reference} is not published in {region.zone} or research")
+        raise NotFound(f"{reference} is not published in {region.zone} or research")
     row = rows[0]
     out: dict = {
         "resource": reference, "zone": zone, "table": f"{zone}.{rtype.lower()}",

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from deid.keys import Keyring
+from hub.errors import NotFound
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import access
 from hub.lineage import catalog as runcat
@@ -159,7 +160,7 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
         table = icat.load_table(table_name)
         ref = table.snapshot_by_name(spec.tag)
         if ref is None:
-            raise KeyError(f"{table_name} has no tag {spec.tag!r}: make a research release or `hub lakehouse tag` it first")
+            raise NotFound(f"{table_name} has no tag {spec.tag!r}: make a research release or `hub lakehouse tag` it first")
         snapshots[table_name] = ref.snapshot_id
         rows[name] = run_over_table(table, view, ref.snapshot_id).to_pylist()
         lin = table.scan(snapshot_id=ref.snapshot_id, selected_fields=tuple(lineage)).to_arrow()
@@ -171,7 +172,7 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
     patients = icat.load_table(f"{spec.zone}.patient")
     pref = patients.snapshot_by_name(spec.tag)
     if pref is None:
-        raise KeyError(f"{spec.zone}.patient has no tag {spec.tag!r}")
+        raise NotFound(f"{spec.zone}.patient has no tag {spec.tag!r}")
     snapshots[f"{spec.zone}.patient"] = pref.snapshot_id
     pt = patients.scan(snapshot_id=pref.snapshot_id, selected_fields=("id", "patient")).to_arrow()
     person = dict(zip(pt["id"].to_pylist(), pt["patient"].to_pylist(), strict=True))
