@@ -26,9 +26,8 @@ from dagster_project.partitions import institutions
 from dagster_project.resources import HubResource
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.lakehouse.tables import open_catalog, table_name
-from hub.leakscan import load_canaries, published_files, scan_files, scan_text
-from hub.lineage.catalog import connect
-from hub.lineage.manifests import verify
+from hub.leakscan import Scanner, load_canaries, load_scan_policy, published_files
+from hub.lineage.manifests import verify_region
 from hub.pipeline import run_institution
 from hub.progress import reporter
 from hub.recognition.index import build as build_index
@@ -62,7 +61,7 @@ CHECK_SPECS = [
         AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
         AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
         AssetCheckSpec("leak_scan", asset=table_key(rt), blocking=True, description="no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs"),
-        AssetCheckSpec("audit_verify", asset=table_key(rt), description="the manifest chain verifies (hashes, links, signatures) and the latest manifest's data files are intact"),
+        AssetCheckSpec("audit_verify", asset=table_key(rt), description="the manifest chain verifies (hashes, links, trusted signatures), every table's live snapshots and files are the ones it records, and the latest manifest's files are intact"),
     )
 ]
 
@@ -79,11 +78,11 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
     region = hub.region()
     report = run_institution(region, context.partition_key, hub.keyring(), progress=reporter(), full=config.full)
     by_resource = report.by_resource()
-    canaries = load_canaries(region.workspace)
+    scanner = Scanner(load_canaries(region.workspace), load_scan_policy(region.ruleset))  # the sink's scan
     catalog = open_catalog(region.catalog_url, region.warehouse)
     log_text = "\n".join(e.user_message or "" for e in context.instance.all_logs(context.run_id))
-    log_hits = scan_text(log_text, f"run {context.run_id} logs", canaries)
-    audit = verify(connect(region.catalog_url), hub.keyring(), region.key_file, last=1)
+    log_hits = scanner.text(log_text, f"run {context.run_id} logs").hits
+    audit = verify_region(region, last=1, in_flight_ok=True)  # other institutions may be publishing meanwhile
     manifest = {"manifest_seq": report.manifest[0], "manifest_hash": report.manifest[1]} if report.manifest else {}
     for rt in RESOURCE_MODULES:
         c = by_resource.get(rt, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
@@ -114,14 +113,16 @@ def recognition_tables(context: AssetExecutionContext, config: PublishConfig, hu
             files = published_files(catalog.load_table(table_name(ZONE, rt)), context.partition_key)
         except NoSuchTableError:
             files = []
-        hits = scan_files(files, canaries) + log_hits
+        scanned = scanner.files(files)
+        hits = scanned.hits + log_hits
         yield AssetCheckResult(
             asset_key=table_key(rt), check_name="audit_verify", passed=audit.ok, severity=AssetCheckSeverity.ERROR,
             metadata={"manifests": audit.manifests, "files_rehashed": audit.files, "breaks": audit.breaks[:5]},
         )
         yield AssetCheckResult(
             asset_key=table_key(rt), check_name="leak_scan", passed=not hits, severity=AssetCheckSeverity.ERROR,
-            metadata={"files_scanned": len(files), "hits": len(hits), "first_hits (masked)": [str(h) for h in hits[:5]]},
+            metadata={"files_scanned": len(files), "hits": len(hits), "first_hits (masked)": [str(h) for h in hits[:5]],
+                      "code_system_exemptions": scanned.exemptions()},
         )
 
 
@@ -147,20 +148,6 @@ def recognition_index(hub: HubResource) -> MaterializeResult:
 )
 def outcome_indicators(hub: HubResource) -> MaterializeResult:
     """Compute the indicators with ViewDefinitions and replace the indicators.outcomes table."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+    from hub.trainset.indicators import publish
 
-    from hub.trainset.indicators import compute
-
-    region = hub.region()
-    data = compute(region)
-    catalog = open_catalog(region.catalog_url, region.warehouse)
-    try:
-        catalog.create_namespace("indicators")
-    except NamespaceAlreadyExistsError:
-        pass
-    try:
-        table = catalog.load_table("indicators.outcomes")
-    except NoSuchTableError:
-        table = catalog.create_table("indicators.outcomes", schema=data.schema)
-    table.overwrite(data)
-    return MaterializeResult(metadata={"dagster/row_count": data.num_rows})
+    return MaterializeResult(metadata={"dagster/row_count": publish(hub.region(), hub.keyring())})

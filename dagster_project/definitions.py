@@ -4,6 +4,8 @@ Run ``dagster dev -m dagster_project.definitions`` with HUB_WORKSPACE pointing a
 workspace (default ``.hub``, as ``make demo`` creates) to see the asset graph.
 """
 
+import os
+
 from dagster import Definitions
 
 from dagster_project.assets import (
@@ -16,6 +18,8 @@ from dagster_project.jobs import publish_recognition
 from dagster_project.partitions import workspace
 from dagster_project.resources import HubResource
 from dagster_project.sensors import hourly_pull, new_institutions
+
+os.umask(0o077)  # as the `hub` command does: files the code location writes are their owner's alone
 
 defs = Definitions(
     assets=[*SOURCES, recognition_tables, recognition_index, outcome_indicators],

@@ -1,10 +1,14 @@
 """Checking a feed before it publishes: run a sample through map, validate and de-identify.
 
-``check_feed`` reads at most ``limit`` rows per mapping block, runs exactly the per-row work
+``check_feed`` reads a sample of at most ``limit`` rows per mapping block, spread over the
+whole table (every k-th row in key order, so the sample is not just the oldest rows, which
+in many databases are the odd ones), runs exactly the per-row work
 of a real run (the same Preparer), publishes nothing and stores nothing, and reports what a
 hospital IT person needs to fix the mapping: counts per resource, errors grouped by cause
 with row keys, unmapped codes and units with their frequencies, and elements no
-de-identification rule covers.
+de-identification rule covers. The rows that would publish are leak-scanned exactly as the
+sink scans them (same detector, canaries and the ruleset's code-system exemptions), so a
+false positive or a real leak shows up before publishing; hits are reported masked.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sqlalchemy as sa
 
 from deid.keys import Keyring
 from deid.ruleset import load_ruleset
+from hub.leakscan import Hit, Scanner, ScanResult, load_scan_policy
 from hub.mapping.run import block_select
 from hub.mapping.spec import load_mapping
 from hub.prepare import Preparer, Rejected
@@ -29,6 +34,7 @@ class BlockCheck:
     resource: str
     table: str
     rows: int = 0
+    sample: str = ""  # how the rows were drawn, e.g. "every 12th of 11,880 rows in key order"
     would_publish: int = 0
     would_quarantine: int = 0
 
@@ -48,10 +54,17 @@ class FeedCheck:
     causes: list[CauseGroup]
     unmapped: list[tuple[str, str, int]]  # terminology, local value, count
     uncovered: list[tuple[str, int]]  # element path, count
+    leaks: list[Hit] = field(default_factory=list)  # masked: what the leak scan would block
+    exempted: dict[str, dict[str, int]] = field(default_factory=dict)  # {code system: {pattern: values}}
 
     @property
     def quarantined(self) -> int:
         return sum(b.would_quarantine for b in self.blocks)
+
+    @property
+    def blocked(self) -> bool:
+        """True when publishing this sample would be refused by the leak scan."""
+        return bool(self.leaks)
 
     def as_dict(self) -> dict:
         return {
@@ -61,14 +74,18 @@ class FeedCheck:
             "unmapped": [{"terminology": t, "value": v, "count": n} for t, v, n in self.unmapped],
             "uncovered": [{"element": e, "count": n} for e, n in self.uncovered],
             "would_quarantine": self.quarantined,
+            "leak_scan": {"blocked": self.blocked, "hits": [str(h) for h in self.leaks], "exempted": self.exempted},
         }
 
 
 def check_feed(
     mapping_path: Path, url: str, institution: str, ruleset_path: Path, zone: str = "recognition",
-    keys: Keyring | None = None, limit: int = 1000, rows_per_cause: int = 5,
+    keys: Keyring | None = None, limit: int = 1000, rows_per_cause: int = 5, canaries: frozenset[str] = frozenset(),
 ) -> FeedCheck:
-    """Check one feed on a sample of at most limit rows per block. Without keys, a throwaway key is used."""
+    """Check one feed on a sample of at most limit rows per block. Without keys, a throwaway key is used.
+
+    canaries: the workspace's canary values, scanned for like every identifier.
+    """
     mapping = load_mapping(mapping_path)
     ruleset = load_ruleset(ruleset_path, zone)
     preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset)
@@ -76,14 +93,19 @@ def check_feed(
     schema = SourceSchema(engine)
     blocks, groups = [], {}
     unmapped: Counter[tuple[str, str]] = Counter()
+    scanner, scanned = Scanner(canaries, load_scan_policy(ruleset_path)), ScanResult()
     try:
         for index, block in enumerate(mapping.blocks):
             compiled = preparer.compiled(str(mapping.path), index)
             check = BlockCheck(block.resource, block.table)
             blocks.append(check)
-            select = block_select(compiled, schema).limit(limit)
+            select, check.sample = spread_sample(engine, block_select(compiled, schema), limit)
             for rows in iter_batches(engine, select, min(limit, 5000)):
                 batch = preparer.prepare(str(mapping.path), index, rows)
+                ready = [(row, item) for row, item in zip(batch.rows, batch.items, strict=True) if not isinstance(item, Rejected)]
+                scanned.add(scanner.columns(
+                    {"resource": [i.text for _, i in ready], "code": [i.code for _, i in ready]},
+                    f"{block.table}→{block.resource}", ids=[compiled.row_label(r) for r, _ in ready]))
                 for item in batch.items:
                     check.rows += 1
                     if not isinstance(item, Rejected):
@@ -105,4 +127,25 @@ def check_feed(
         causes=sorted(groups.values(), key=lambda g: -g.count),
         unmapped=[(t, v, n) for (t, v), n in unmapped.most_common()],
         uncovered=preparer.deid.stats.uncovered.most_common(),
+        leaks=scanned.hits,
+        exempted=scanned.exemptions(),
     )
+
+
+def spread_sample(engine: sa.Engine, select: sa.Select, limit: int) -> tuple[sa.Select, str]:
+    """At most limit rows of select, spread evenly over it (every k-th row in its order), and how they were drawn."""
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(select.order_by(None).subquery())).scalar_one()
+    if total <= limit:
+        return select, f"all {total:,} rows"
+    step = -(-total // limit)
+    order = list(select._order_by_clauses)
+    numbered = select.order_by(None).add_columns(sa.func.row_number().over(order_by=order).label("hub_sample_row")).subquery()
+    picked = sa.select(*(numbered.c[c.key] for c in select.selected_columns)).where(
+        (numbered.c.hub_sample_row - 1) % step == 0).order_by(numbered.c.hub_sample_row)
+    return picked, f"every {_ordinal(step)} of {total:,} rows in key order"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -1,21 +1,89 @@
-"""Chinese personal identifiers: resident ID numbers (GB 11643-1999) and mobile numbers.
+"""Chinese personal identifiers: find, validate and redact them in free text, however written.
 
-Used to validate source values, to normalise them before pseudonymisation, and to scan
-outputs for leaks.
+Finds resident ID numbers (GB 11643-1999, 18 characters, and legacy 15-digit numbers), mainland
+mobile numbers, landlines, and the known identifying values of one source record (names, ID
+numbers, phones, MRNs, addresses), also when written to evade a plain pattern: full-width or
+other-script digits, spaces, dashes, slashes or invisible characters inside the number, a
+letter prefix (``SFZ110101...``, ``tel138...``), ``+86``/``0086``, a name spelled ``张 三``.
+Used to scrub strings during de-identification, to validate source values, to normalise them
+before pseudonymisation, and by the leak scan.
+
+Matching happens on a folded copy of the text (per-character NFKC, accents dropped, case
+folded, every decimal digit and Chinese numeral (一二三, 壹贰叁) as an ASCII digit, invisible
+format characters as spaces); spans are mapped back to the original text, so a caller replaces
+exactly what was found and keeps every other byte (a "×10⁹/L" stays as it is, never its NFKC
+form).
+
+Known limits (what this does not promise): digits separated by '.' or ',' are separate numbers
+(they are decimals and thousands); a landline without its area code, or a number with extra
+digits glued on, is found only as a known value of the record; a landline or 15-digit ID cut so
+that a part reads as a date (2024-05-12) and a number cut into a list of LOINC codes with valid
+check digits are not reported; in document mode, a mobile glued into a 16+ character lower-case
+hex token is not reported (an 18-character ID is).
+
+Libraries: landlines are validated with ``phonenumbers`` (Google's libphonenumber metadata: real
+area codes and the subscriber length each one takes), which keeps digit runs such as two dates
+from passing for a phone number. Mobiles use the plain shape ``1[3-9]`` + 9 digits instead of
+phonenumbers' allocated-prefix list, so a scrubber errs on the side of redaction. The
+administrative division codes behind the ID plausibility check come from ``python-stdnum``'s
+table (``stdnum/cn/loc.dat``); its own ``stdnum.cn.ric`` is not used because it rejects
+numbers whose county was created after the birth year, and such numbers are issued (a person
+born in 1995 who first registered in a district formed in 2001).
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
 import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
 
-# Token boundaries exclude ASCII letters too, so digits inside a hex pseudonym never match.
+# The plain, single-token shapes (kept for callers that match exact values, not free text).
 RESIDENT_ID_RE = re.compile(r"(?<![0-9A-Za-z])[1-9][0-9]{16}[0-9Xx](?![0-9A-Za-z])")
 MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])(?:\+86|0086)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
 
+KINDS = ("resident-id", "mobile", "landline", "known")
+PLACEHOLDERS = {"resident-id": "[id-number]", "mobile": "[phone]", "landline": "[phone]", "known": "[identifier]"}
+
+# Characters allowed between the digits of a number (in folded text). '.' is not one: it is
+# a decimal point. Parentheses are, for "(0571) 8765 4321".
+_SEP = r"[\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb]"
+# Between the characters of a known value, also dots, commas and apostrophes ("Zhang, San").
+_KNOWN_SEP_CHARS = r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb.,:'\u2018\u2019+"
+_KNOWN_SEP = f"[{_KNOWN_SEP_CHARS}]"
+_RUN_RE = re.compile(rf"[0-9](?:{_SEP}{{0,4}}[0-9])*(?:{_SEP}{{0,4}}x)?")
+_GROUP_RE = re.compile(r"[0-9]+")
+_SEVEN_DIGITS = re.compile(r"[0-9](?:[^0-9]*[0-9]){6}")
+_DATE_GROUPS_RE = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2})([-/])([0-9]{1,2})\2([0-9]{1,2})(?![0-9])")
+_LOINC_RE = re.compile(r"(?<![0-9\-])([0-9]{3,5})-([0-9])(?![0-9\-])")
+_MOBILE_DIGITS = re.compile(r"(?:0086|86)?(1[3-9][0-9]{9})")
+_KNOWN_STRIP = re.compile(_KNOWN_SEP)
+_KNOWN_KEPT = re.compile(f"[^{_KNOWN_SEP_CHARS}]")
+_HEX = frozenset("0123456789abcdef")
+_MIN_RUN_DIGITS = 11  # the shortest number found without a known value: a mobile or landline
+_MAX_ALIGNED = 16  # the longest number checked on group boundaries: 0086 (0)571 87654321
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One identifier in a text: its kind, its span in the ORIGINAL text and its normalised value.
+
+    The value is an identifier: never log it (it is left out of the repr)."""
+
+    kind: str  # resident-id | mobile | landline | known
+    start: int
+    end: int
+    value: str = field(repr=False)
+    detected: str | None = None  # for a known value: the detector's kind of the same span, if any
+
+
+# ---- resident ID numbers ----------------------------------------------------------------
 
 def resident_id_check_char(first17: str) -> str:
     """Return the GB 11643 check character for the first 17 digits of a resident ID number."""
@@ -32,35 +100,502 @@ def normalise_resident_id(value: str) -> str:
 
 def is_valid_resident_id(value: str | None) -> bool:
     """True when value is an 18-character resident ID number: a real birth date (digits 7-14,
-    1900 or later) and a matching check character. The date test also keeps random 18-digit
+    1900 up to today) and a matching check character. The date test also keeps random 18-digit
     numbers (snapshot ids, barcodes) from passing for ID numbers in leak scans."""
     if not value:
         return False
     v = normalise_resident_id(value)
-    if len(v) != 18 or not v[:17].isdigit() or v[0] == "0":
+    if len(v) != 18 or not v[:17].isdigit() or not v[:17].isascii() or v[0] == "0":
         return False
-    try:
-        born = dt.date(int(v[6:10]), int(v[10:12]), int(v[12:14]))
-    except ValueError:
-        return False
-    if born.year < 1900:
+    if _birth_date(v[6:14]) is None:
         return False
     return resident_id_check_char(v[:17]) == v[17]
 
 
+def is_valid_legacy_resident_id(value: str | None) -> bool:
+    """True when value is a legacy 15-digit resident ID number: a plausible administrative
+    division code and a real birth date YYMMDD (read as 19YY). It has no check digit."""
+    if not value:
+        return False
+    v = value.strip()
+    return (len(v) == 15 and v.isdigit() and v.isascii() and v[0] != "0"
+            and plausible_division_code(v[:6]) and _birth_date("19" + v[6:12]) is not None)
+
+
+def plausible_division_code(code: str) -> bool:
+    """True when the first 4 digits of a 6-digit code name a province and prefecture that exist
+    or existed (python-stdnum's table), or the code is one that residence permits and
+    foreigners' permanent residence cards use (810000/820000/830000; 9 + province code)."""
+    if len(code) != 6 or not code.isdigit():
+        return False
+    if code in ("810000", "820000", "830000"):
+        return True
+    if code[0] == "9":
+        return code[1:3] in _divisions()[0]
+    return code[:4] in _divisions()[1]
+
+
+@functools.cache
+def _divisions() -> tuple[frozenset[str], frozenset[str]]:
+    """(province codes, province + prefecture codes) from python-stdnum's division table."""
+    from stdnum import numdb
+
+    provinces: set[str] = set()
+    prefectures: set[str] = set()
+    for _length, low, high, _props, children in numdb.get("cn/loc").prefixes:
+        for province in range(int(low), int(high) + 1):
+            provinces.add(f"{province:02d}")
+            for _l2, low2, high2, _p2, _c2 in children:
+                for county in range(int(low2), int(high2) + 1):
+                    prefectures.add(f"{province:02d}{county:04d}"[:4])
+    return frozenset(provinces), frozenset(prefectures)
+
+
+def _birth_date(yyyymmdd: str) -> dt.date | None:
+    """The date in 8 digits when it is a real one from 1900 up to today."""
+    year = int(yyyymmdd[:4])
+    if year < 1900:
+        return None
+    try:
+        born = dt.date(year, int(yyyymmdd[4:6]), int(yyyymmdd[6:8]))
+    except ValueError:
+        return None
+    return born if born <= dt.date.today() else None
+
+
+def _resident_id_18(digits: str) -> bool:
+    """digits: 17 ASCII digits + a digit or 'x' (folded)."""
+    return (digits[0] != "0" and _birth_date(digits[6:14]) is not None
+            and resident_id_check_char(digits[:17]) == digits[17].upper()
+            and plausible_division_code(digits[:6]))
+
+
+# ---- phones ----------------------------------------------------------------------------
+
+def _landline(digits: str) -> str | None:
+    """The national form ('0' + area code + subscriber) when digits are a mainland landline,
+    written nationally (0571...) or with the country code (86/0086, with or without the 0)."""
+    if digits.startswith("0086"):
+        nsn = digits[4:]
+    elif digits.startswith("86"):
+        nsn = digits[2:]
+    elif digits[0] == "0":
+        nsn = digits[1:]
+    else:
+        return None
+    if nsn.startswith("0"):
+        nsn = nsn[1:]  # +86 (0)571 ...
+    if not 10 <= len(nsn) <= 11 or nsn[0] == "0":
+        return None
+    import phonenumbers
+
+    number = phonenumbers.PhoneNumber(country_code=86, national_number=int(nsn))
+    kind = phonenumbers.number_type(number)
+    if kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        return "0" + nsn
+    return None
+
+
+def _landline_parts(national: str) -> tuple[str, str]:
+    """('0571', '87654321') from a landline's national form."""
+    import phonenumbers
+
+    number = phonenumbers.PhoneNumber(country_code=86, national_number=int(national[1:]))
+    area = phonenumbers.length_of_geographical_area_code(number)
+    return national[: area + 1], national[area + 1:]
+
+
+# ---- folding: NFKC + lower case + ASCII digits, with a map back to the original ---------
+
+class _FoldTable(dict):
+    """str.translate table filled on first sight of each character."""
+
+    def __missing__(self, code: int) -> str:
+        out = _fold_char(chr(code))
+        if len(out) != 1:  # known as expanding before any text can fold through it
+            _EXPANDING.add(chr(code))
+            _expanding_re.cache_clear()
+        self[code] = out
+        return out
+
+
+def _fold_char(ch: str) -> str:
+    """One character folded: NFKC, accents dropped ("Zhāng" -> "zhang"), case folded, any
+    decimal digit as ASCII; invisible format characters and lone combining marks become a
+    space (a separator), so nothing folds to nothing."""
+    if unicodedata.category(ch) == "Cf":  # zero-width space, soft hyphen, BOM, word joiner ...
+        return " "
+    if ch in _HANZI_DIGITS:  # 一三八一二三四五六七八 is how a phone number evades a text filter
+        return _HANZI_DIGITS[ch]
+    out = unicodedata.normalize("NFKC", ch)
+    decomposed = unicodedata.normalize("NFD", out)
+    if any(unicodedata.combining(c) for c in decomposed):
+        out = "".join(c for c in decomposed if not unicodedata.combining(c))
+    out = "".join(
+        str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None else c
+        for c in out.casefold()
+    )
+    return out or " "
+
+
+_HANZI_DIGITS = {c: str(i % 10) for i, c in enumerate("〇一二三四五六七八九零壹贰叁肆伍陆柒捌玖")}
+_EXPANDING: set[str] = set()
+_TABLE = _FoldTable({c: chr(c).lower() for c in range(128)})
+
+
+@functools.cache
+def _expanding_re() -> re.Pattern[str] | None:
+    if not _EXPANDING:
+        return None
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(_EXPANDING)) + "]")
+
+
+class _SpanMap:
+    """Maps positions in the folded text back to the original, where some characters folded to
+    several ("①⑩" -> "10", "℃" -> "°c"). Identity when none did."""
+
+    __slots__ = ("_starts", "_orig", "_lens", "_shift")
+
+    def __init__(self, text: str, pattern: re.Pattern[str]):
+        self._starts: list[int] = []  # folded position where each expansion starts
+        self._orig: list[int] = []
+        self._lens: list[int] = []
+        self._shift: list[int] = []  # folded - original after each expansion
+        shift = 0
+        for m in pattern.finditer(text):
+            n = len(_TABLE[ord(m.group())])
+            self._starts.append(m.start() + shift)
+            self._orig.append(m.start())
+            self._lens.append(n)
+            shift += n - 1
+            self._shift.append(shift)
+
+    @property
+    def shift(self) -> int:
+        return self._shift[-1] if self._shift else 0
+
+    def original(self, pos: int) -> int:
+        k = bisect.bisect_right(self._starts, pos) - 1
+        if k < 0:
+            return pos
+        if pos < self._starts[k] + self._lens[k]:
+            return self._orig[k]
+        return pos - self._shift[k]
+
+
+def _fold(text: str) -> str:
+    return text.lower() if text.isascii() else text.translate(_TABLE)
+
+
+def _span_map(text: str, folded: str) -> _SpanMap | None:
+    if len(folded) == len(text):  # no character folds to nothing, so every one folded to one
+        return None
+    for _attempt in range(2):
+        pattern = _expanding_re()
+        smap = _SpanMap(text, pattern) if pattern is not None else None
+        if smap is not None and smap.shift == len(folded) - len(text):
+            return smap
+        _expanding_re.cache_clear()  # another thread added an expanding character meanwhile
+    raise AssertionError("folded text does not map back to the original")
+
+
+# ---- known values of one record -------------------------------------------------------
+
+class KnownValues:
+    """The identifying values of one source record (names, ID numbers, phones, MRNs, addresses),
+    prepared once so that finding them in many strings of the record is cheap.
+
+    Matching is on folded text (NFKC, accents dropped, case folded) and ignores separators
+    inside the value: "张三" is found as "张 三", "MRN-00123" as "mrn00123", a phone by its
+    digits, a pinyin name "Zhang San" as "zhangsan", "ZHANG SAN", "Zhāng Sān" and "San Zhang".
+    Values shorter than 2 characters, and numeric ones shorter than 6 digits, are ignored (they
+    would wipe ordinary numbers). A short number (under 11 digits) is not found inside a longer
+    number or decimal, nor a word of letters inside a longer word, so MRN 100234 is not found in
+    21002345 and "Li Na" not in "linagliptin". An ID number is also found in its legacy 15-digit
+    form (and the reverse), a landline also by its subscriber number, and an address also by its
+    part below the district ("文三路12号3幢").
+
+    Preparing costs no regex compilation (records are many): the text is compacted once (its
+    separators removed) and each value looked up with str.find."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, values: Iterable[str | None] = ()):
+        keys: set[str] = set()
+        for value in values:
+            if isinstance(value, str) and value.strip():
+                keys.update(_known_keys(value))
+        self._keys = tuple((k, _edge(k, 0), _edge(k, -1)) for k in sorted(keys, key=lambda k: (-len(k), k)))
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:  # never the values
+        return f"KnownValues({len(self._keys)} forms)"
+
+    def spans(self, folded: str) -> list[tuple[int, int, str]]:
+        """(start, end, compact value) of every known value in an already folded text."""
+        if not self._keys:
+            return []
+        compact = _KNOWN_STRIP.sub("", folded)
+        kept: list[int] | range | None = None
+        out = []
+        for key, before, after in self._keys:
+            i = compact.find(key)
+            while i >= 0:
+                if kept is None:
+                    kept = range(len(folded)) if len(compact) == len(folded) else [m.start() for m in _KNOWN_KEPT.finditer(folded)]
+                start, end = kept[i], kept[i + len(key) - 1] + 1
+                if _edge_free(folded, start - 1, -1, before) and _edge_free(folded, end, 1, after):
+                    out.append((start, end, key))
+                i = compact.find(key, i + 1)
+        return out
+
+
+def _edge(key: str, index: int) -> str | None:
+    """What must not touch this end of the key: 'digit' for short numbers, 'letter' for words."""
+    digits = sum(c.isdigit() for c in key)
+    c = key[index]
+    if c.isdigit() and digits < 11:
+        return "digit"
+    if digits == 0 and c.isascii() and c.isalpha():
+        return "letter"
+    return None
+
+
+def _edge_free(folded: str, pos: int, step: int, kind: str | None) -> bool:
+    if kind is None or not 0 <= pos < len(folded):
+        return True
+    c = folded[pos]
+    if kind == "letter":
+        return not ("a" <= c <= "z")
+    if c.isdigit():
+        return False
+    beyond = pos + step  # "0.123456" and "123,456" are other numbers
+    return not (c in ".," and 0 <= beyond < len(folded) and folded[beyond].isdigit())
+
+
+def _known_keys(value: str) -> set[str]:
+    folded = _fold(value.strip())
+    compact = _KNOWN_STRIP.sub("", folded)
+    keys = {compact}
+    if compact.isascii() and (compact.isdigit() or (compact[:-1].isdigit() and compact[-1:] == "x")):
+        mobile = _MOBILE_DIGITS.fullmatch(compact)
+        if len(compact) == 18 and is_valid_resident_id(compact):
+            keys.add(compact[:6] + compact[8:17])
+        elif is_valid_legacy_resident_id(compact):
+            first17 = compact[:6] + "19" + compact[6:]
+            keys.add((first17 + resident_id_check_char(first17)).lower())
+        elif mobile:
+            keys.add(mobile.group(1))
+        elif 11 <= len(compact) <= _MAX_ALIGNED and compact.isdigit() and (landline := _landline(compact)):
+            keys.add(landline)
+            keys.add(_landline_parts(landline)[1])
+    else:
+        words = [w for w in re.split(_KNOWN_SEP + "+", folded) if w]
+        if 2 <= len(words) <= 3 and all(w.isascii() and w.isalpha() for w in words):
+            keys.add("".join(reversed(words)))  # "San Zhang"
+        tail = re.split(r"[省市区县镇乡]", compact)[-1]
+        if tail != compact and len(tail) >= 4 and re.search(r"[0-9]", tail):
+            keys.add(tail)  # 文三路12号3幢 of 浙江省杭州市西湖区文三路12号3幢
+    # A name of numerals (一一, 陆伍) folds to digits but is no number: keep it.
+    numeric = _KNOWN_STRIP.sub("", unicodedata.normalize("NFKC", value)).isdigit()
+    return {k for k in keys if len(k) >= 2 and not (numeric and k.isdigit() and len(k) < 6)}
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_values(values: tuple[str, ...]) -> KnownValues:
+    return KnownValues(values)
+
+
+_NO_KNOWN = KnownValues()
+
+
+# ---- the detector ------------------------------------------------------------------------
+
+def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, document: bool = False) -> list[Found]:
+    """Every identifier in text, as non-overlapping spans of the original text, in order.
+
+    Numbers may carry separators between their digits (whitespace, dashes, underscores,
+    slashes, parentheses, invisible characters; never '.') and any letters around them
+    (``SFZ``, ``tel``, ``ID:``). An 18-character ID number is found in any window of a digit
+    run (it has a check digit and a birth date); 15-digit IDs, mobiles and landlines only on
+    the boundaries of the run's digit groups, and never through a date written YYYY-MM-DD.
+    ``document=True`` is for whole JSON documents: a digit group inside a lower-case
+    hexadecimal token of 16+ characters (pseudonyms, hashes, resource ids) is no 15-digit ID,
+    mobile or landline there (18-character IDs are still looked for)."""
+    if not isinstance(known, KnownValues):
+        known = _known_values(known if isinstance(known, tuple) else tuple(known)) if known else _NO_KNOWN
+    folded = _fold(text)
+    digits = _SEVEN_DIGITS.search(folded) is not None
+    spans: list[tuple[int, int, int, str, str]] = [  # start, end, priority, kind, value
+        (start, end, 0, "known", value) for start, end, value in known.spans(folded)
+    ]
+    if not digits and not spans:
+        return []
+    if digits:
+        for run in _RUN_RE.finditer(folded):
+            if run.end() - run.start() >= _MIN_RUN_DIGITS:
+                _numbers_in_run(text, folded, run, document, spans)
+    if not spans:
+        return []
+    # Overlapping candidates become one span covering them all (no digit of any survives),
+    # named after the strongest: a known value of the record first (the leak scan never exempts
+    # one), then an ID's check digit, a mobile's shape, a landline; then the longest.
+    spans.sort()
+    merged: list[list] = []  # start, end, kind, value, priority, the strongest detector kind
+    for start, end, priority, kind, value in spans:
+        detected = None if kind == "known" else kind
+        if merged and start < merged[-1][1]:
+            last = merged[-1]
+            if (priority, start - end) < (last[4], last[0] - last[1]):
+                last[2], last[3], last[4] = kind, value, priority
+            if detected and (last[5] is None or KINDS.index(detected) < KINDS.index(last[5])):
+                last[5] = detected
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end, kind, value, priority, detected])
+    smap = _span_map(text, folded)
+
+    def found(start: int, end: int, kind: str, value: str, _priority: int, detected: str | None) -> Found:
+        if smap is not None:
+            start, end = smap.original(start), smap.original(end - 1) + 1
+        return Found(kind, start, end, value, detected if kind == "known" else None)
+
+    return [found(*m) for m in merged]
+
+
+def _numbers_in_run(text: str, folded: str, run: re.Match[str], document: bool, out: list) -> None:
+    base = run.start()
+    chunk = run.group()
+    groups = [(m.start() + base, m.end() + base, m.group()) for m in _GROUP_RE.finditer(chunk)]
+    units = "".join(g[2] for g in groups)
+    if len(units) < _MIN_RUN_DIGITS:
+        return
+    positions = [p for s, e, _ in groups for p in range(s, e)]
+    check_x = chunk.endswith("x")
+    if check_x:
+        units += "x"
+        positions.append(run.end() - 1)
+
+    # 18-character ID numbers: every window (the check digit and the date make chance rare).
+    for k in range(len(units) - 17):
+        window = units[k:k + 18]
+        if window[17] in "0123456789x" and window[:17].isdigit() and _resident_id_18(window):
+            out.append((positions[k], positions[k + 17] + 1, 1, "resident-id", window.upper()))
+
+    # Mobiles, landlines and 15-digit IDs: only on group boundaries, never through a list of LOINC codes,
+    # the decimals of a number or (in documents) a hex token. Landlines and 15-digit IDs never
+    # through a date either: "2024-05-12 2024-03-06" holds a valid Suzhou number, 0512 20240306.
+    blocked = [False] * len(groups)
+    dated = [False] * len(groups)
+    for m in _DATE_GROUPS_RE.finditer(chunk):
+        year, month, day = int(m.group(1)), int(m.group(3)), int(m.group(4))
+        if 1 <= month <= 12 and 1 <= day <= 31 and 1900 <= year <= 2100:
+            for i, (s, e, _) in enumerate(groups):
+                if s < m.end() + base and e > m.start() + base:
+                    dated[i] = True
+    loinc = [m for m in _LOINC_RE.finditer(chunk) if _luhn_check_digit(m.group(1)) == m.group(2)]
+    if len(loinc) >= 2:  # a list of LOINC codes ("1558-6 17856-6" would read as a mobile)
+        for m in loinc:
+            for i, (s, e, _) in enumerate(groups):
+                if s < m.end() + base and e > m.start() + base:
+                    blocked[i] = True
+    if base >= 2 and folded[base - 1] == "." and folded[base - 2].isdigit():
+        blocked[0] = True  # the decimals of a number ("0.13812345678")
+    if document:
+        for i, (s, e, _) in enumerate(groups):
+            blocked[i] = blocked[i] or _in_hex_token(text, folded, s, e)
+    for i in range(len(groups)):
+        digits = ""
+        through_date = False
+        for j in range(i, len(groups)):
+            if blocked[j]:
+                break
+            digits += groups[j][2]
+            through_date = through_date or dated[j]
+            if len(digits) > _MAX_ALIGNED:
+                break
+            if len(digits) < _MIN_RUN_DIGITS:
+                continue
+            start, end = groups[i][0], groups[j][1]
+            mobile = _MOBILE_DIGITS.fullmatch(digits)
+            if mobile:
+                out.append((_with_prefix(folded, start, end, digits), end, 2, "mobile", mobile.group(1)))
+                continue
+            if through_date:
+                continue
+            if len(digits) == 15 and is_valid_legacy_resident_id(digits):
+                out.append((start, end, 1, "resident-id", digits))
+                continue
+            landline = _landline(digits)
+            if landline:
+                out.append((_with_prefix(folded, start, end, digits), end, 3, "landline", landline))
+
+
+def _luhn_check_digit(digits: str) -> str:
+    """The mod-10 check digit LOINC codes carry ("2345" -> "7")."""
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 == 0 else 1)
+        total += n // 10 + n % 10
+    return str(-total % 10)
+
+
+def _with_prefix(folded: str, start: int, end: int, digits: str) -> int:
+    """Start of a phone number's span: with a '+' before a country code, and with an opening
+    parenthesis whose closing one is inside the number."""
+    if start > 0 and folded[start - 1] == "+" and digits.startswith("86"):
+        start -= 1
+    if start > 0 and folded[start - 1] == "(" and ")" in folded[start:end]:
+        start -= 1
+    return start
+
+
+def _in_hex_token(text: str, folded: str, start: int, end: int) -> bool:
+    """True when folded[start:end] lies in a token of 16+ lower-case hex characters of the
+    original text (upper case is not ours, so it does not count)."""
+    if len(folded) != len(text):  # a character expanded: compare on the original via the map
+        smap = _span_map(text, folded)
+        assert smap is not None
+        start, end = smap.original(start), smap.original(end - 1) + 1
+    left = start
+    while left > 0 and text[left - 1] in _HEX:
+        left -= 1
+    right = end
+    while right < len(text) and text[right] in _HEX:
+        right += 1
+    return right - left >= 16
+
+
+# ---- the simple interfaces -------------------------------------------------------------
+
 def find_resident_ids(text: str) -> list[str]:
-    """Every substring of text that is a resident ID number with a valid check character."""
-    return [m.group(0) for m in RESIDENT_ID_RE.finditer(text) if is_valid_resident_id(m.group(0))]
+    """Every substring of text that is a resident ID number (18 characters with a valid check
+    character, or a legacy 15-digit number), however written (see find_identifiers)."""
+    return [text[f.start:f.end] for f in find_identifiers(text) if f.kind == "resident-id"]
 
 
 def find_mobile_numbers(text: str) -> list[str]:
-    """Every substring of text shaped like a mainland mobile number."""
-    return [m.group(0) for m in MOBILE_RE.finditer(text)]
+    """Every substring of text that is a mainland mobile number, however written."""
+    return [text[f.start:f.end] for f in find_identifiers(text) if f.kind == "mobile"]
 
 
-def redact_identifiers(text: str) -> str:
-    """Replace resident ID numbers and mobile numbers in text with a placeholder."""
-    text = RESIDENT_ID_RE.sub(
-        lambda m: "[id-number]" if is_valid_resident_id(m.group(0)) else m.group(0), text
-    )
-    return MOBILE_RE.sub("[phone]", text)
+def redact_identifiers(text: str, known: KnownValues | Iterable[str] = ()) -> str:
+    """text with every identifier replaced by [id-number], [phone] or (a known value of the
+    record that is no ID number or phone) [identifier]; every other character is kept exactly as
+    it was."""
+    found = find_identifiers(text, known)
+    if not found:
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for f in found:
+        pieces.append(text[pos:f.start])
+        pieces.append(PLACEHOLDERS[f.detected or f.kind])
+        pos = f.end
+    pieces.append(text[pos:])
+    return "".join(pieces)

@@ -1,31 +1,69 @@
-"""Leak scan: identifiers in what is about to be published, or was, or in logs.
+"""Leak scan: finds identifiers in what is about to be published (or was, or in logs).
 
-Finds resident ID numbers (by check digit), mainland mobile numbers, and the values of
-canary patients (synthetic identities planted in the source data, listed in the
-workspace's ``canary.json``, which must never come out). Hits are reported masked, so a
-scan report is itself safe to log.
+Finds resident ID numbers, mainland mobile and landline numbers (with the detector of
+``hub.identifiers``) and the values of canary patients (synthetic identities planted in the
+source data, listed in the workspace's ``canary.json``, which must never come out). Hits are
+reported masked, so a scan report is itself safe to log.
+
+The scan knows code systems. A ruleset may declare, in a top-level ``leak_scan:`` section,
+code systems whose codes look like identifiers (11-digit NDC drug codes starting 13-19 are
+shaped like mobile numbers)::
+
+    leak_scan:
+      exempt_code_systems:
+        - system: http://hl7.org/fhir/sid/ndc
+          patterns: [mobile]                # which detector kinds the exemption covers
+          format: '^\\d{5}-?\\d{4}-?\\d{2}$'  # optional: the whole code must match this
+
+A value is exempt only when it is the ``code`` of a Coding (a JSON object with ``system`` and
+``code`` and no Quantity ``value``/``unit``) whose ``system`` is declared, only from the
+kinds named, and only when it matches ``format`` if one is given. The same number in a
+``valueString``, under another system, or in a Quantity is a hit. Canary values are never
+exempt. Every exemption used is counted (per system and kind) and reported.
+
+Scanning is per column and fast in the common case: the detector runs once over a column's
+values joined. Only the rows a finding touches are scanned again on their own, and a
+resource's JSON is parsed only then: declared codes are taken out and scanned against their
+exemption, the rest is scanned as one text whose leaves are known, so each hit is located by
+its element path (``Observation.note[0].text``), never shown by value.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from dataclasses import dataclass
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hub.identifiers import find_mobile_numbers, find_resident_ids
+from hub import identifiers
+from hub.yamlio import ConfigError, LineDict, load_yaml
+
+#: Detector kinds a code-system exemption may name. Canary values are never exemptable.
+EXEMPTABLE = ("mobile", "landline", "resident-id")
+#: Columns holding FHIR resource JSON, scanned structurally when the detector finds something.
+JSON_COLUMNS = ("resource",)
+#: Columns holding a primary code as ``system|code``.
+TOKEN_COLUMNS = ("code",)
 
 
 @dataclass(frozen=True)
 class Hit:
-    where: str  # file, or table/column
-    kind: str  # resident-id | mobile | canary
+    where: str  # file, or table/column, with the row's (pseudonymous) id when known
+    kind: str  # resident-id | mobile | landline | canary
     masked: str
+    path: str = ""  # FHIR element path of the leaf holding it, when located
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.kind} {self.masked}"
+        at = f" at {self.path}" if self.path else ""
+        return f"{self.where}: {self.kind} {self.masked}{at}"
 
 
 class LeakBlocked(RuntimeError):
@@ -48,32 +86,332 @@ def load_canaries(workspace: Path) -> frozenset[str]:
     return frozenset(v for v in values if isinstance(v, str) and len(v) >= 2)
 
 
-def scan_text(text: str, where: str, canaries: frozenset[str] = frozenset()) -> list[Hit]:
-    hits = [Hit(where, "resident-id", mask(v)) for v in find_resident_ids(text)]
-    hits += [Hit(where, "mobile", mask(v)) for v in find_mobile_numbers(text)]
-    hits += [Hit(where, "canary", mask(v)) for v in canaries if v in text]
-    return hits
+# ---- the policy: code systems whose codes look like identifiers ---------------------------
+
+@dataclass(frozen=True)
+class Exemption:
+    system: str
+    kinds: frozenset[str]
+    format: re.Pattern | None = None
+    line: int = 0
+
+    def covers(self, kind: str, code: str) -> bool:
+        return kind in self.kinds and (self.format is None or self.format.fullmatch(code.strip()) is not None)
 
 
-def scan_arrow(table: pa.Table, where: str, canaries: frozenset[str] = frozenset()) -> list[Hit]:
-    """Every string column of an Arrow table, joined per column."""
-    hits: list[Hit] = []
-    for name in table.column_names:
-        column = table.column(name)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            hits += scan_text("\n".join(v for v in column.to_pylist() if v), f"{where}.{name}", canaries)
-    return hits
+@dataclass(frozen=True)
+class ScanPolicy:
+    """The ``leak_scan`` section of a ruleset: code-system exemptions, by system URI."""
+
+    exemptions: Mapping[str, Exemption] = field(default_factory=dict)
+    source: str = ""  # file the policy came from, for reports
+
+    def for_system(self, system: str | None) -> Exemption | None:
+        return self.exemptions.get(system) if system else None
+
+    def as_dict(self) -> dict:
+        return {s: {"patterns": sorted(e.kinds), "format": e.format.pattern if e.format else None}
+                for s, e in sorted(self.exemptions.items())}
 
 
-def scan_files(paths: list[Path], canaries: frozenset[str] = frozenset()) -> list[Hit]:
-    """Parquet files by their decoded values (compression hides bytes); anything else as text."""
-    hits: list[Hit] = []
-    for path in paths:
-        if path.suffix == ".parquet":
-            hits += scan_arrow(pq.read_table(path), str(path), canaries)
+NO_EXEMPTIONS = ScanPolicy()
+_SECTION_KEYS = ("exempt_code_systems",)
+_ENTRY_KEYS = ("system", "patterns", "format", "note")
+_SYSTEM_RE = re.compile(r"^(?:https?://\S+|urn:(?:oid|uuid|[a-z0-9-]+):\S+)$")
+
+
+def load_scan_policy(path: Path) -> ScanPolicy:
+    """Read and validate the ``leak_scan:`` section of a ruleset file (absent: no exemptions).
+
+    Errors are ConfigErrors naming file, line and field.
+    """
+    path = Path(path)
+    doc = load_yaml(path)
+    f = str(path)
+    if not isinstance(doc, LineDict) or doc.get("leak_scan") is None:
+        return ScanPolicy(source=f)
+    section = doc["leak_scan"]
+    if not isinstance(section, LineDict):
+        raise ConfigError(f, doc.line_of("leak_scan"), "leak_scan", "is not a mapping", "leak_scan: {exempt_code_systems: [...]}")
+    for key in section:
+        if key not in _SECTION_KEYS:
+            raise ConfigError(f, section.line_of(key), f"leak_scan.{key}", "is not a leak_scan setting", ", ".join(_SECTION_KEYS))
+    entries = section.get("exempt_code_systems") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f, section.line_of("exempt_code_systems"), "leak_scan.exempt_code_systems", "is not a list",
+                          "a list of {system, patterns, format}")
+    out: dict[str, Exemption] = {}
+    for i, node in enumerate(entries):
+        where = f"leak_scan.exempt_code_systems[{i}]"
+        line = getattr(node, "line", section.line_of("exempt_code_systems"))
+        if not isinstance(node, LineDict):
+            raise ConfigError(f, line, where, "is not a mapping", "{system: <uri>, patterns: [mobile]}")
+        for key in node:
+            if key not in _ENTRY_KEYS:
+                raise ConfigError(f, node.line_of(key), f"{where}.{key}", "is not a setting of an exemption", ", ".join(_ENTRY_KEYS))
+        system = node.get("system")
+        if not isinstance(system, str) or not _SYSTEM_RE.match(system):
+            raise ConfigError(f, node.line_of("system"), f"{where}.system", f"{system!r} is not a code system URI",
+                              "a URI such as http://hl7.org/fhir/sid/ndc or urn:oid:...")
+        if system in out:
+            raise ConfigError(f, node.line_of("system"), f"{where}.system", f"{system} is declared twice (first on line {out[system].line})",
+                              "one entry per code system")
+        kinds = node.get("patterns")
+        if not isinstance(kinds, list) or not kinds or any(k not in EXEMPTABLE for k in kinds):
+            raise ConfigError(f, node.line_of("patterns"), f"{where}.patterns", f"{kinds!r} names no exemptable pattern",
+                              f"a non-empty list of {', '.join(EXEMPTABLE)} (canary values are never exempt)")
+        fmt = node.get("format")
+        pattern = None
+        if fmt is not None:
+            try:
+                pattern = re.compile(str(fmt), re.ASCII)  # \d means 0-9 only: no full-width digits
+            except re.error as exc:
+                raise ConfigError(f, node.line_of("format"), f"{where}.format", f"is not a regular expression ({exc})",
+                                  "a Python regular expression the whole code must match") from None
+        out[system] = Exemption(system, frozenset(kinds), pattern, node.line)
+    return ScanPolicy(out, f)
+
+
+# ---- detection -------------------------------------------------------------------------
+
+#: Joins a column's values for the one-pass scan: '.' is never a separator inside a number,
+#: so digits at the end of one value and the start of the next do not make one number.
+_JOIN = "\n.\n"
+
+
+def known_values(canaries: Iterable[str]) -> identifiers.KnownValues:
+    """Canary values compiled once for the detector (it also finds them spaced or full-width)."""
+    values = tuple(sorted(set(canaries)))
+    return identifiers.KnownValues(values) if values else identifiers.KnownValues()
+
+
+def detect(text: str, known: identifiers.KnownValues) -> list[tuple[str, str, int, int]]:
+    """(kind, normalised value, start, end in text) of every identifier and canary value in text."""
+    return [("canary" if f.kind == "known" else f.kind, f.value, f.start, f.end)
+            for f in identifiers.find_identifiers(text, known, document=True)]
+
+
+@dataclass
+class ScanResult:
+    """Hits (blocking) and exemptions used (system, kind) -> count, of one or more scans."""
+
+    hits: list[Hit] = field(default_factory=list)
+    exempted: Counter = field(default_factory=Counter)
+    rows: int = 0  # rows (or texts) scanned
+
+    def add(self, other: ScanResult) -> ScanResult:
+        self.hits += other.hits
+        self.exempted.update(other.exempted)
+        self.rows += other.rows
+        return self
+
+    def exemptions(self) -> dict[str, dict[str, int]]:
+        """{system: {kind: values exempted}}: for run reports and `hub feeds check`."""
+        out: dict[str, dict[str, int]] = {}
+        for (system, kind), n in sorted(self.exempted.items()):
+            out.setdefault(system, {})[kind] = n
+        return out
+
+    def raise_if_hits(self) -> None:
+        if self.hits:
+            raise LeakBlocked(self.hits)
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", text))
+
+
+def _dump_with_paths(doc: dict, root: str) -> tuple[str, list[tuple[int, int, str]]]:
+    """Compact JSON of doc and the (start, end, element path) of every string leaf in it."""
+    chunks: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    pos = 0
+
+    def put(piece: str) -> None:
+        nonlocal pos
+        chunks.append(piece)
+        pos += len(piece)
+
+    def emit(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            put("{")
+            for i, (k, v) in enumerate(node.items()):
+                put(("," if i else "") + json.dumps(str(k), ensure_ascii=False) + ":")
+                emit(v, f"{path}.{k}")
+            put("}")
+        elif isinstance(node, list):
+            put("[")
+            for i, v in enumerate(node):
+                if i:
+                    put(",")
+                emit(v, f"{path}[{i}]")
+            put("]")
+        elif isinstance(node, str):
+            start = pos
+            put(json.dumps(node, ensure_ascii=False))
+            spans.append((start, pos, path))
         else:
-            hits += scan_text(path.read_bytes().decode("utf-8", errors="ignore"), str(path), canaries)
-    return hits
+            put(json.dumps(node))
+
+    emit(doc, root)
+    return "".join(chunks), spans
+
+
+def _take_codes(node: object, path: str, policy: ScanPolicy, out: list) -> None:
+    """Move the code of every Coding under a declared system out of node (into out) for a separate scan."""
+    if isinstance(node, dict):
+        system, code = node.get("system"), node.get("code")
+        if isinstance(code, str) and not ({"value", "unit", "comparator"} & node.keys()):  # a Coding, not a Quantity
+            exemption = policy.for_system(system)
+            if exemption is not None:
+                out.append((f"{path}.code", exemption, code))
+                node["code"] = ""
+        for k, v in node.items():
+            _take_codes(v, f"{path}.{k}", policy, out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _take_codes(v, f"{path}[{i}]", policy, out)
+
+
+class Scanner:
+    """The leak scan with its canaries and code-system policy; every sink and check uses one."""
+
+    def __init__(self, canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS):
+        self.canaries, self.policy = frozenset(canaries), policy
+        self.known = known_values(self.canaries)
+        # a canary number is never exempt, even where it overlaps a finding an exemption covers
+        self._canary_numbers = frozenset(d for d in (_digits(c) for c in self.canaries) if len(d) >= 6)
+
+    # -- single values ---------------------------------------------------------------------
+
+    def text(self, text: str, where: str) -> ScanResult:
+        """Plain text (logs, Markdown): every finding is a hit."""
+        return ScanResult([Hit(where, k, mask(v)) for k, v, _, _ in detect(text, self.known)], rows=1)
+
+    def code(self, system: str | None, code: str, where: str, path: str = "") -> ScanResult:
+        """A code under a code system: exempt where the policy says so."""
+        result = ScanResult(rows=1)
+        exemption = self.policy.for_system(system)
+        for kind, value, _, _ in detect(code, self.known):
+            if exemption is not None and exemption.covers(kind, code):
+                if any(n in _digits(code) for n in self._canary_numbers):
+                    result.hits.append(Hit(where, "canary", mask(value), path))
+                else:
+                    result.exempted[(exemption.system, kind)] += 1
+            else:
+                result.hits.append(Hit(where, kind, mask(value), path))
+        return result
+
+    def resource(self, text: str, where: str) -> ScanResult:
+        """One FHIR resource's JSON, structurally: declared codes apart, every other leaf scanned."""
+        try:
+            doc = json.loads(text, parse_float=str, parse_int=str)  # numbers keep their digits as written
+        except ValueError:
+            return self.text(text, where)
+        if not isinstance(doc, dict):
+            return self.text(text, where)
+        root = str(doc.get("resourceType", "$"))
+        codes: list[tuple[str, Exemption, str]] = []
+        _take_codes(doc, root, self.policy, codes)
+        result = ScanResult(rows=1)
+        text, leaves = _dump_with_paths(doc, root)
+        for kind, value, start, _ in detect(text, self.known):
+            path = next((p for a, b, p in leaves if a <= start < b), "")
+            result.hits.append(Hit(where, kind, mask(value), path))
+        for path, exemption, code in codes:
+            r = self.code(exemption.system, code, where, path)
+            result.hits += r.hits
+            result.exempted.update(r.exempted)
+        return result
+
+    def token(self, token: str, where: str) -> ScanResult:
+        """A ``system|code`` value."""
+        system, sep, code = token.partition("|")
+        return self.code(system, code, where) if sep else self.text(token, where)
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def columns(self, columns: Mapping[str, list], where: str, *, ids: list | None = None,
+                json_columns: Iterable[str] = JSON_COLUMNS, token_columns: Iterable[str] = TOKEN_COLUMNS,
+                code_columns: Mapping[str, str] | None = None) -> ScanResult:
+        """Columns of values ({name: [value, ...]}); None values are skipped.
+
+        json_columns hold FHIR resource JSON, token_columns ``system|code``, code_columns
+        ({name: system}) bare codes of one system; anything else is plain text.
+        """
+        json_columns, token_columns, code_columns = set(json_columns), set(token_columns), dict(code_columns or {})
+        result = ScanResult()
+        for name, values in columns.items():
+            rows = [i for i, v in enumerate(values) if v is not None]
+            texts = [values[i] if isinstance(values[i], str) else str(values[i]) for i in rows]
+            starts, pos = [], 0
+            for t in texts:
+                starts.append(pos)
+                pos += len(t) + len(_JOIN)
+            joined = _JOIN.join(texts)
+            # the rows a finding touches; a JSON escape could hide digits from the text scan: decode those rows too
+            spans = [(a, b) for _, _, a, b in detect(joined, self.known)]
+            if name in json_columns and "\\u" in joined:
+                spans += [(m.start(), m.end()) for m in re.finditer(r"\\u", joined)]
+            touched = {k for a, b in spans for k in range(bisect.bisect_right(starts, a) - 1, bisect.bisect_right(starts, b - 1))}
+            for k in sorted(touched):
+                i, text = rows[k], texts[k]
+                at = f"{where}.{name}" + (f"[id={ids[i]}]" if ids is not None and ids[i] is not None else f"[row {i}]")
+                if name in json_columns:
+                    result.add(self.resource(text, at))
+                elif name in token_columns:
+                    result.add(self.token(text, at))
+                elif name in code_columns:
+                    result.add(self.code(code_columns[name], text, at))
+                else:
+                    result.add(self.text(text, at))
+        result.rows = max((len(v) for v in columns.values()), default=0)
+        return result
+
+    def arrow(self, table: pa.Table, where: str, **kw) -> ScanResult:
+        """Every string and numeric column of an Arrow table (see columns() for the options)."""
+        cols: dict[str, list] = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                cols[name] = column.to_pylist()
+            elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+                cols[name] = pc.cast(column, pa.string()).to_pylist()
+        ids = table.column("id").to_pylist() if "id" in table.column_names and pa.types.is_string(table.schema.field("id").type) else None
+        return self.columns(cols, where, ids=ids, **kw)
+
+    def rows(self, rows: list[dict], where: str, **kw) -> ScanResult:
+        """Row dicts (e.g. for a SQL store): strings and numbers are scanned, other values skipped."""
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        cols = {n: [v if isinstance(v, str | int | float) and not isinstance(v, bool) else None for v in (r.get(n) for r in rows)]
+                for n in names}
+        ids = [r.get("id") for r in rows] if "id" in names else None
+        return self.columns(cols, where, ids=ids, **kw)
+
+    def files(self, paths: Iterable[Path], **kw) -> ScanResult:
+        """Parquet files by their decoded values (compression hides bytes); anything else as text."""
+        result = ScanResult()
+        for path in paths:
+            path = Path(path)
+            if path.suffix == ".parquet":
+                result.add(self.arrow(pq.read_table(path), str(path), **kw))
+            else:
+                result.add(self.text(path.read_bytes().decode("utf-8", errors="ignore"), str(path)))
+        return result
+
+
+# ---- the former function API (kept for callers that scan without a policy) --------------
+
+def scan_text(text: str, where: str, canaries: frozenset[str] = frozenset()) -> list[Hit]:
+    return Scanner(canaries).text(text, where).hits
+
+
+def scan_arrow(table: pa.Table, where: str, canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS) -> list[Hit]:
+    return Scanner(canaries, policy).arrow(table, where).hits
+
+
+def scan_files(paths: list[Path], canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS) -> list[Hit]:
+    return Scanner(canaries, policy).files(paths).hits
 
 
 def published_files(table, institution: str) -> list[Path]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from pyiceberg.exceptions import NoSuchTableError
@@ -22,18 +24,20 @@ import hub
 from deid.keys import Keyring
 from deid.ruleset import load_ruleset
 from hub import quarantine, watermarks
+from hub.errors import CommandFailed
+from hub.fhir.validate import RESOURCE_MODULES
+from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
-from hub.leakscan import load_canaries
 from hub.lineage import catalog as runcat
-from hub.lineage import manifests
-from hub.mapping.compile import RowProblem
+from hub.mapping.compile import RowProblem, before_birth
 from hub.mapping.run import block_select
 from hub.mapping.spec import Block, Mapping, load_mapping
 from hub.prepare import PreparePool, Ready, Rejected, default_workers
 from hub.progress import NoProgress, Progress
 from hub.region import Feed, Institution, Region
-from hub.sources.sql import SourceSchema, iter_batches
+from hub.sources.screen import RowScreen, storable, tolerant_engine
+from hub.sources.sql import SourceSchema, block_source, iter_batches
 
 #: Below this many source rows a run stays in one process (a pool costs more than it saves).
 PARALLEL_FROM_ROWS = 50_000
@@ -71,6 +75,12 @@ class RunReport:
     warehouse: str = ""
     manifest: tuple[int, str] | None = None  # (sequence number, hash) of the signed manifest
     deleted: dict[str, int] = field(default_factory=dict)  # rows removed because the source deleted them
+    removed_old_key: dict[str, int] = field(default_factory=dict)  # rows made with an older key, removed by re-keying
+    abandoned_runs: list[str] = field(default_factory=list)  # earlier runs found killed, now marked failed
+    orphans_removed: int = 0  # data files those (or failed) runs wrote but never committed
+    #: per feed:table, rows whose watermark column is NULL: an incremental pull cannot see them; --full reads them
+    unwatermarked: dict[str, int] = field(default_factory=dict)
+    leak_scan: dict = field(default_factory=dict)  # rows scanned and code-system exemptions used
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -94,7 +104,10 @@ class RunReport:
             "elements_dropped_by_rule": dict(self.dropped_by_rule.most_common()),
             "snapshots": self.snapshots, "warehouse": self.warehouse,
             "manifest": {"seq": self.manifest[0], "hash": self.manifest[1]} if self.manifest else None,
-            "deleted_at_source": self.deleted,
+            "deleted_at_source": self.deleted, "removed_old_key": self.removed_old_key,
+            "abandoned_runs": self.abandoned_runs, "orphan_files_removed": self.orphans_removed,
+            "rows_without_watermark": self.unwatermarked,
+            "leak_scan": self.leak_scan,
         }
 
 
@@ -131,7 +144,7 @@ def feed_blocks(inst: Institution) -> list[BlockWork]:
     out = []
     for feed in inst.feeds:
         mapping = load_mapping(feed.mapping)
-        engine = sa.create_engine(feed.url)
+        engine = tolerant_engine(feed.url)
         schema = SourceSchema(engine)
         out.extend(BlockWork(feed, mapping, i, b, engine, schema) for i, b in enumerate(mapping.blocks))
     out.sort(key=lambda w: RESOURCE_ORDER.index(w.block.resource) if w.block.resource in RESOURCE_ORDER else len(RESOURCE_ORDER))
@@ -146,18 +159,31 @@ class InstitutionRun:
     """
 
     def __init__(self, region: Region, institution_id: str, keys: Keyring, *, progress: Progress | None = None,
-                 flush_rows: int = 50_000, workers: int = 1):
+                 flush_rows: int = 50_000, workers: int = 1, run_id: str | None = None, lock_wait: float = 0.0):
+        """run_id: given when the caller already holds the institution's run lock under it;
+        otherwise a new run takes the lock here (waiting up to lock_wait seconds)."""
         self.region, self.keys = region, keys
         self.inst = region.institution(institution_id)
         self.progress = progress or NoProgress()
         self.flush_rows = flush_rows
-        self.ruleset = load_ruleset(region.ruleset, region.zone)
         self.engine = runcat.connect(region.catalog_url)
+        if run_id is None:
+            run_id = new_run_id(self.inst.id)
+            runcat.acquire_lock(self.engine, self.inst.id, run_id, lock_wait)
+        self.run_id = run_id
+        self._beat = time.monotonic()
+        try:
+            self._open(region, keys, workers)
+        except BaseException:
+            runcat.release_lock(self.engine, self.inst.id, self.run_id)
+            raise
+
+    def _open(self, region: Region, keys: Keyring, workers: int) -> None:
+        self.ruleset = load_ruleset(region.ruleset, region.zone)
         self.icat = open_catalog(region.catalog_url, region.warehouse)
-        self.run_id = new_run_id(self.inst.id)
         self.report = RunReport(self.run_id, self.inst.id, keys.key_id, self.ruleset.label, warehouse=str(region.warehouse))
         self.writers: dict[str, TableWriter] = {}
-        self.canaries = load_canaries(region.workspace)
+        self.publication = Publication.open(region, keys, "run", self.run_id, engine=self.engine)  # scan + manifest
         self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
         self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers)
         runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
@@ -165,7 +191,7 @@ class InstitutionRun:
     def writer(self, resource_type: str) -> TableWriter:
         if resource_type not in self.writers:
             table = ensure_table(self.icat, self.region.zone, resource_type)
-            self.writers[resource_type] = TableWriter(table, self.inst.id, self.run_id, self.canaries, self.keys.key_id)
+            self.writers[resource_type] = self.publication.table_writer(table, self.inst.id, self.keys.key_id)
         return self.writers[resource_type]
 
     def publish(self, work: BlockWork, batches: Iterable[list[tuple]]) -> BlockResult:
@@ -185,7 +211,29 @@ class InstitutionRun:
         last_wm = None
         seen: set[str] = set()
         reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
-        for batch in self.pool.map(str(mapping.path), work.index, batches):
+        screen = RowScreen(compiled, self.keys, self.inst.id, wm_index)
+
+        def screened() -> Iterator[list[tuple]]:
+            """Rows a mapping can read go on to the workers; the others are quarantined here."""
+            for rows in batches:
+                good, bad = screen.split(rows)
+                if bad:
+                    count.rows_read += len(bad)
+                    count.quarantined += len(bad)
+                    stored = []
+                    for row, skh, problem in bad:
+                        self.report.causes[f"{problem.element}: {problem.problem}"] += 1
+                        stored.append(quarantine.QuarantinedRow(
+                            feed=work.feed.name, mapping=mapping.label, source_table=block.table,
+                            resource_type=block.resource, source_key_hash=skh,
+                            cause=f"{problem.element}: {problem.problem}", reason=problem.reason(screen.label(row)),
+                            row=dict(zip(compiled.columns, storable(row), strict=True)),
+                        ))
+                    quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, stored)
+                    self.progress.advance(len(bad))
+                yield good
+
+        for batch in self.pool.map(str(mapping.path), work.index, screened()):
             self.report.uncovered.update(batch.uncovered)
             self.report.dropped_by_rule.update(batch.dropped_by_rule)
             rejected: list[quarantine.QuarantinedRow] = []
@@ -193,15 +241,27 @@ class InstitutionRun:
             now = dt.datetime.now(dt.UTC)
             for row, item in zip(batch.rows, batch.items, strict=True):
                 count.rows_read += 1
+                if item.source_key_hash in seen:
+                    item = Rejected([_duplicate_key(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
                 seen.add(item.source_key_hash)
                 if isinstance(item, Ready):
                     if block.resource == "Patient":
-                        self.patients[item.id] = item.pseudonym
-                        pseudonym = item.pseudonym
+                        conflict = _identity_conflict(self.patients.get(item.id), item)
+                        if conflict is not None:
+                            item = Rejected([conflict(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
+                            pseudonym = None
+                        else:
+                            self.patients[item.id] = (item.pseudonym, item.effective_time)
+                            pseudonym = item.pseudonym
                     else:
-                        pseudonym = self.patients.get(item.patient_ref) if item.patient_ref else None
+                        pseudonym = self.patients.get(item.patient_ref, (None,))[0] if item.patient_ref else None
                         if item.patient_ref and pseudonym is None:
                             item = Rejected([_missing_patient(mapping.path.name, block.resource, subject_el)], False, compiled.row_label(row), item.source_key_hash)
+                        elif item.birth_times and item.patient_ref:  # mapping lines with not_before_birth: true
+                            born = self.patients.get(item.patient_ref, (None, None))[1]
+                            early = before_birth(item.birth_times, born, mapping.timezone, mapping.path.name)
+                            if early is not None:
+                                item = Rejected([early], False, compiled.row_label(row), item.source_key_hash)
                 if isinstance(item, Rejected):
                     count.quarantined += 1
                     count.failed_validation += item.failed_validation
@@ -232,6 +292,7 @@ class InstitutionRun:
             if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
                 last_wm = next((r[wm_index] for r in reversed(batch.rows) if r[wm_index] is not None), last_wm)
             self.progress.advance(len(batch.rows))
+            self.heartbeat()
             if w.pending >= self.flush_rows:
                 w.flush()
         before_s = w.stale
@@ -243,20 +304,30 @@ class InstitutionRun:
 
     def commit(self) -> None:
         """Commit every table's staged changes (one atomic commit per table for the run)."""
-        for w in self.writers.values():
-            w.commit()
+        self.publication.commit()
+
+    def heartbeat(self) -> None:
+        """Keep the run lock visibly alive for other hosts (cheap: at most every HEARTBEAT_EVERY s)."""
+        if time.monotonic() - self._beat >= runcat.HEARTBEAT_EVERY:
+            runcat.heartbeat(self.engine, self.inst.id, self.run_id)
+            self._beat = time.monotonic()
 
     def finish(self, status: str) -> RunReport:
-        self.pool.close()
-        for rtype, w in self.writers.items():
-            if w.snapshot_ids:
-                self.report.snapshots[rtype] = w.snapshot_ids[-1]
-        counts = [_count_row(self.inst.id, c) for c in self.report.counts]
-        if status == "succeeded" and self.report.snapshots:
-            tables = {".".join(w.table.name()): w.table for w in self.writers.values() if w.snapshot_ids}
-            summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__, "counts": counts}
-            self.report.manifest = manifests.append(self.engine, self.keys, self.run_id, tables, summary)
-        runcat.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
+        try:
+            self.pool.close()
+            for rtype, w in self.writers.items():
+                if w.snapshot_ids:
+                    self.report.snapshots[rtype] = w.snapshot_ids[-1]
+            counts = [_count_row(self.inst.id, c) for c in self.report.counts]
+            self.report.leak_scan = self.publication.scan_report()
+            if status == "succeeded" and self.publication.state == "committed":
+                summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__, "counts": counts}
+                self.report.manifest = self.publication.finish(summary)
+            else:
+                self.publication.abort()
+            runcat.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
+        finally:
+            runcat.release_lock(self.engine, self.inst.id, self.run_id)
         return self.report
 
 
@@ -270,24 +341,52 @@ def run_institution(
     flush_rows: int = 50_000,
     workers: int | None = None,
     full: bool = False,
+    lock_wait: float = 0.0,
+    rekey: bool = False,
 ) -> RunReport:
     """Pull every feed of one institution and publish it to the region's zone.
 
     Blocks with a watermark pull only rows past it unless full is true. workers: processes
     for the per-row work; None means one per core when there are at least
-    PARALLEL_FROM_ROWS rows to read, else in-process.
+    PARALLEL_FROM_ROWS rows to read, else in-process. Holds the institution's run lock
+    throughout; if another live run holds it, waits up to lock_wait seconds, then raises
+    InstitutionBusy (nothing is read or written).
+
+    Raises KeyMismatch, before anything is written, when the institution's published rows
+    carry a key id other than keys' (publishing would write every row again under new ids).
+    rekey (``repseudonymize``) instead re-publishes everything under keys and removes the
+    old-key rows in the same commit per table.
     """
     catalog_engine = runcat.connect(region.catalog_url)
     inst = region.institution(institution_id)
-    plans = []
-    for work in feed_blocks(inst):
-        since = None if full else watermarks.get(catalog_engine, inst.id, work.feed.name, work.block_id)
-        with work.engine.connect() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(work.schema.table(work.block.table))).scalar_one()
-        plans.append((work, since, total))
-    if workers is None:
-        workers = default_workers() if sum(p[2] for p in plans) >= PARALLEL_FROM_ROWS else 1
-    run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers)
+    run_id = new_run_id(inst.id)
+    abandoned = runcat.acquire_lock(catalog_engine, inst.id, run_id, lock_wait)
+    unwatermarked: dict[str, int] = {}
+    try:  # watermarks are read under the lock, so two runs never plan from the same one
+        stale = published_key_ids(open_catalog(region.catalog_url, region.warehouse), region.zone, keys.key_id)
+        if stale and not rekey:  # any institution: one region, one key, or people are counted twice
+            raise KeyMismatch(_key_mismatch(region, inst.id, keys.key_id, stale))
+        orphans = _remove_orphans(region, inst.id) if abandoned or runcat.last_status(catalog_engine, inst.id) == "failed" else 0
+        plans = []
+        for work in feed_blocks(inst):
+            since = None if full else watermarks.get(catalog_engine, inst.id, work.feed.name, work.block_id)
+            source = block_source(work.schema, work.block, str(work.mapping.path), work.block.line)
+            with work.engine.connect() as conn:
+                total = conn.execute(sa.select(sa.func.count()).select_from(source)).scalar_one()
+                if since is not None and work.block.watermark.column in source.c:  # rows `>= since` can never see
+                    blind = conn.execute(sa.select(sa.func.count()).select_from(source)
+                                         .where(source.c[work.block.watermark.column].is_(None))).scalar_one()
+                    if blind:
+                        unwatermarked[f"{work.feed.name}:{work.block.table}"] = blind
+            plans.append((work, since, total))
+        if workers is None:
+            workers = default_workers() if sum(p[2] for p in plans) >= PARALLEL_FROM_ROWS else 1
+        run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers, run_id=run_id)
+        run.report.abandoned_runs, run.report.orphans_removed = abandoned, orphans
+        run.report.unwatermarked = unwatermarked
+    except BaseException:
+        runcat.release_lock(catalog_engine, inst.id, run_id)
+        raise
     status = "failed"
     try:
         advances, deletions = [], []
@@ -301,6 +400,8 @@ def run_institution(
             if full:  # a complete pull: what is no longer at the source was deleted there
                 gone = run.writer(work.block.resource).stage_deletions(work.block.table, result.seen_source_keys)
                 deletions.extend((work, rid, skh) for rid, skh in gone)
+        if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
+            run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
         run.commit()
         record_deletions(run.engine, run.run_id, inst.id, deletions)
         for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
@@ -323,6 +424,14 @@ deletions = sa.Table(
     sa.Column("source_key_hash", sa.String(64), nullable=False),
     sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+def _remove_orphans(region: Region, institution: str) -> int:
+    """Data files a killed or failed run of the institution wrote but never committed (we hold its lock)."""
+    from hub.lakehouse.orphans import delete_orphans, find_orphans
+
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    return delete_orphans(find_orphans(icat, [region.zone], institution, older_than=0))
 
 
 def record_deletions(engine: sa.Engine, run_id: str, institution: str, gone: list) -> None:
@@ -351,32 +460,120 @@ def _missing_patient(file: str, resource_type: str, subject_el) -> RowProblem:
     )
 
 
-def _load_patient_index(icat, zone: str, institution: str) -> dict[str, str | None]:
-    """Patient resource id -> linkage pseudonym for patients already published."""
+def _load_patient_index(icat, zone: str, institution: str) -> dict[str, tuple[str | None, dt.datetime | None]]:
+    """Patient resource id -> (linkage pseudonym, birth date) for patients already published."""
     try:
         table = icat.load_table(table_name(zone, "Patient"))
     except NoSuchTableError:
         return {}
-    data = table.scan(row_filter=EqualTo("institution", institution), selected_fields=("id", "patient")).to_arrow()
-    return dict(zip(data.column("id").to_pylist(), data.column("patient").to_pylist(), strict=True))
+    cols = ("id", "patient", "effective_time")
+    data = table.scan(row_filter=EqualTo("institution", institution), selected_fields=cols).to_arrow()
+    ids, people, births = (data.column(c).to_pylist() for c in cols)
+    return {i: (p, b) for i, p, b in zip(ids, people, births, strict=True)}
+
+
+def _identity_conflict(known: tuple[str | None, dt.datetime | None] | None, item: Ready):
+    """A problem maker when a Patient's source key already belongs to another person, else None.
+
+    Same source key (MRN), different resident ID (so a different linkage pseudonym) or a
+    different birth date: the source reused a key, and publishing would overwrite one
+    person's record with another's. IT resolves it at the source; the row waits in quarantine.
+    """
+    if known is None:
+        return None
+    person, born = known
+    what = []
+    if person is not None and item.pseudonym is not None and person != item.pseudonym:
+        what.append("resident ID number")
+    if born is not None and item.effective_time is not None and born != item.effective_time:  # both aware: one instant
+        what.append("birth date")
+    if not what:
+        return None
+
+    def problem(file: str, block: Block) -> RowProblem:
+        return RowProblem(
+            f"{file}:{block.line}", "Patient.identifier", ", ".join(block.key),
+            f"this source key is already published for a patient with a different {' and '.join(what)} (the key was reused for another person, or the identity was changed)",
+            "one person per source key: correct the record at the source, then `hub quarantine replay`", None)
+    return problem
+
+
+def _duplicate_key(file: str, block: Block) -> RowProblem:
+    return RowProblem(f"{file}:{block.line}", f"{block.resource}.id", ", ".join(block.key),
+                      "has the same source key as an earlier row of this pull (a duplicate key)",
+                      "a key that is unique per row (declare a natural key plus an occurrence column for tables without one)", None)
 
 
 def repseudonymize(region: Region, institution_id: str, keys: Keyring, **kwargs) -> tuple[RunReport, int]:
-    """Re-publish an institution under the current key, then remove its rows made with other keys.
+    """Re-publish an institution under the current key, removing its rows made with other keys.
 
-    Returns the run report and the number of old rows removed. Earlier snapshots and tags
-    (research releases) stay readable through time travel.
+    One run, full pull: in every table the re-keyed rows and the removal of the old-key rows
+    land in the same commit. Returns the run report and the number of old rows removed.
+    Earlier snapshots and tags (research releases) stay readable through time travel.
     """
-    from pyiceberg.expressions import And, NotEqualTo
+    report = run_institution(region, institution_id, keys, full=True, rekey=True, **kwargs)
+    return report, sum(report.removed_old_key.values())
 
-    report = run_institution(region, institution_id, keys, full=True, **kwargs)
-    icat = open_catalog(region.catalog_url, region.warehouse)
-    removed = 0
-    for name in icat.list_tables(region.zone):
-        table = icat.load_table(name)
-        stale = And(EqualTo("institution", institution_id), NotEqualTo("key_id", keys.key_id))
-        n = table.scan(row_filter=stale, selected_fields=("id",)).to_arrow().num_rows
-        if n:
-            table.delete(stale, snapshot_properties={"hub.run-id": report.run_id, "hub.rekey": keys.key_id})
-            removed += n
-    return report, removed
+
+class KeyMismatch(CommandFailed):
+    """The master key is not the one an institution's published rows were made with."""
+
+
+def published_key_ids(icat, zone: str, current: str | None = None) -> dict[tuple[str, str], set[str]]:
+    """{(institution, resource type): key ids} of the zone's published rows, leaving out current.
+
+    Read from the data files' partition and column statistics (a key id is shorter than
+    Iceberg's 16-character bound); rows are read only for a table whose statistics do not
+    settle it.
+    """
+    from pyiceberg.exceptions import NoSuchNamespaceError
+
+    try:
+        names = icat.list_tables(zone)
+    except NoSuchNamespaceError:
+        return {}
+    types = {module: rtype for rtype, module in RESOURCE_MODULES.items()}
+    out: dict[tuple[str, str], set[str]] = {}
+    for ident in names:
+        table = icat.load_table(ident)
+        if table.current_snapshot() is None:
+            continue
+        rtype, field_id = types.get(ident[-1], ident[-1]), table.schema().find_field("key_id").field_id
+        found: dict[str, set[str]] | None = {}
+        for task in table.scan().plan_files():
+            lo, hi = (task.file.lower_bounds or {}).get(field_id), (task.file.upper_bounds or {}).get(field_id)
+            if lo is None or lo != hi or len(lo) >= 16 or task.delete_files:
+                found = None
+                break
+            found.setdefault(task.file.partition[0], set()).add(lo.decode())
+        if found is None:
+            data = table.scan(selected_fields=("institution", "key_id")).to_arrow().group_by(["institution", "key_id"]).aggregate([])
+            found = {}
+            for inst, kid in zip(data["institution"].to_pylist(), data["key_id"].to_pylist(), strict=True):
+                found.setdefault(inst, set()).add(kid)
+        for inst, ids in found.items():
+            ids.discard(current)
+            if ids:
+                out[(inst, rtype)] = ids
+    return out
+
+
+def _key_mismatch(region: Region, institution: str, current: str, found: dict[tuple[str, str], set[str]]) -> str:
+    import os
+
+    from deid.keys import ENV_KEY_FILE
+
+    dirs = {region.key_file.parent / "retired"}
+    if os.environ.get(ENV_KEY_FILE):
+        dirs.add(Path(os.environ[ENV_KEY_FILE]).parent / "retired")
+    key_ids = set().union(*found.values())
+    ids, holders = ", ".join(sorted(key_ids)), sorted({i for i, _ in found})
+    whose = "its published rows" if holders == [institution] else f"published rows of {', '.join(holders)}"
+    if all(any((d / f"{kid}.key").exists() for d in dirs) for kid in key_ids):
+        return (f"{institution}: {whose} carry key id {ids}, a retired key; the current master key is {current}. "
+                f"Publishing now would write people again under new pseudonyms: run `hub keys repseudonymize "
+                f"{' '.join(holders)}` first")
+    return (f"{institution}: the configured master key (key id {current}) is not the one {whose} were published with "
+            f"(key id {ids}); publishing would write people again under new pseudonyms. Configure the original key "
+            f"(HUB_MASTER_KEY, HUB_KEY_FILE or keys/master.key); to change keys, restore it, run `hub keys rotate`, "
+            f"then `hub keys repseudonymize`")

@@ -12,13 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing as mp
 import os
+import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deid.engine import Deidentifier, patient_pseudonym
+from deid.engine import Deidentifier, UnknownModifierExtension, patient_pseudonym
 from deid.keys import Keyring
 from deid.ruleset import Ruleset
 from hub.fhir.ids import source_key_hash
@@ -43,6 +44,8 @@ class Ready:
     pseudonym: str | None  # for a Patient: its own linkage pseudonym
     source_key_hash: str
     source_updated_at: dt.datetime | None = None  # from a timestamp watermark column: orders versions
+    #: (element, line, value) of elements the mapping checks against the published birth date (not_before_birth: true)
+    birth_times: tuple[tuple[str, int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Preparer:
         self.deid = Deidentifier(ruleset, keys)
         self._blocks: dict[tuple[str, int], CompiledBlock] = {}
         self._mappings: dict[str, Mapping] = {}
+        self._phi: dict[tuple[str, int], tuple[int, ...]] = {}
 
     def compiled(self, mapping_path: str, block_index: int) -> CompiledBlock:
         key = (mapping_path, block_index)
@@ -86,6 +90,28 @@ class Preparer:
             self._blocks[key] = CompiledBlock(mapping, mapping.blocks[block_index], self.institution, self.keys)
         return self._blocks[key]
 
+    def phi_columns(self, mapping_path: str, block_index: int) -> tuple[int, ...]:
+        """Positions in the block's source rows of the columns its mapping marks ``phi: true``."""
+        key = (mapping_path, block_index)
+        if key not in self._phi:
+            compiled = self.compiled(mapping_path, block_index)
+            self._phi[key] = tuple(dict.fromkeys(
+                compiled.columns.index(compiled.qualify(el.source))
+                for el in compiled.block.elements
+                if el.options.get("phi") and el.kind == "column" and compiled.qualify(el.source) in compiled.columns
+            ))
+        return self._phi[key]
+
+    def known_values(self, resource: dict, row: tuple[Any, ...], phi: tuple[int, ...]) -> tuple[str, ...]:
+        """What the source record knows that identifies its person: the mapped resource's values
+        at identifying leaves and the row's phi columns. Scrubbing removes them from kept strings."""
+        values = list(self.deid.identifying_values(resource))
+        for i in phi:
+            v = row[i]
+            if v is not None and str(v).strip():
+                values.append(str(v).strip())
+        return tuple(dict.fromkeys(values))
+
     def prepare(self, mapping_path: str, block_index: int, rows: list[tuple[Any, ...]]) -> PreparedBatch:
         compiled = self.compiled(mapping_path, block_index)
         mapping, block = compiled.mapping, compiled.block
@@ -94,13 +120,18 @@ class Preparer:
         items: list[Ready | Rejected] = []
         wm = block.watermark
         wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
+        phi = self.phi_columns(mapping_path, block_index)
         for row in rows:
             skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
             mapped = map_and_validate(compiled, row)
             if mapped.resource is None:
                 items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
                 continue
-            clean = self.deid.apply(mapped.resource)
+            try:
+                clean = self.deid.apply(mapped.resource, known_names=self.known_values(mapped.resource, row, phi))
+            except UnknownModifierExtension as exc:
+                items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
+                continue
             text = dumps(clean)
             is_patient = block.resource == "Patient"
             items.append(Ready(
@@ -109,8 +140,20 @@ class Preparer:
                 patient_ref=None if is_patient else _patient_ref(clean),
                 pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=skh,
                 source_updated_at=_updated_at(row[wm_index], mapping) if wm_index is not None else None,
+                birth_times=compiled.birth_times(clean) if compiled.birth_checked and not is_patient else (),
             ))
         return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop)
+
+    def _unknown_modifier(self, compiled: CompiledBlock, exc: UnknownModifierExtension) -> RowProblem:
+        """The problem of a row refused for a modifierExtension, located at the mapping line that writes it."""
+        target = exc.path.partition(".")[2]
+        line = next((el.line for el in compiled.block.elements
+                     if re.sub(r"\[(\d+|x)\]", "", el.path).startswith(target)), compiled.block.line)
+        return RowProblem(
+            f"{compiled.mapping.path.name}:{line}", exc.path, None,
+            f"has a modifierExtension hub's ruleset does not know: {exc.url}",
+            f"no modifierExtension, or a rule for it in {self.deid.ruleset.path.name}", None,
+        )
 
 
 def _updated_at(value: Any, mapping: Mapping) -> dt.datetime | None:

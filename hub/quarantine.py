@@ -1,9 +1,12 @@
 """Quarantine: source rows that could not be published, encrypted, with reasons in clear.
 
 The source row (identifiable) is sealed with AES-GCM under the ``quarantine`` purpose key
-and never written in clear. The reason names row key, element, problem and expectation
-and carries no identifier, so it can be read by anyone operating the hub. Nothing is
-lost: an authorised operator can open the row again and replay it after a fix.
+and never written in clear. The reason names row key, element, problem and expectation;
+it shows source values only from the mapping block's ``safe_columns`` (see
+``hub.mapping.compile.withheld``), and every identifier ``hub.identifiers`` finds is
+redacted again here before storage, so it can be read by anyone operating the hub. Nothing
+is lost: an authorised operator can open the row (``hub quarantine show``, with the key)
+and replay it after a fix.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ quarantine = sa.Table(
     sa.Column("nonce", sa.LargeBinary, nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    # open: the row is not published. resolved: a later run published it. superseded: a later
-    # run quarantined it again, with a newer entry. closed_by: that later run's id.
+    # open: the row is not published (a run that rejects it again updates this entry in place).
+    # resolved: a later run published it. superseded: a state of entries made before one
+    # entry per source row was kept. closed_by: the run that closed the entry.
     sa.Column("status", sa.String(16), nullable=False, default="open", index=True),
     sa.Column("closed_by", sa.String(80)),
 )
@@ -69,7 +73,12 @@ def _aad(institution: str, source_key_hash: str) -> bytes:
 
 
 def store(engine: sa.Engine, keys: Keyring, run_id: str, institution: str, rows: list[QuarantinedRow]) -> None:
-    """Encrypt and append rejected rows in one transaction."""
+    """Encrypt and store rejected rows in one transaction: one open entry per source row.
+
+    A row already open in quarantine (rejected by an earlier run and not yet fixed) keeps its
+    entry, updated with this run's content, reason and run id; a feed re-read every run
+    (no update column) therefore never piles up entries.
+    """
     if not rows:
         return
     aes = AESGCM(keys.key("quarantine"))
@@ -86,9 +95,31 @@ def store(engine: sa.Engine, keys: Keyring, run_id: str, institution: str, rows:
             "created_at": now, "status": "open",
         })
     with engine.begin() as conn:
+        existing: dict[tuple[str, str, str], int] = {}
         for (table, rtype), hashes in _by_block(rows).items():
-            _close(conn, institution, table, rtype, hashes, "superseded", run_id)
-        conn.execute(quarantine.insert(), records)
+            existing.update(_open_ids(conn, institution, table, rtype, hashes))
+        updates, inserts = [], []
+        for rec in records:
+            entry = existing.get((rec["source_table"], rec["resource_type"], rec["source_key_hash"]))
+            (updates if entry is not None else inserts).append({**rec, "entry": entry} if entry is not None else rec)
+        if updates:  # one open entry per source row: a row rejected again replaces its entry's content in place
+            conn.execute(quarantine.update().where(quarantine.c.id == sa.bindparam("entry")).values(
+                {c: sa.bindparam(c) for c in ("run_id", "feed", "mapping", "cause", "reason", "key_id", "nonce", "payload", "created_at")}),
+                [{k: u[k] for k in ("entry", "run_id", "feed", "mapping", "cause", "reason", "key_id", "nonce", "payload", "created_at")} for u in updates])
+        if inserts:
+            conn.execute(quarantine.insert(), inserts)
+
+
+def _open_ids(conn, institution: str, table: str, resource_type: str, hashes: list[str]) -> dict[tuple[str, str, str], int]:
+    out = {}
+    for i in range(0, len(hashes), 900):
+        for entry, skh in conn.execute(sa.select(quarantine.c.id, quarantine.c.source_key_hash).where(
+            quarantine.c.status == "open", quarantine.c.institution == institution,
+            quarantine.c.source_table == table, quarantine.c.resource_type == resource_type,
+            quarantine.c.source_key_hash.in_(hashes[i : i + 900]),
+        )):
+            out[(table, resource_type, skh)] = entry
+    return out
 
 
 def _by_block(rows: list[QuarantinedRow]) -> dict[tuple[str, str], list[str]]:

@@ -46,6 +46,8 @@ class Region:
     zone: str = "recognition"
     recognition_index: str | None = None  # SQLAlchemy URL of the recognition index; default: SQLite in the workspace
     ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "default.yaml")
+    signing_key_file: Path | None = None  # manifest signing key (private); keep it outside the workspace in production
+    trusted_keys_file: Path | None = None  # public keys `hub audit verify` trusts (see hub.lineage.signing)
 
     @property
     def key_file(self) -> Path:
@@ -118,4 +120,7 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
         region.recognition_index = _expand(str(doc["recognition_index"]), workspace, f, doc.line_of("recognition_index"), "recognition_index")
     if doc.get("ruleset"):
         region.ruleset = Path(_expand(str(doc["ruleset"]), workspace, f, doc.line_of("ruleset"), "ruleset"))
+    for key in ("signing_key_file", "trusted_keys_file"):
+        if doc.get(key):
+            setattr(region, key, Path(_expand(str(doc[key]), workspace, f, doc.line_of(key), key)))
     return region

@@ -34,3 +34,11 @@ def publish_region(workspace: Path, keys: Keyring, patients: int):
 def demo(tmp_path_factory, keys):
     """A small demo region, generated and published once per test session."""
     return publish_region(tmp_path_factory.mktemp("demo"), keys, 40)
+
+
+def with_signing_key(workspace: Path, doc: dict) -> dict:
+    """A region.yaml document plus a manifest signing key made for the test workspace (inside it, as the demo does)."""
+    from hub.demo.generator import DEMO_KEY_NAME, DEMO_TRUSTED_NAME, ensure_demo_keys
+
+    ensure_demo_keys(Path(workspace))
+    return {**doc, "signing_key_file": "{workspace}/keys/" + DEMO_KEY_NAME, "trusted_keys_file": "{workspace}/keys/" + DEMO_TRUSTED_NAME}

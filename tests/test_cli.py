@@ -43,4 +43,4 @@ def test_demo_publishes_and_logs_no_identifier(tmp_path):
 def test_missing_workspace_says_what_to_do(tmp_path):
     proc = _run("publish", "--workspace", str(tmp_path / "nothing"), cwd=tmp_path)
     assert proc.returncode == 2
-    assert "hub demo" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert "hub demo" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr  # errors go to stderr

@@ -48,11 +48,18 @@ def test_failing_publish_ends_within_seconds_with_one_line_on_stderr(broken_work
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    assert "--debug" in lines[0]  # an unexpected error says how to see more
+    assert "table 'lab_order' does not exist in the source" in lines[0]  # names what is wrong, and where
     assert elapsed < 10, f"the error path took {elapsed:.1f} s"
 
 
 @pytest.mark.slow
+def test_an_unexpected_error_says_how_to_see_more(capsys):
+    from hub.cli.errors import report
+
+    assert report(RuntimeError("boom"), debug=False) == EXIT_CANNOT_RUN
+    assert capsys.readouterr().err == "error: RuntimeError: boom (hub --debug ... shows the traceback)\n"
+
+
 def test_debug_shows_the_traceback(broken_workspace, tmp_path):
     proc = _run("--debug", "publish", "city-first", "--workspace", str(broken_workspace), cwd=tmp_path)
     assert proc.returncode == EXIT_CANNOT_RUN

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
 from typer.testing import CliRunner
 
+from deid.ruleset import default_ruleset_path
 from hub.cli import app
 from hub.demo.generator import write_database
 from tests.conftest import DATA, REPO
@@ -61,6 +63,13 @@ def test_uncovered_elements_are_listed(tmp_path):
     rows = {t: json.loads((DATA / "vendor_b" / "input" / f"{t}.json").read_text(encoding="utf-8")) for t in ("T_JG_YYXX", "T_BR_JBXX", "T_JZ_JZJL", "T_JZ_ZD", "T_JZ_CF")}
     url = f"sqlite:///{tmp_path / 'his.db'}"
     write_database(url, "his_vendor_b", rows)
-    result = runner.invoke(app, ["feeds", "check", "--url", url, "--mapping", str(REPO / "mappings" / "his_vendor_b.yaml"), "--json"])
-    report = json.loads(result.stdout)
+    mapping = str(REPO / "mappings" / "his_vendor_b.yaml")
+    report = json.loads(runner.invoke(app, ["feeds", "check", "--url", url, "--mapping", mapping, "--json"]).stdout)
+    assert report["uncovered"] == []  # the default ruleset covers what the shipped mappings produce
+    # an operator's ruleset without the marital-status rule: hospital IT sees what would be dropped
+    doc = yaml.safe_load(default_ruleset_path().read_text(encoding="utf-8"))
+    doc["rules"] = [r for r in doc["rules"] if "Patient.maritalStatus" not in r["paths"]]
+    narrow = tmp_path / "operator.yaml"
+    narrow.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    report = json.loads(runner.invoke(app, ["feeds", "check", "--url", url, "--mapping", mapping, "--ruleset", str(narrow), "--json"]).stdout)
     assert {"element": "Patient.maritalStatus", "count": 1} in report["uncovered"]

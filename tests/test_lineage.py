@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def region(tmp_path_factory, keys):
     region, _, _ = publish_region(tmp_path_factory.mktemp("lineage"), keys, 30)
-    build_release(region, keys, name="release-1", k=2)
+    build_release(region, keys, name="release-1", k=2, max_suppression=0.5)
     return region
 
 

@@ -82,17 +82,18 @@ def test_replay_after_a_terminology_fix_publishes_the_row(published, keys, tmp_p
     assert not any("has no mapping in lab_items_vendor_a" in e["reason"] for e in _open(engine))
 
 
-def test_replay_without_a_fix_supersedes_and_keeps_rows_open(published, keys):
+def test_replay_without_a_fix_keeps_one_open_entry_per_row(published, keys):
     region, engine = published
     every = quarantine.list_rows(engine, institution=INST, status="open")
-    before = {(e["resource_type"], e["source_key_hash"]) for e in every}
-    result = replay(region, INST, keys)
-    assert result.published == 0 and result.still_quarantined == len(before)
+    before = {(e["resource_type"], e["source_key_hash"]): e["id"] for e in every}
+    total = len(quarantine.list_rows(engine, institution=INST))
+    for _ in range(3):  # a feed re-read every run must not pile up entries
+        result = replay(region, INST, keys)
+        assert result.published == 0 and result.still_quarantined == len(before)
     after = quarantine.list_rows(engine, institution=INST, status="open")
-    assert {(e["resource_type"], e["source_key_hash"]) for e in after} == before  # the same rows, newer entries
-    assert all(e["run_id"] == result.run.run_id for e in after)
-    old = [e for e in quarantine.list_rows(engine, institution=INST) if e["status"] == "superseded"]
-    assert len(old) == len(before)
+    assert {(e["resource_type"], e["source_key_hash"]): e["id"] for e in after} == before  # the same entries ...
+    assert all(e["run_id"] == result.run.run_id for e in after)  # ... updated by the latest run
+    assert len(quarantine.list_rows(engine, institution=INST)) == total
 
 
 def test_show_needs_the_key(published, monkeypatch, tmp_path):
@@ -107,3 +108,40 @@ def test_show_needs_the_key(published, monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["quarantine", "show", str(entry), "--workspace", str(region.workspace)])
     assert result.exit_code != 0  # no key file in this workspace: nothing is decrypted
     assert "lab_result." not in result.stdout
+
+
+def test_a_hostile_row_is_quarantined_with_reasons_free_of_its_values_and_show_reveals_them(published, keys, monkeypatch):
+    import datetime as dt
+
+    from typer.testing import CliRunner
+
+    from hub.cli import app
+    from hub.demo.generator import canary
+    from hub.identifiers import find_identifiers
+
+    region, engine = published
+    c = canary()
+    spaced_id = f"{c.id_number[:6]} {c.id_number[6:14]} {c.id_number[14:]}"
+    dashed_phone = f"{c.phone[:3]}-{c.phone[3:7]}-{c.phone[7:]}"
+    with _lis(region).begin() as conn:  # an insider's (or a broken interface's) row: identifiers where codes and dates belong
+        target = conn.execute(sa.text("SELECT MIN(result_id) FROM lab_result")).scalar_one()
+        conn.execute(sa.text("UPDATE lab_result SET result_time = :name, item_code = :sid, unit = :phone, "
+                             "updated_at = :now WHERE result_id = :r"),
+                     {"name": c.name, "sid": spaced_id, "phone": dashed_phone, "r": target,
+                      "now": dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")})  # changed now: the next pull reads it
+    run_institution(region, INST, keys)
+
+    with engine.connect() as conn:  # what anyone with the catalog database reads, unencrypted
+        stored = [dict(r._mapping) for r in conn.execute(sa.select(quarantine.quarantine.c.id, quarantine.quarantine.c.reason,
+                                                                   quarantine.quarantine.c.cause))]
+    hostile = [e for e in stored if "value withheld: looks identifying" in e["reason"]]
+    assert len(hostile) == 1 and "column result_time (value withheld: not in safe_columns)" in hostile[0]["reason"]
+    text = json.dumps(stored, ensure_ascii=False)
+    for value in (c.name, c.id_number, c.phone, spaced_id, dashed_phone):
+        assert value not in text
+    assert find_identifiers(text, [c.name, c.id_number, c.phone]) == []
+
+    monkeypatch.setenv("HUB_MASTER_KEY", keys.master.hex())
+    shown = CliRunner().invoke(app, ["quarantine", "show", str(hostile[0]["id"]), "--workspace", str(region.workspace)])
+    assert shown.exit_code == 0, shown.output
+    assert c.name in shown.stdout and spaced_id in shown.stdout and dashed_phone in shown.stdout  # with the key, the values are there

@@ -39,7 +39,7 @@ def test_refused_release_publishes_nothing_and_keeps_its_report(published, keys)
 
 
 def test_published_release_meets_k_and_is_unlinkable_to_recognition(published, keys):
-    release = build_release(published, keys, name="r1", k=3)
+    release = build_release(published, keys, name="r1", k=3, max_suppression=0.3)
     assert release.status == "published" and release.report.k_achieved >= 3
 
     rec_obs, res_obs = _table(published, "recognition.observation"), _table(published, "research.observation")
@@ -55,7 +55,7 @@ def test_published_release_meets_k_and_is_unlinkable_to_recognition(published, k
 
 
 def test_dates_are_shifted_by_one_offset_per_patient(published, keys):
-    build_release(published, keys, name="r2", k=3)
+    build_release(published, keys, name="r2", k=3, max_suppression=0.3)
     rec = _table(published, "recognition.observation").to_pylist()
     res = {r["id"]: r for r in _table(published, "research.observation").to_pylist()}
     checked = 0
@@ -71,7 +71,7 @@ def test_dates_are_shifted_by_one_offset_per_patient(published, keys):
 
 
 def test_release_is_tagged_and_readable_by_name(published, keys):
-    release = build_release(published, keys, name="for-ml-team", k=3)
+    release = build_release(published, keys, name="for-ml-team", k=3, max_suppression=0.3)
     table = open_catalog(published.catalog_url, published.warehouse).load_table("research.patient")
     tagged = table.scan(snapshot_id=table.snapshot_by_name("for-ml-team").snapshot_id).to_arrow()
     assert tagged.num_rows == release.rows["Patient"]

@@ -10,6 +10,7 @@ from hub.demo.generator import build_region, write_database
 from hub.lakehouse.tables import open_catalog
 from hub.pipeline import run_institution
 from hub.region import load_region
+from tests.conftest import with_signing_key
 
 PG = "postgresql+psycopg://${HUB_TEST_PG_USER}@127.0.0.1:5432/test"
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
@@ -40,7 +41,7 @@ def test_vendor_b_on_postgres_and_mariadb_matches_sqlite(servers, demo, keys, tm
     rows = build_region(40)["xihu-second"]  # the demo fixture's data for this institution
     write_database(servers, "his_vendor_b", rows["his_vendor_b"])
     write_database(MARIADB, "lis_vendor_b", rows["lis_vendor_b"])
-    (tmp_path / "region.yaml").write_text(yaml.safe_dump({
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump(with_signing_key(tmp_path, {
         "region": "servers",
         "institutions": [{
             "id": "xihu-second", "name": "西湖区第二人民医院",
@@ -49,7 +50,7 @@ def test_vendor_b_on_postgres_and_mariadb_matches_sqlite(servers, demo, keys, tm
                 {"name": "lis", "mapping": "lis_vendor_b", "url": MARIADB},
             ],
         }],
-    }, allow_unicode=True), encoding="utf-8")
+    }), allow_unicode=True), encoding="utf-8")
     region = load_region(tmp_path)
     assert "postgres@" in region.institutions[0].feeds[0].url
 
@@ -86,7 +87,7 @@ def test_wide_table_vendor_on_postgres_and_his_on_mariadb(servers, keys, tmp_pat
         {"name": "his", "mapping": "his_vendor_a", "url": MARIADB},
         {"name": "lis", "mapping": "lis_vendor_c", "url": PG},
     ]}]}
-    (tmp_path / "region.yaml").write_text(yaml.safe_dump(region_doc), encoding="utf-8")
+    (tmp_path / "region.yaml").write_text(yaml.safe_dump(with_signing_key(tmp_path, region_doc)), encoding="utf-8")
     on_servers = run_institution(load_region(tmp_path), "xixi-chc", keys)
 
     (tmp_path / "sqlite").mkdir()
@@ -94,7 +95,7 @@ def test_wide_table_vendor_on_postgres_and_his_on_mariadb(servers, keys, tmp_pat
         {"name": "his", "mapping": "his_vendor_a", "url": local["his"]},
         {"name": "lis", "mapping": "lis_vendor_c", "url": local["lis"]},
     ]
-    (tmp_path / "sqlite" / "region.yaml").write_text(yaml.safe_dump(region_doc), encoding="utf-8")
+    (tmp_path / "sqlite" / "region.yaml").write_text(yaml.safe_dump(with_signing_key(tmp_path / "sqlite", region_doc)), encoding="utf-8")
     on_sqlite = run_institution(load_region(tmp_path / "sqlite"), "xixi-chc", keys)
 
     def counts(rep):
@@ -124,7 +125,7 @@ def pg_catalog_db(servers):
 def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
     from hub.demo.generator import generate_region
     from hub.lineage import catalog as runcat
-    from hub.lineage.manifests import verify
+    from hub.lineage.manifests import verify_region
 
     generate_region(tmp_path, patients=15)
     doc = yaml.safe_load((tmp_path / "region.yaml").read_text(encoding="utf-8"))
@@ -142,7 +143,7 @@ def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
     with engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
     assert {"iceberg_tables", "hub_runs", "hub_quarantine", "hub_manifests", "hub_watermarks"} <= tables
-    assert verify(engine, keys).ok
+    assert verify_region(region).ok
 
 
 @pytest.mark.postgres

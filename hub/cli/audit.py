@@ -16,27 +16,86 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("verify")
 def audit_verify(
     workspace: Path = WorkspaceOpt,
-    last: int = typer.Option(None, "--last", help="Re-hash data files of only the last N manifests (the chain and signatures are always checked in full)."),
+    trusted_keys: Path = typer.Option(None, "--trusted-keys", help="Trusted signing keys file (YAML; keep your copy outside the workspace). Default: HUB_TRUSTED_KEYS_FILE, else trusted_keys_file in region.yaml."),
+    public_key: list[str] = typer.Option(None, "--public-key", help="A trusted signing public key (64 hex, `hub keys signing-public`), valid for every manifest; repeatable. Overrides --trusted-keys."),
+    expect_head: str = typer.Option(None, "--expect-head", help="SEQ:HASH of the chain head you recorded earlier: the chain must still hold it (catches truncation and rewrites)."),
+    last: int = typer.Option(None, "--last", min=1, help="Re-hash the files of only the last N manifests (the chain, every snapshot's accounting and the current files are always checked in full)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Verify the publication history: manifest hashes, chain links, Ed25519 signatures, data file hashes.
+    """Verify the publication history and the live tables against it.
 
-    Run it after every publication (the Dagster check does) and before handing data over.
+    Checks manifest hashes, chain links and Ed25519 signatures against the TRUSTED public
+    keys (never the key a manifest row carries); that every snapshot of every table is
+    recorded by a manifest, that each table's current snapshot is the newest the chain
+    records and reads exactly the data files the chain says are live; and re-hashes every
+    recorded file. Prints the chain head as SEQ:HASH: record it outside the workspace and
+    pass it back with --expect-head.
 
-    Exits 1 and names the manifest and file of every break.
+    Exits 1 and names the table, snapshot, manifest and file of every break.
     """
-    from deid.keys import Keyring
-    from hub.lineage import catalog as runcat
-    from hub.lineage.manifests import verify
+    import json
+
+    from hub.lineage.manifests import parse_head, verify_region
+    from hub.lineage.signing import trusted_for
     from hub.region import load_region
 
     region = load_region(workspace)
-    report = verify(runcat.connect(region.catalog_url), Keyring.load(region.key_file), region.key_file, last)
-    for b in report.breaks:
-        console.print(f"[red]BROKEN[/] {b}", highlight=False, soft_wrap=True)
-    verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.breaks)} break(s)[/]"
-    console.print(f"{report.manifests} manifests, {report.files} data files re-hashed: {verdict}")
+    try:
+        expected = parse_head(expect_head) if expect_head else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    trusted = trusted_for(region, trusted_keys, public_key or ())
+    report = verify_region(region, trusted, last=last, expect_head=expected)
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        for b in report.breaks:
+            console.print(f"[red]BROKEN[/] {b}", highlight=False, soft_wrap=True)
+        for n in report.notes:
+            console.print(f"[yellow]note[/] {n}", highlight=False, soft_wrap=True)
+        for o in report.orphans[:10]:
+            console.print(f"  orphan {o}", highlight=False, soft_wrap=True)
+        verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.breaks)} break(s)[/]"
+        head = f"{report.head[0]}:{report.head[1]}" if report.head else "none (empty chain)"
+        console.print(f"{report.manifests} manifests, {report.tables} tables, {report.snapshots} snapshots, "
+                      f"{report.files} files re-hashed, signatures checked against {trusted.source}: {verdict}", highlight=False)
+        console.print(f"chain head: {head}", highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("adopt")
+def audit_adopt(
+    table: str = typer.Argument(..., help="Table, e.g. recognition.observation."),
+    snapshots: list[int] = typer.Argument(..., help="Snapshot ids `hub audit verify` reports as in no manifest."),
+    reason: str = typer.Option(..., "--reason", help="Why these snapshots are legitimate (recorded in the signed manifest)."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Record snapshots no manifest accounts for, after you reviewed them (a run killed between its commit and its manifest).
+
+    Needs the signing key. The manifest says the snapshots were adopted and why, with their
+    files' hashes as they are now; verify lists adopted snapshots in its notes.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from hub.errors import NotFound
+    from hub.lakehouse.tables import open_catalog
+    from hub.lineage import catalog as runcat
+    from hub.lineage.manifests import adopt
+    from hub.lineage.signing import load_signer
+    from hub.region import load_region
+
+    region = load_region(workspace)
+    signer = load_signer(region)
+    try:
+        target = open_catalog(region.catalog_url, region.warehouse).load_table(table)
+    except NoSuchTableError:
+        raise NotFound(f"no table {table} in the catalog of {workspace}") from None
+    try:
+        seq, digest = adopt(runcat.connect(region.catalog_url), signer, target, snapshots, reason)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"Adopted {len(snapshots)} snapshot(s) of {table} in manifest {seq}; chain head {seq}:{digest}", highlight=False, soft_wrap=True)
 
 
 @audit_app.command("access")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.console import Console
 
@@ -14,6 +16,7 @@ app = typer.Typer(  # its help is _root's docstring
 )
 console = Console()
 debug = {"on": False}
+OWNER_ONLY = 0o077  # umask: no group or other permission on anything hub creates
 
 
 def _version(value: bool) -> None:
@@ -36,5 +39,6 @@ def _root(
     Exit codes: 0 success; 1 the command ran and found problems (rows that would be quarantined, a leak blocked, a broken audit chain, a refused release); 2 it could not run (configuration, key, missing file, or an unexpected error: add --debug for the traceback).
     """
     debug["on"] = debug_opt
+    os.umask(OWNER_ONLY)  # every file and folder hub creates (catalog, index, warehouse, keys) is its owner's alone
 
 WorkspaceOpt = typer.Option(DEFAULT_WORKSPACE, "--workspace", "-w", help="Workspace folder: region.yaml, catalog, warehouse, demo sources.")

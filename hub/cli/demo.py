@@ -123,6 +123,13 @@ def print_report(reports: list[dict], workspace: Path) -> None:
     if uncovered:
         console.print("Elements no de-identification rule covers (dropped, deny by default): "
                       + ", ".join(f"{k} ×{v}" for k, v in sorted(uncovered.items())))
+    for rep in reports:
+        for where, n in (rep.get("rows_without_watermark") or {}).items():
+            console.print(f"[yellow]{rep['institution']} {where}: {n} row(s) have no update time, so incremental "
+                          "pulls cannot see them; `hub publish --full` reads them[/]", highlight=False)
+        if rep.get("abandoned_runs"):
+            console.print(f"{rep['institution']}: earlier run(s) {', '.join(rep['abandoned_runs'])} had been killed; marked failed, "
+                          f"{rep.get('orphan_files_removed', 0)} uncommitted data file(s) removed", highlight=False)
     region_ws = workspace.resolve()
     console.print(f"Lakehouse: Iceberg tables in namespace [bold]recognition[/], catalog {region_ws / 'catalog.db'}, "
                   f"Parquet files under {region_ws / 'warehouse'}")
@@ -147,6 +154,9 @@ def demo(
         generate_onboarding_sources(workspace, patients=patients, seed=seed)
     total = sum(sum(t.values()) for t in counts.values())
     console.print(f"Demo region: {len(counts)} source databases, {total} rows, in {workspace}/sources")
+    console.print(f"[yellow]Manifest signing key: {workspace}/keys/signing.key (mode 600), inside the workspace for the demo only. "
+                  "In production keep it elsewhere (HUB_SIGNING_KEY_FILE; `hub keys signing-create PATH`) and give verifiers "
+                  "the public key (`hub keys signing-public`): see docs/lakehouse.md.[/]", highlight=False)
     print_report(publish(workspace), workspace)
     console.print(f"Not yet connected: {ONBOARDING.name} ({ONBOARDING.id}), HIS and a wide-table LIS in "
                   f"{workspace}/sources/onboarding/. docs/onboarding.md walks through connecting it.")

@@ -38,17 +38,20 @@ def _safe_url(url: str) -> str:
 def feeds_check(
     feed: str = typer.Argument(None, help="INSTITUTION/FEED as in `hub feeds list`, e.g. city-first/lis."),
     workspace: Path = WorkspaceOpt,
-    limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Rows to check per mapping block."),
+    limit: int = typer.Option(1000, "--limit", "-n", min=1, help="Rows to check per mapping block: every k-th row in key order, spread over the table."),
     mapping: Path = typer.Option(None, "--mapping", "-m", help="Check this mapping file instead of the feed's (e.g. a draft)."),
     url: str = typer.Option(None, "--url", help="Source database URL, for a feed not yet in region.yaml."),
     institution: str = typer.Option("new-institution", "--institution", "-i", help="Institution id to use with --url."),
+    ruleset_file: Path = typer.Option(None, "--ruleset", "-r", help="De-identify with this ruleset instead of the region's (e.g. the operator's draft)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Dry-run a feed on a sample: map, validate and de-identify without publishing.
 
     Prints counts per resource, errors grouped by cause with row keys, unmapped codes and
-    units with their frequencies, and elements no de-identification rule covers. Exits 1
-    when any row would be quarantined, so it can gate a change to a mapping.
+    units with their frequencies, and elements no de-identification rule covers. Runs the
+    leak scan of publication on the rows that would publish and prints its hits (masked)
+    and the code-system exemptions it used. Exits 1 when any row would be quarantined or
+    the leak scan would block publication, so it can gate a change to a mapping.
 
     \b
     Examples:
@@ -61,9 +64,10 @@ def feeds_check(
     from deid.keys import Keyring, MasterKeyError
     from deid.ruleset import default_ruleset_path
     from hub.feeds import check_feed
+    from hub.leakscan import load_canaries
     from hub.region import load_region
 
-    ruleset, keys = default_ruleset_path(), None
+    ruleset, keys, canaries = default_ruleset_path(), None, frozenset()
     if url:
         if mapping is None:
             raise typer.BadParameter("--url needs --mapping")
@@ -77,25 +81,29 @@ def feeds_check(
         if found is None:
             raise typer.BadParameter(f"{inst_id} has no feed {feed_name!r}")
         source, mapping, ruleset = found.url, mapping or found.mapping, region.ruleset
+        canaries = load_canaries(region.workspace)
         try:
             keys = Keyring.load(region.key_file)
         except MasterKeyError:
             keys = None  # a throwaway key: nothing is stored
-    result = check_feed(mapping, source, inst_id, ruleset, limit=limit, keys=keys)
+    result = check_feed(mapping, source, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
+    failed = bool(result.quarantined or result.blocked)
     if as_json:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
-        raise typer.Exit(1 if result.quarantined else 0)
+        raise typer.Exit(1 if failed else 0)
     _print_feed_check(result, limit)
-    raise typer.Exit(1 if result.quarantined else 0)
+    raise typer.Exit(1 if failed else 0)
 
 
 def _print_feed_check(result, limit: int) -> None:
-    t = Table(title=f"{result.mapping}: first {limit} rows per block, nothing published")
+    t = Table(title=f"{result.mapping}: a sample of at most {limit} rows per block, spread over each table; nothing published")
     for col, justify in (("table", "left"), ("resource", "left"), ("rows", "right"), ("would publish", "right"), ("would quarantine", "right")):
         t.add_column(col, justify=justify, no_wrap=col != "table")
     for b in result.blocks:
         t.add_row(b.table, b.resource, str(b.rows), str(b.would_publish), f"[red]{b.would_quarantine}[/]" if b.would_quarantine else "0")
     console.print(t)
+    for b in result.blocks:
+        console.print(f"  {b.table} → {b.resource}: {b.sample}", highlight=False)
     if result.causes:
         console.print("[bold]Errors by cause[/] (row keys of the first rows; the first full reason below each):")
         for g in result.causes:
@@ -112,5 +120,21 @@ def _print_feed_check(result, limit: int) -> None:
     if result.uncovered:
         console.print("Elements no de-identification rule covers (dropped, deny by default): "
                       + ", ".join(f"{e} ×{n}" for e, n in result.uncovered), highlight=False)
-    verdict = "[red]would quarantine rows: fix the causes above[/]" if result.quarantined else "[green]all rows would publish[/]"
+    for system, kinds in result.exempted.items():
+        console.print(f"Leak scan exemption used: codes of {system} shaped like "
+                      + ", ".join(f"{k} ×{n}" for k, n in kinds.items()) + " (leak_scan in the ruleset)", highlight=False)
+    if result.blocked:
+        console.print(f"[bold red]Leak scan would block publication[/]: {len(result.leaks)} finding(s), values masked:")
+        for hit in result.leaks[:20]:
+            console.print(f"  {hit}", highlight=False, markup=False)
+        if len(result.leaks) > 20:
+            console.print(f"  ... and {len(result.leaks) - 20} more", highlight=False)
+        console.print("  An identifier the ruleset lets through (fix the ruleset), or a code shaped like one "
+                      "(declare its system under leak_scan.exempt_code_systems in the ruleset).", highlight=False)
+    if result.quarantined:
+        verdict = "[red]would quarantine rows: fix the causes above[/]"
+    elif result.blocked:
+        verdict = "[red]the leak scan would block publication: see its findings above[/]"
+    else:
+        verdict = "[green]all rows would publish[/]"
     console.print(verdict)

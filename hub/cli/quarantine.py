@@ -19,30 +19,61 @@ def quarantine_list(
     workspace: Path = WorkspaceOpt,
     institution: str = typer.Option(None, "--institution", "-i", help="Only this institution."),
     run_id: str = typer.Option(None, "--run", help="Only this run id."),
+    cause: str = typer.Option(None, "--cause", "-c", help="Only entries whose cause contains this text (e.g. 'issued', 'no mapping')."),
+    rows: bool = typer.Option(False, "--rows", help="One line per entry, with its full reason (default: a summary by cause)."),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="With --rows: at most this many entries (the newest)."),
     show_all: bool = typer.Option(False, "--all", help="Include entries already resolved or superseded."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON lines for machines."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one entry per line (all matching entries; --limit applies with --rows)."),
 ) -> None:
-    """List quarantined rows with their reasons (the rows themselves stay encrypted).
+    """Why rows were rejected: a summary by cause, or the entries themselves (--rows).
 
     By default only open entries: rows not published yet. Fix the cause (mapping,
-    terminology or source data), then `hub quarantine replay`.
+    terminology or source data), then `hub quarantine replay`. Entries stored by a run that
+    then failed are marked "(failed run)": the run published nothing, so the next run reads
+    those rows again. The rows themselves stay encrypted: `hub quarantine show ID`.
     """
     import json
+    from collections import Counter
+
+    import sqlalchemy as sa
 
     from hub import quarantine
     from hub.lineage import catalog as runcat
     from hub.region import load_region
 
-    rows = quarantine.list_rows(runcat.connect(load_region(workspace).catalog_url), run_id, institution, None if show_all else "open")
+    engine = runcat.connect(load_region(workspace).catalog_url)
+    entries = quarantine.list_rows(engine, run_id, institution, None if show_all else "open")
+    if cause:
+        entries = [e for e in entries if cause.lower() in e["cause"].lower()]
+    run_ids = sorted({e["run_id"] for e in entries})
+    with engine.connect() as conn:
+        status = dict(conn.execute(sa.select(runcat.runs.c.run_id, runcat.runs.c.status).where(runcat.runs.c.run_id.in_(run_ids))).tuples().all()) if run_ids else {}
+    for e in entries:
+        e["run_status"] = status.get(e["run_id"], "unknown")
+    if rows:
+        entries = entries[-limit:]
     if as_json:
-        for r in rows:
-            console.print_json(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}, ensure_ascii=False))
+        for e in entries:
+            print(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in e.items()}, ensure_ascii=False))
         return
-    table = Table(title=f"{len(rows)} quarantined rows" + ("" if show_all else " (open)"))
-    for col in ("id", "institution", "table", "resource", "status", "reason"):
+    scope = "" if show_all else " open"
+    if not rows:
+        groups = Counter((e["institution"], e["source_table"], e["cause"]) for e in entries)
+        failed = Counter((e["institution"], e["source_table"], e["cause"]) for e in entries if e["run_status"] == "failed")
+        table = Table(title=f"{len(entries)}{scope} quarantined rows by cause (`--rows` lists them, `--cause TEXT` filters)")
+        for col, justify in (("rows", "right"), ("institution", "left"), ("table", "left"), ("cause", "left")):
+            table.add_column(col, justify=justify, overflow="fold")
+        for (inst, tbl, why), n in groups.most_common():
+            mark = f" ({failed[(inst, tbl, why)]} from a failed run)" if failed[(inst, tbl, why)] else ""
+            table.add_row(str(n), inst, tbl, why + mark)
+        console.print(table)
+        return
+    table = Table(title=f"{len(entries)}{scope} quarantined rows" + (f" (the newest {limit}; --limit to see more)" if len(entries) == limit else ""))
+    for col in ("id", "institution", "table", "status", "reason"):
         table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(str(r["id"]), r["institution"], r["source_table"], r["resource_type"], r["status"], r["reason"])
+    for e in entries:
+        state = e["status"] + (" (failed run)" if e["run_status"] == "failed" else "")
+        table.add_row(str(e["id"]), e["institution"], e["source_table"], state, e["reason"])
     console.print(table)
 
 

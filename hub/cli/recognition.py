@@ -33,12 +33,28 @@ def recognition_build_index(workspace: Path = WorkspaceOpt) -> None:
 
 
 @recognition_app.command("token")
-def recognition_token(institution: str = typer.Argument(..., help="Institution id."), workspace: Path = WorkspaceOpt) -> None:
-    """Issue a bearer token for an institution's HIS (shown once; only its hash is kept)."""
-    from hub.recognition.api import issue_token
+def recognition_token(
+    institution: str = typer.Argument(..., help="Institution id."),
+    revoke: bool = typer.Option(False, "--revoke", help="Revoke the institution's token instead of issuing one."),
+    workspace: Path = WorkspaceOpt,
+) -> None:
+    """Issue a bearer token for an institution's HIS (shown once; only its hash is kept), or revoke it.
+
+    A running `hub serve` follows the token file: a new token works, and a revoked one is
+    refused, from the next request on.
+    """
+    from hub.recognition.api import issue_token, revoke_token
     from hub.region import load_region
 
-    print(issue_token(load_region(workspace), institution))
+    region = load_region(workspace)
+    if not revoke:
+        print(issue_token(region, institution))
+        return
+    if not revoke_token(region, institution):
+        from hub.errors import NotFound
+
+        raise NotFound(f"{institution} has no recognition API token to revoke")
+    console.print(f"Revoked the recognition API token of {institution}; a running server refuses it from the next request.")
 
 
 @recognition_app.command("query")
@@ -53,15 +69,28 @@ def recognition_query(
     """The recognition verdict of each of a patient's results, as the API gives it."""
     import datetime as dt
 
+    from hub.errors import CommandFailed
     from hub.lineage import access
     from hub.lineage import catalog as runcat
-    from hub.recognition.query import patient_for, query
+    from hub.recognition.query import (
+        ID_CARD_SYSTEMS,
+        IdentifierRefused,
+        mrn_system,
+        patient_for,
+        query,
+    )
 
     region, keys, index, catalog = _recognition(workspace)
+    region.institution(requester)
     if bool(id_number) == bool(mrn):
         raise typer.BadParameter("give --id-number or --mrn")
-    system, value = ("urn:oid:2.16.156.10011.1.3", id_number) if id_number else (f"urn:hub:{requester}:mrn", mrn)
-    patient = patient_for(index, keys, system, value)
+    system, value = (ID_CARD_SYSTEMS[0], id_number) if id_number else (mrn_system(requester), mrn)
+    try:
+        patient = patient_for(index, keys, system, value, requester=requester)
+    except IdentifierRefused as exc:
+        access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",
+                      {"requester": requester, "refused": exc.cause}, "refused")
+        raise CommandFailed(str(exc)) from None
     when = dt.datetime.fromisoformat(at).replace(tzinfo=dt.UTC) if at else None
     verdicts = query(index, catalog, patient, requester, code or None, at=when) if patient else []
     access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",

@@ -26,7 +26,6 @@ def views_run(
     import json
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from hub.fhir.jsonio import loads
     from hub.trainset.views import run_over_table, run_view
@@ -46,8 +45,18 @@ def views_run(
         if as_of:
             snapshot = int(as_of) if as_of.isdigit() else t.snapshot_by_name(as_of).snapshot_id
         result = run_over_table(t, definition, snapshot)
+    if output and table:  # lakehouse data leaves through the sink: leak-scanned, recorded in a manifest
+        from deid.keys import Keyring
+        from hub.lakehouse.sink import Publication
+
+        with Publication.open(region, Keyring.load(region.key_file), "export") as pub:
+            pub.write_parquet(result, output)
+            pub.commit()
+            pub.finish({"export": str(output), "view": definition.get("name", view.name), "table": table, "as_of": as_of})
+        console.print(f"{result.num_rows} rows written to {output}")
+        return
     if output:
-        pq.write_table(result, output)
+        _write_local(result, output)
         console.print(f"{result.num_rows} rows written to {output}")
         return
     console.print(result.slice(0, limit).to_pandas().to_string() if result.num_rows and _has_pandas() else result.slice(0, limit).to_pylist())
@@ -82,3 +91,10 @@ def views_test(
         console.print(f"[red]FAILED[/] {f}: {name}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _write_local(result, output: Path) -> None:
+    """A view over a local NDJSON file: not lakehouse data, so no publication to record."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(result, output)

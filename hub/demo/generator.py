@@ -23,6 +23,7 @@ from faker import Faker
 from hub.demo import catalog as C
 from hub.demo import vendors
 from hub.identifiers import resident_id_check_char
+from hub.lineage.signing import DEMO_KEY_NAME, DEMO_TRUSTED_NAME, ensure_demo_keys
 
 DEFAULT_SEED = 20261122
 START = dt.datetime(2023, 1, 1)
@@ -468,6 +469,8 @@ def generate_onboarding_sources(workspace: Path, patients: int = 300, seed: int 
 def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED) -> dict[str, dict[str, int]]:
     """Write the demo source databases and region.yaml into workspace; return row counts."""
     workspace = Path(workspace)
+    workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workspace.chmod(0o700)  # the workspace holds identifiable sources, the catalog and keys: its owner's alone
     (workspace / "sources").mkdir(parents=True, exist_ok=True)
     data = build_region(patients, seed)
     counts: dict[str, dict[str, int]] = {}
@@ -488,8 +491,12 @@ def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SE
                 "in published data or logs (the leak scan fails on any of them)",
         "values": [c.name, c.id_number, c.phone, c.address, *mrns],
     }, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    ensure_demo_keys(workspace)  # demo only: in production the signing key lives outside the workspace
+    region["signing_key_file"] = "{workspace}/keys/" + DEMO_KEY_NAME
+    region["trusted_keys_file"] = "{workspace}/keys/" + DEMO_TRUSTED_NAME
     (workspace / "region.yaml").write_text(
         "# Demo region written by `hub demo`. Feed URLs may use {workspace} and ${ENV_VAR}.\n"
+        "# signing_key_file is inside the workspace for the demo only: see docs/lakehouse.md, Tamper evidence.\n"
         + yaml.safe_dump(region, allow_unicode=True, sort_keys=False),
         encoding="utf-8",
     )

@@ -20,6 +20,8 @@ from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import NestedField, StringType, TimestamptzType
 
+from hub.errors import CommandFailed
+
 KEY_COLUMNS = ("id", "institution", "resource_type", "patient", "code", "effective_time")
 LINEAGE_COLUMNS = (
     "source_system", "source_table", "source_key_hash", "run_id",
@@ -59,10 +61,37 @@ ARROW_SCHEMA = pa.schema([
 TABLE_PROPERTIES = {"write.parquet.compression-codec": "zstd", "format-version": "2"}
 
 
+class WarehouseMismatch(CommandFailed):
+    """The catalog's tables live in another warehouse than this workspace's (a copied workspace)."""
+
+
 def open_catalog(catalog_url: str, warehouse: Path) -> Catalog:
-    """The SQL catalog (SQLite file by default, PostgreSQL in production)."""
+    """The SQL catalog (SQLite file by default, PostgreSQL in production).
+
+    Iceberg metadata records absolute file locations. A workspace copied with ``cp -r``
+    keeps a catalog whose tables point into the original's warehouse, so publishing into the
+    copy would write into the original: that is refused here, before anything is read.
+    """
     warehouse.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog("hub", uri=catalog_url, warehouse=warehouse.resolve().as_uri())
+    uri = warehouse.resolve().as_uri()
+    catalog = SqlCatalog("hub", uri=catalog_url, warehouse=uri)
+    _check_warehouse(catalog, uri)
+    return catalog
+
+
+def _check_warehouse(catalog: SqlCatalog, uri: str) -> None:
+    import sqlalchemy as sa
+
+    try:
+        with catalog.engine.connect() as conn:
+            location = conn.execute(sa.text("SELECT metadata_location FROM iceberg_tables WHERE catalog_name = 'hub' LIMIT 1")).scalar()
+    except sa.exc.SQLAlchemyError:
+        return  # no table yet
+    if location and not location.startswith(uri.rstrip("/") + "/"):
+        raise WarehouseMismatch(
+            f"this catalog's tables live in another warehouse ({location.split('/metadata/')[0].rsplit('/', 2)[0]}), "
+            f"not in {uri}: the workspace was probably copied. Publish into the original workspace, or start the copy "
+            "afresh (remove its catalog.db and warehouse/) and publish it again", 2)
 
 
 def table_name(zone: str, resource_type: str) -> str:
@@ -111,6 +140,7 @@ _TIME_PATHS = {
     "MedicationRequest": (("authoredOn",),),
     "ServiceRequest": (("authoredOn",),),
     "Specimen": (("collection", "collectedDateTime"), ("receivedTime",)),
+    "Patient": (("birthDate",),),  # lets a run tell a reused source key from the same person
 }
 
 
@@ -133,6 +163,8 @@ def effective_time(resource: dict, tz: dt.tzinfo) -> dt.datetime | None:
         for step in path:
             node = node.get(step) if isinstance(node, dict) else None
         if isinstance(node, str):
+            if len(node) in (4, 7):  # a year or year-month (partial FHIR dates, e.g. a generalised birth date)
+                node += "-01" * ((10 - len(node)) // 3)
             parsed = dt.datetime.fromisoformat(node)
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
     return None

@@ -11,26 +11,29 @@ they come, so memory stays bounded) and committed together by ``commit()``:
 - on a full pull, rows whose source key no longer exists at the source are deleted
   (``stage_deletions``), and the caller records them as deletions.
 
-Every staged batch is leak-scanned first: rows carrying an identifier are never written.
+Every staged batch is leak-scanned first (by the ``scan`` the publication hands in): rows
+carrying an identifier are never written. A TableWriter is made by the sink
+(``hub.lakehouse.sink.Publication.table_writer``), which also records the manifest.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pyarrow as pa
-from pyiceberg.expressions import And, EqualTo, In
+from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
 from pyiceberg.table import Table, Transaction
 
 from hub.lakehouse.tables import ARROW_SCHEMA
-from hub.leakscan import LeakBlocked, scan_arrow
 
 
 class TableWriter:
     """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
-    def __init__(self, table: Table, institution: str, run_id: str, canaries: frozenset[str] = frozenset(), key_id: str | None = None):
-        self.table, self.institution, self.run_id, self.canaries, self.key_id = table, institution, run_id, canaries, key_id
+    def __init__(self, table: Table, institution: str, run_id: str, scan: Callable[[pa.Table, str], object], key_id: str | None = None):
+        """scan(data, where) raises LeakBlocked when data carries an identifier."""
+        self.table, self.institution, self.run_id, self.scan, self.key_id = table, institution, run_id, scan, key_id
         self._buffer: dict[str, dict] = {}
         self._existing: dict[str, tuple[str, dt.datetime | None, str, str, str]] | None = None
         self._tx: Transaction | None = None
@@ -85,9 +88,7 @@ class TableWriter:
         if not rows:
             return
         data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
-        hits = scan_arrow(data, ".".join(self.table.name()), self.canaries)
-        if hits:
-            raise LeakBlocked(hits)  # nothing of this run is committed
+        self.scan(data, ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         tx = self._transaction()
         if changed:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
@@ -114,6 +115,20 @@ class TableWriter:
                 existing.pop(rid, None)
         return gone
 
+    def stage_rekey(self) -> int:
+        """Stage deletion of the institution's rows made with a key other than this run's.
+
+        For re-pseudonymization: the old-key rows leave in the same commit as the re-keyed
+        rows arrive, so no reader ever sees a person twice or not at all. Returns how many.
+        """
+        existing = self._load_existing()
+        old = [rid for rid, (*_, kid) in existing.items() if kid != self.key_id]
+        if old:
+            self._transaction().delete(And(EqualTo("institution", self.institution), NotEqualTo("key_id", self.key_id)), snapshot_properties=self.props)
+            for rid in old:
+                existing.pop(rid)
+        return len(old)
+
     def commit(self) -> None:
         """Make everything staged in this run visible, atomically."""
         self.flush()
@@ -121,6 +136,15 @@ class TableWriter:
             return
         self._tx.commit_transaction()
         self._tx = None
-        snap = self.table.current_snapshot()
-        if snap is not None:
-            self.snapshot_ids.append(snap.snapshot_id)
+        self.snapshot_ids += committed_snapshots(self.table, self.run_id)
+
+
+def committed_snapshots(table: Table, run_id: str) -> list[int]:
+    """Ids of the snapshots the commit just made (oldest first): the current snapshot and its
+    ancestors while they carry run_id (one transaction commits a delete and an append as two)."""
+    out: list[int] = []
+    snap = table.current_snapshot()
+    while snap is not None and (snap.summary.additional_properties if snap.summary else {}).get("hub.run-id") == run_id:
+        out.append(snap.snapshot_id)
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return out[::-1]

@@ -1,11 +1,36 @@
-"""Tamper-evident history: a hash chain of signed publication manifests.
+"""Tamper-evident history: a hash chain of signed publication manifests, checked against the live tables.
 
-After each successful publication, a manifest records what it wrote: for every table, the
-snapshots the run committed and every data file they added, with its SHA-256, size and row
-count, plus the run's lineage summary. Each manifest carries the hash of the previous one
-and is signed with Ed25519 (a key derived from the master key). ``verify`` re-hashes the
-chain and every recorded data file, checks every signature, and names the manifest and
-file of each break.
+Each publication (an institution run, a research release, any sink's output) appends one
+manifest to ``hub_manifests``. For every Iceberg table it committed to, the manifest
+records each snapshot the publication made (its id, its parent, and the data files that
+snapshot added and removed, as seen by a reader) and every added file's SHA-256, size and
+row count; plus plain files written outside Iceberg, and a summary. Each manifest carries
+the hash of the previous one and an Ed25519 signature by the region's signing key
+(``hub.lineage.signing``), which is not derived from the master key and whose private half
+can live outside the workspace.
+
+``verify`` checks the chain (hashes, links, signatures against the *trusted* public keys,
+optionally the head against one the operator recorded) and then the live state of every
+table in the Iceberg catalog against it:
+
+- every snapshot in a table's history is recorded by a manifest (a commit made outside a
+  publication, or a delete of rows, is a break), with the same parent;
+- every snapshot the chain records is still in the table's current history (a rollback,
+  an older metadata file put back, or a truncated history is a break);
+- the live data files of the current snapshot are exactly those the chain says are live:
+  the recorded snapshots' added minus removed files, folded along the parent links (an
+  ``add_files`` injection or a file taken out by editing metadata is a break);
+- every recorded file still has its recorded SHA-256.
+
+Manifests may be appended in another order than their commits (runs of different
+institutions commit to the same tables concurrently): the check follows parent links, not
+the order of the chain, so that raises no alarm. A snapshot committed by a run that died
+before its manifest is a break until an operator reviews it and adopts it with a signed
+manifest (``adopt``, ``hub audit adopt``); a check that runs while others publish may ask for
+snapshots labelled with a run still marked running to be reported as in flight instead.
+Snapshots a publication rolled back itself are recorded as withdrawn. Data files no
+snapshot references (a run that died before it committed) are reported as orphans: nobody
+reads them.
 """
 
 from __future__ import annotations
@@ -13,38 +38,36 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
-from deid.keys import Keyring, MasterKeyError, keyring_for
 from hub.lineage.catalog import metadata
+from hub.lineage.signing import Signer, TrustedKeys, key_id_of
 
 manifests = sa.Table(
     "hub_manifests", metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("run_id", sa.String(80), nullable=False, index=True),
-    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),  # id of the signing key (signing.key_id_of)
     sa.Column("body", sa.Text, nullable=False),  # canonical JSON, includes prev_hash
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(128), nullable=False),
-    sa.Column("public_key", sa.String(64), nullable=False),
+    sa.Column("public_key", sa.String(64), nullable=False),  # as claimed by the writer; verify never trusts it
 )
 GENESIS = "0" * 64
-
-
-def signing_key(keys: Keyring) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(keys.key("manifest-signing"))
-
-
-def _public_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+FORMAT = 2
+#: A run marked running for longer than this no longer makes its snapshots "in flight".
+IN_FLIGHT_FOR = dt.timedelta(hours=24)
+_APPEND_TRIES = 20
 
 
 def _canonical(body: dict) -> str:
@@ -64,94 +87,455 @@ def local_path(uri: str) -> Path:
     return Path(parsed.path) if parsed.scheme in ("file", "") else Path(uri)
 
 
-def run_files(table, run_id: str) -> tuple[list[int], list[dict]]:
-    """Snapshots a run committed to a table (by the hub.run-id property) and the data files they added."""
-    snaps = [s for s in table.snapshots() if (s.summary.additional_properties if s.summary else {}).get("hub.run-id") == run_id]
-    ids = {s.snapshot_id for s in snaps}
-    files = []
-    for s in snaps:
-        for mf in s.manifests(table.io):
-            for entry in mf.fetch_manifest_entry(table.io, discard_deleted=True):
-                if entry.snapshot_id in ids and entry.status.name == "ADDED":
-                    path = local_path(entry.data_file.file_path)
-                    files.append({"path": entry.data_file.file_path, "sha256": file_sha256(path),
-                                  "bytes": entry.data_file.file_size_in_bytes, "rows": entry.data_file.record_count})
-    unique = {f["path"]: f for f in files}
-    return sorted(ids), [unique[p] for p in sorted(unique)]
+class _Files:
+    """Reads a table's manifest files once each: the live files of any snapshot, as a reader sees them."""
+
+    def __init__(self, table: Table):
+        self.table = table
+        self._entries: dict[str, list[tuple[str, bool, str, int, int]]] = {}
+
+    def _manifest(self, mf) -> list[tuple[str, bool, str, int, int]]:
+        """(path, live, content, bytes, rows) of every entry of one manifest file."""
+        got = self._entries.get(mf.manifest_path)
+        if got is None:
+            got = self._entries[mf.manifest_path] = [
+                (e.data_file.file_path, e.status.name != "DELETED", e.data_file.content.name.lower(),
+                 e.data_file.file_size_in_bytes, e.data_file.record_count)
+                for e in mf.fetch_manifest_entry(self.table.io, discard_deleted=False)
+            ]
+        return got
+
+    def live(self, snapshot: Snapshot | None) -> dict[str, tuple[str, int, int]]:
+        """path -> (content, bytes, rows) of the files a reader of snapshot reads (data and delete files)."""
+        if snapshot is None:
+            return {}
+        return {p: (c, b, r) for mf in snapshot.manifests(self.table.io) for p, live, c, b, r in self._manifest(mf) if live}
+
+    def referenced(self, snapshot: Snapshot) -> set[str]:
+        """Every file path any manifest of snapshot mentions, live or deleted."""
+        return {p for mf in snapshot.manifests(self.table.io) for p, *_ in self._manifest(mf)}
 
 
-def append(engine: sa.Engine, keys: Keyring, run_id: str, tables: dict[str, object], summary: dict) -> tuple[int, str]:
-    """Append a signed manifest for what run_id wrote to tables ({name: pyiceberg Table}). Returns (seq, hash)."""
+def _delta(files: _Files, snapshot: Snapshot) -> tuple[dict[str, tuple[str, int, int]], list[str]]:
+    """(added files with details, removed paths) of snapshot against its parent, as a reader sees them."""
+    now = files.live(snapshot)
+    parent = files.table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id is not None else None
+    before = files.live(parent)
+    return {p: now[p] for p in sorted(now.keys() - before.keys())}, sorted(before.keys() - now.keys())
+
+
+def _props(snapshot: Snapshot) -> dict[str, str]:
+    return snapshot.summary.additional_properties if snapshot.summary else {}
+
+
+def _operation(snapshot: Snapshot) -> str:
+    return snapshot.summary.operation.value if snapshot.summary else ""
+
+
+def _ancestry(table: Table) -> dict[int, Snapshot]:
+    """The current snapshot and its ancestors, by id (oldest first)."""
+    live = {s.snapshot_id: s for s in table.snapshots()}
+    chain: dict[int, Snapshot] = {}
+    node = table.current_snapshot()
+    while node is not None and node.snapshot_id not in chain:  # a cycle only in hand-edited metadata
+        chain[node.snapshot_id] = node
+        node = live.get(node.parent_snapshot_id)
+    return dict(reversed(chain.items()))
+
+
+def _record_table(table: Table, snapshots: list[Snapshot]) -> dict:
+    """A manifest's entry for one table: each snapshot's parent and delta, each added file's hash."""
+    files = _Files(table)
+    current = _ancestry(table)
+    out_snaps, out_files = [], {}
+    for s in sorted(snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms)):
+        added, removed = _delta(files, s)
+        out_snaps.append({"id": s.snapshot_id, "parent": s.parent_snapshot_id, "operation": _operation(s),
+                          "added": list(added), "removed": removed})
+        if s.snapshot_id not in current:  # the publication rolled it back itself (e.g. a release that failed its recount)
+            out_snaps[-1]["withdrawn"] = True
+        for path, (content, size, rows) in added.items():
+            entry = {"path": path, "sha256": file_sha256(local_path(path)), "bytes": size, "rows": rows}
+            if content != "data":
+                entry["content"] = content
+            out_files[path] = entry
+    return {"snapshots": out_snaps, "files": [out_files[p] for p in sorted(out_files)]}
+
+
+def _recorded_by_run(engine: sa.Engine, run_id: str) -> dict[str, set[int]]:
+    """Snapshot ids per table already recorded by earlier manifests of run_id (a second append records only new ones)."""
+    out: dict[str, set[int]] = {}
+    with engine.connect() as conn:
+        for (body,) in conn.execute(sa.select(manifests.c.body).where(manifests.c.run_id == run_id)):
+            for name, entry in json.loads(body).get("tables", {}).items():
+                out.setdefault(name, set()).update(s["id"] for s in entry.get("snapshots", []))
+    return out
+
+
+def _file_entries(files: Iterable[dict] | None) -> list[dict]:
+    out = []
+    for f in files or ():
+        missing = {"path", "sha256", "bytes"} - f.keys()
+        if missing:
+            raise ValueError(f"file entry for the manifest lacks {', '.join(sorted(missing))}: {f.get('path', '?')}")
+        out.append({k: f[k] for k in ("path", "sha256", "bytes", "rows") if k in f})
+    return sorted(out, key=lambda f: f["path"])
+
+
+def append(engine: sa.Engine, signer: Signer, run_id: str, tables: dict[str, Table], summary: dict,
+           files: Iterable[dict] | None = None, *, snapshots: dict[str, Iterable[int]] | None = None) -> tuple[int, str]:
+    """Append a signed manifest for what run_id committed to tables ({name: pyiceberg Table}); returns (seq, hash).
+
+    The run's snapshots are found by their ``hub.run-id`` property, or given exactly by
+    snapshots ({name: ids}, what the run's own commits created: prefer it, so a snapshot
+    someone else labelled with the run id is never recorded). files: plain files written
+    outside Iceberg, as {path, sha256, bytes, rows} (verify re-hashes them).
+    """
+    done = _recorded_by_run(engine, run_id)
     content = {}
     for name, table in sorted(tables.items()):
-        snapshot_ids, files = run_files(table, run_id)
-        if snapshot_ids:
-            content[name] = {"snapshot_ids": snapshot_ids, "files": files}
-    key = signing_key(keys)
-    with engine.begin() as conn:
-        last = conn.execute(sa.select(manifests.c.seq, manifests.c.hash).order_by(manifests.c.seq.desc()).limit(1)).first()
-        seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
-        body = {"seq": seq, "prev_hash": prev, "created_at": dt.datetime.now(dt.UTC).isoformat(), "run_id": run_id,
-                "key_id": keys.key_id, "tables": content, "summary": summary}
-        text = _canonical(body)
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        conn.execute(manifests.insert().values(
-            seq=seq, created_at=dt.datetime.now(dt.UTC), run_id=run_id, key_id=keys.key_id, body=text, hash=digest,
-            signature=key.sign(bytes.fromhex(digest)).hex(), public_key=_public_hex(key),
-        ))
-    return seq, digest
+        if snapshots is not None:
+            wanted = set(snapshots.get(name, ()))
+            snaps = [s for s in table.snapshots() if s.snapshot_id in wanted]
+            if len(snaps) != len(wanted):
+                raise ValueError(f"{name}: snapshot(s) {sorted(wanted - {s.snapshot_id for s in snaps})} are not in the table")
+        else:
+            snaps = [s for s in table.snapshots() if _props(s).get("hub.run-id") == run_id]
+        snaps = [s for s in snaps if s.snapshot_id not in done.get(name, set())]
+        if snaps:
+            content[name] = _record_table(table, snaps)
+    return _append(engine, signer, run_id, {"tables": content, "files": _file_entries(files), "summary": summary})
+
+
+def adopt(engine: sa.Engine, signer: Signer, table: Table, snapshot_ids: list[int], reason: str) -> tuple[int, str]:
+    """Record snapshots no manifest accounts for (a run died between its commit and its manifest), after review.
+
+    The manifest says they were adopted and why; verify lists adopted snapshots in its notes.
+    """
+    name = ".".join(table.name())
+    with engine.connect() as conn:
+        bodies = [json.loads(b) for (b,) in conn.execute(sa.select(manifests.c.body))]
+    done = {s["id"] for b in bodies for s in b.get("tables", {}).get(name, {}).get("snapshots", [])}
+    if done & set(snapshot_ids):
+        raise ValueError(f"{name}: snapshot(s) {sorted(done & set(snapshot_ids))} are already recorded by a manifest")
+    snaps = [s for s in table.snapshots() if s.snapshot_id in set(snapshot_ids)]
+    if len(snaps) != len(set(snapshot_ids)):
+        raise ValueError(f"{name}: snapshot(s) {sorted(set(snapshot_ids) - {s.snapshot_id for s in snaps})} are not in the table")
+    adopt_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-adopt"
+    return _append(engine, signer, adopt_id, {"tables": {name: _record_table(table, snaps)}, "files": [],
+                                              "summary": {"adopted": reason}, "adopted": True})
+
+
+def _append(engine: sa.Engine, signer: Signer, run_id: str, content: dict) -> tuple[int, str]:
+    for attempt in range(_APPEND_TRIES):
+        try:
+            with engine.begin() as conn:
+                last = conn.execute(sa.select(manifests.c.seq, manifests.c.hash).order_by(manifests.c.seq.desc()).limit(1)).first()
+                seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
+                now = dt.datetime.now(dt.UTC)
+                body = {"format": FORMAT, "seq": seq, "prev_hash": prev, "created_at": now.isoformat(), "run_id": run_id,
+                        "signer": signer.key_id, **content}
+                digest = hashlib.sha256(_canonical(body).encode()).hexdigest()
+                conn.execute(manifests.insert().values(
+                    seq=seq, created_at=now, run_id=run_id, key_id=signer.key_id, body=_canonical(body), hash=digest,
+                    signature=signer.sign(digest), public_key=signer.public_hex,
+                ))
+            return seq, digest
+        except sa.exc.IntegrityError:  # another publication took this seq: link to it instead
+            if attempt == _APPEND_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def head(engine: sa.Engine) -> tuple[int, str] | None:
+    """(seq, hash) of the newest manifest: record it somewhere the workspace's writers cannot reach."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(manifests.c.seq, manifests.c.hash).order_by(manifests.c.seq.desc()).limit(1)).first()
+    return (row.seq, row.hash) if row else None
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """'SEQ:HASH' as printed by verify (and in run reports) -> (seq, hash)."""
+    seq, sep, digest = text.strip().partition(":")
+    if not sep or not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+        raise ValueError(f"--expect-head {text!r}: expected SEQ:HASH, e.g. 42:{'0' * 64}")
+    return int(seq), digest.lower()
 
 
 @dataclass
 class VerifyReport:
     manifests: int = 0
-    files: int = 0
+    tables: int = 0
+    snapshots: int = 0  # snapshots checked against the chain
+    files: int = 0  # files re-hashed
+    head: tuple[int, str] | None = None
     breaks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not breaks, but the operator should know
+    orphans: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.breaks
 
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "manifests": self.manifests, "tables": self.tables, "snapshots": self.snapshots,
+                "files_rehashed": self.files, "head": f"{self.head[0]}:{self.head[1]}" if self.head else None,
+                "breaks": self.breaks, "notes": self.notes, "orphans": self.orphans}
 
-def verify(engine: sa.Engine, keys: Keyring, key_file: Path | None = None, last: int | None = None) -> VerifyReport:
-    """Re-check the chain (hashes, links, signatures by known keys) and every recorded data file."""
-    report = VerifyReport()
-    with engine.connect() as conn:
-        rows = list(conn.execute(sa.select(manifests).order_by(manifests.c.seq)))
+
+@dataclass
+class _Recorded:
+    seq: int
+    run_id: str
+    snapshot: dict
+    adopted: bool
+
+
+def _check_chain(rows, trusted: TrustedKeys, report: VerifyReport) -> list[tuple[object, dict]]:
+    """Hashes, links, sequence numbers and signatures; returns (row, body) of every readable manifest."""
+    out = []
     prev = GENESIS
-    check_from = rows[-last].seq if last and len(rows) >= last else 0
     for row in rows:
         report.manifests += 1
         where = f"manifest {row.seq} (run {row.run_id})"
-        digest = hashlib.sha256(row.body.encode()).hexdigest()
-        if digest != row.hash:
+        if hashlib.sha256(row.body.encode()).hexdigest() != row.hash:
             report.breaks.append(f"{where}: content does not match its hash (edited after signing)")
-        body = json.loads(row.body)
+        try:
+            body = json.loads(row.body)
+        except ValueError:
+            report.breaks.append(f"{where}: content is not JSON (edited)")
+            prev = row.hash
+            continue
         if body.get("prev_hash") != prev:
             report.breaks.append(f"{where}: does not link to manifest {row.seq - 1} (chain broken)")
         if body.get("seq") != row.seq:
             report.breaks.append(f"{where}: sequence number altered")
         prev = row.hash
-        try:
-            expected = _public_hex(signing_key(keyring_for(key_file, row.key_id) if row.key_id != keys.key_id else keys))
-        except MasterKeyError:
-            report.breaks.append(f"{where}: signed with key {row.key_id}, which this hub does not hold")
-            expected = None
-        if expected is not None:
-            if row.public_key != expected:
-                report.breaks.append(f"{where}: signed by a key that is not the hub's key {row.key_id}")
-            try:
-                Ed25519PublicKey.from_public_bytes(bytes.fromhex(row.public_key)).verify(bytes.fromhex(row.signature), bytes.fromhex(row.hash))
-            except (InvalidSignature, ValueError):
-                report.breaks.append(f"{where}: signature does not verify")
-        if row.seq < check_from:
+        if not any(k.verifies(row.signature, row.hash) for k in trusted.for_seq(row.seq)):
+            other = [k for k in trusted.keys if k.verifies(row.signature, row.hash)]
+            claimed = key_id_of(row.public_key) if len(row.public_key) == 64 else "?"
+            if other:
+                report.breaks.append(f"{where}: signed by key {other[0].key_id}, which is trusted only for manifests "
+                                     f"{other[0].from_seq}..{other[0].until_seq or ''} ({other[0].where})")
+            else:
+                report.breaks.append(f"{where}: signature does not verify under any trusted key (it claims key {claimed}; "
+                                     f"trusted keys from {trusted.source})")
+        if body.get("format") != FORMAT:
+            report.breaks.append(f"{where}: written in an older format that records no table state; it cannot vouch for the tables")
             continue
-        for table, entry in body.get("tables", {}).items():
+        out.append((row, body))
+    return out
+
+
+def _in_flight_runs(engine: sa.Engine) -> dict[str, str]:
+    """run id -> institution of runs still running (started within IN_FLIGHT_FOR)."""
+    from hub.lineage.catalog import runs
+
+    since = dt.datetime.now(dt.UTC) - IN_FLIGHT_FOR
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(runs.c.run_id, runs.c.institution, runs.c.started_at).where(runs.c.status == "running"))
+        return {r.run_id: r.institution for r in rows
+                if (r.started_at if r.started_at.tzinfo else r.started_at.replace(tzinfo=dt.UTC)) >= since}
+
+
+def _run_status(engine: sa.Engine, run_id: str | None) -> str | None:
+    from hub.lineage.catalog import runs
+
+    if not run_id:
+        return None
+    with engine.connect() as conn:
+        return conn.execute(sa.select(runs.c.status).where(runs.c.run_id == run_id)).scalar_one_or_none()
+
+
+def _all_tables(icat: Catalog) -> list[str]:
+    names = []
+    for ns in icat.list_namespaces():
+        names.extend(".".join(t) for t in icat.list_tables(ns))
+    return sorted(names)
+
+
+def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse: Path | None = None,
+           last: int | None = None, expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False) -> VerifyReport:
+    """Check the chain against the trusted keys, and every table's live state against the chain.
+
+    last: re-hash the files (and compare the historical snapshots' contents) of only the
+    last N manifests; the chain, every snapshot's accounting and the current snapshot's
+    live files are always checked in full. expect_head: (seq, hash) the operator recorded
+    earlier; the chain must still hold it. warehouse: where to look for orphan data files.
+    in_flight_ok: a snapshot labelled with a run still marked running (started within
+    IN_FLIGHT_FOR) is a note, not a break; for checks that run while other institutions
+    publish. Off by default: a run killed after its commit is also still "running".
+    """
+    report = VerifyReport()
+    with engine.connect() as conn:
+        rows = list(conn.execute(sa.select(manifests).order_by(manifests.c.seq)))
+    bodies = _check_chain(rows, trusted, report)
+    report.head = (rows[-1].seq, rows[-1].hash) if rows else None
+    if trusted.in_workspace:
+        report.notes.append(f"trusted keys were read from {trusted.source}, inside the workspace: whoever can write the "
+                            "workspace could have replaced them; verify with --trusted-keys pointing to a copy kept elsewhere")
+    if expect_head is not None:
+        seq, digest = expect_head
+        at = next((r for r in rows if r.seq == seq), None)
+        if at is None:
+            report.breaks.append(f"manifest {seq}, the head you recorded, is gone: the chain ends at "
+                                 f"{report.head[0] if report.head else 'nothing'} (truncated)")
+        elif at.hash != digest:
+            report.breaks.append(f"manifest {seq} has hash {at.hash}, not the {digest} you recorded (history rewritten)")
+    check_from = rows[-last].seq if last and len(rows) >= last else 0
+
+    recorded: dict[str, dict[int, _Recorded]] = {}
+    recorded_files: dict[str, dict[str, tuple[int, str, dict]]] = {}
+    plain_files: list[tuple[int, str, dict]] = []
+    for row, body in bodies:
+        where = f"manifest {row.seq} (run {row.run_id})"
+        for name, entry in body.get("tables", {}).items():
+            mine = recorded.setdefault(name, {})
+            for snap in entry.get("snapshots", []):
+                seen = mine.get(snap["id"])
+                if seen is None:
+                    mine[snap["id"]] = _Recorded(row.seq, row.run_id, snap, bool(body.get("adopted")))
+                elif seen.snapshot != snap:
+                    report.breaks.append(f"{where}: {name} snapshot {snap['id']} recorded differently by manifest {seen.seq}")
             for f in entry.get("files", []):
-                report.files += 1
-                path = local_path(f["path"])
-                if not path.exists():
-                    report.breaks.append(f"{where}: {table} data file missing: {path}")
-                elif file_sha256(path) != f["sha256"]:
-                    report.breaks.append(f"{where}: {table} data file altered: {path}")
+                recorded_files.setdefault(name, {}).setdefault(f["path"], (row.seq, row.run_id, f))
+        plain_files.extend((row.seq, row.run_id, f) for f in body.get("files", []))
+
+    in_flight = _in_flight_runs(engine) if in_flight_ok else {}
+    referenced: set[str] = set()
+    names = sorted(set(_all_tables(icat)) | set(recorded))
+    for name in names:
+        _check_table(engine, icat, name, recorded.get(name, {}), recorded_files.get(name, {}), check_from,
+                     in_flight, referenced, report)
+
+    hashed: set[str] = set()
+    for name, by_path in recorded_files.items():
+        for path, (seq, run_id, f) in by_path.items():
+            if seq >= check_from:
+                _rehash(f"manifest {seq} (run {run_id}): {name} data file", path, f["sha256"], hashed, report)
+    for seq, run_id, f in plain_files:
+        if seq >= check_from:
+            _rehash(f"manifest {seq} (run {run_id}): file", f["path"], f["sha256"], hashed, report)
+    if warehouse is not None and warehouse.exists():
+        known = referenced | {p for by_path in recorded_files.values() for p in by_path}
+        known_paths = {str(local_path(p).resolve()) for p in known}
+        report.orphans = sorted(str(p) for p in warehouse.resolve().rglob("*.parquet") if str(p) not in known_paths)
+        if report.orphans:
+            report.notes.append(f"{len(report.orphans)} data file(s) under the warehouse belong to no snapshot: written by a "
+                                "publication that died before it committed; no reader sees them (not a break)")
+    return report
+
+
+def _rehash(what: str, path: str, sha256: str, hashed: set[str], report: VerifyReport) -> None:
+    if path in hashed:
+        return
+    hashed.add(path)
+    report.files += 1
+    local = local_path(path)
+    if not local.exists():
+        report.breaks.append(f"{what} missing: {local}")
+    elif file_sha256(local) != sha256:
+        report.breaks.append(f"{what} altered: {local}")
+
+
+def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int, _Recorded],
+                 recorded_files: dict[str, tuple[int, str, dict]], check_from: int, in_flight: dict[str, str],
+                 referenced: set[str], report: VerifyReport) -> None:
+    """Compare one table's live history and current files with what the chain records for it."""
+    try:
+        table = icat.load_table(name)
+    except NoSuchTableError:
+        first = min(r.seq for r in recorded.values())
+        report.breaks.append(f"{name}: recorded by manifest {first} but no longer in the catalog (dropped)")
+        return
+    report.tables += 1
+    files = _Files(table)
+    live = {s.snapshot_id: s for s in table.snapshots()}
+    for s in live.values():
+        referenced.update(files.referenced(s))
+    current = table.current_snapshot()
+    on_path = _ancestry(table)
+    ancestry = list(on_path.values())
+
+    for sid, s in sorted(live.items(), key=lambda kv: kv[1].timestamp_ms):
+        report.snapshots += 1
+        rec = recorded.get(sid)
+        if rec is None:
+            added, removed = _delta(files, s)
+            claimed = _props(s).get("hub.run-id")
+            what = (f"{name}: snapshot {sid} ({_operation(s)}, {len(added)} file(s) added, {len(removed)} removed, "
+                    f"labelled run {claimed or 'none'})")
+            if claimed in in_flight:
+                report.notes.append(f"{what} is in flight: its run is still running and will record it")
+                continue
+            status = _run_status(engine, claimed)
+            cause = {"running": "its run is still marked running (in flight, or killed after its commit)",
+                     "failed": "its run failed after its commit, before writing its manifest"}.get(status, "committed outside any publication")
+            report.breaks.append(f"{what} is in no manifest: {cause}; review it, then `hub audit adopt {name} {sid}` "
+                                 "if it is legitimate")
+            continue
+        if rec.adopted:
+            report.notes.append(f"{name}: snapshot {sid} was adopted by manifest {rec.seq}")
+        if rec.snapshot.get("parent") != s.parent_snapshot_id:
+            report.breaks.append(f"{name}: snapshot {sid} has parent {s.parent_snapshot_id} in the table but "
+                                 f"{rec.snapshot.get('parent')} in manifest {rec.seq} (history rewritten)")
+        if rec.snapshot.get("withdrawn"):
+            if sid in on_path:
+                report.breaks.append(f"{name}: snapshot {sid}, withdrawn by its publication (manifest {rec.seq}), is in the "
+                                     "current history again (rolled forward outside a publication)")
+        elif sid not in on_path:
+            report.breaks.append(f"{name}: snapshot {sid} (manifest {rec.seq}) is not in the current history: readers see "
+                                 f"snapshot {current.snapshot_id if current else 'none'} (rolled back, or history rewritten)")
+    for sid, rec in sorted(recorded.items(), key=lambda kv: kv[1].seq):
+        if sid not in live:
+            report.breaks.append(f"{name}: snapshot {sid}, recorded by manifest {rec.seq}, is missing from the table's history "
+                                 "(catalog rolled back to older metadata, or metadata edited)")
+
+    # What the chain says is live, folded along the current history (unrecorded snapshots, already
+    # reported, contribute what the table says they did, so one break is not reported twice).
+    state: dict[str, int | None] = {}
+    for s in ancestry:
+        rec = recorded.get(s.snapshot_id)
+        if rec is None:
+            added, removed = _delta(files, s)
+            for p in removed:
+                state.pop(p, None)
+            state.update(dict.fromkeys(added))
+        else:
+            for p in rec.snapshot.get("removed", []):
+                state.pop(p, None)
+            state.update(dict.fromkeys(rec.snapshot.get("added", []), rec.seq))
+        if s is ancestry[-1] or (rec is not None and rec.seq >= check_from):
+            _compare(name, s, files.live(s), state, recorded_files, report)
+
+
+def _compare(name: str, snapshot: Snapshot, live: dict, expected: dict[str, int | None],
+             recorded_files: dict[str, tuple[int, str, dict]], report: VerifyReport) -> None:
+    sid = snapshot.snapshot_id
+    for p in sorted(live.keys() - expected.keys()):
+        report.breaks.append(f"{name}: snapshot {sid} reads data file {local_path(p)}, which no manifest records "
+                             "(added outside a publication, e.g. add_files, or metadata edited)")
+    for p in sorted(expected.keys() - live.keys()):
+        seq = expected[p] if expected[p] is not None else recorded_files.get(p, (None,))[0]
+        report.breaks.append(f"{name}: snapshot {sid} no longer reads data file {local_path(p)}, which manifest {seq} "
+                             "records as live (removed outside a publication, or metadata edited)")
+
+
+def verify_region(region, trusted: TrustedKeys | None = None, *, last: int | None = None,
+                  expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False) -> VerifyReport:
+    """verify for a region: its catalogs and warehouse; trusted keys from its configuration unless given."""
+    import os
+
+    from hub.lakehouse.tables import open_catalog
+    from hub.lineage.catalog import connect
+    from hub.lineage.signing import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, trusted_for
+
+    trusted = trusted if trusted is not None else trusted_for(region)
+    report = verify(connect(region.catalog_url), trusted, open_catalog(region.catalog_url, region.warehouse),
+                    warehouse=region.warehouse, last=last, expect_head=expect_head, in_flight_ok=in_flight_ok)
+    key_file = region.signing_key_file
+    if (key_file is not None and not os.environ.get(ENV_SIGNING_KEY) and not os.environ.get(ENV_SIGNING_KEY_FILE)
+            and key_file.resolve().is_relative_to(region.workspace.resolve())):
+        report.notes.append(f"the private signing key {key_file} is inside the workspace (demo set-up): whoever can write "
+                            "the workspace can sign a rewritten history; keep it elsewhere (docs/lakehouse.md)")
     return report

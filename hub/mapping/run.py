@@ -31,13 +31,14 @@ def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = 
     """The SELECT that feeds a compiled block: its columns, joins and key order.
 
     With incremental and a watermark on the block, only rows past ``since`` (all rows when
-    since is None), in watermark order.
+    since is None), in watermark order. Rows the block's ``where`` excludes are never read.
     """
     block = compiled.block
     wm = (block.watermark.column, block.watermark.kind, since) if incremental and block.watermark else None
     return build_select(
         schema, block.table, block.joins, compiled.columns, block.key,
         str(compiled.mapping.path), block.line, since=wm, unpivot=block.unpivot,
+        query=block.query, where=block.where, occurrence=block.occurrence,
     )
 
 

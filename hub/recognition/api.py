@@ -3,11 +3,16 @@
 ``GET /fhir/Observation`` and ``GET /fhir/DiagnosticReport`` with
 ``patient.identifier=<system>|<value>``, optional ``code=<system>|<code>`` (comma-separated),
 ``date=ge<date>`` and ``requester=<institution id>``; a searchset Bundle whose entries carry
-the verdict in ``meta.tag`` and in an extension. Each institution has its own bearer token
-and may query only as itself. Errors are OperationOutcomes. ``POST /fhir/recognition-decision``
-records a doctor's accept or re-test decision. Every query and decision goes to the access
-log; the patient identifier is turned into a pseudonym and never stored or logged (the
-server runs without uvicorn's access log, which would print query strings).
+the verdict in ``meta.tag`` and in an extension. ``POST /fhir/recognition-decision``
+records a doctor's accept or re-test decision on a result the index holds.
+
+Least privilege: each institution has its own bearer token and may query only as itself,
+only by a valid resident ID number or by an MRN of its own; anything else is refused with
+an OperationOutcome (400, 401, 403, 404). Tokens are read from the token file whenever it
+changes, so issuing and revoking take effect on a running server. Every query, decision
+and refusal goes to the access log; the patient identifier is turned into a pseudonym and
+never stored or logged (the server runs without uvicorn's access log, which would print
+query strings, and request validation errors are answered without echoing the input).
 """
 
 from __future__ import annotations
@@ -15,11 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
+import secrets
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
 import yaml
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -28,12 +37,22 @@ from hub.lineage import access
 from hub.lineage import catalog as runcat
 from hub.recognition.catalog import Catalog
 from hub.recognition.index import decisions
-from hub.recognition.query import VERDICTS, UnknownIdentifier, patient_for, query
+from hub.recognition.query import (
+    ID_CARD_SYSTEMS,
+    RESOURCE_TYPES,
+    VERDICTS,
+    IdentifierRefused,
+    mrn_system,
+    patient_for,
+    query,
+    result_exists,
+)
 from hub.region import Region
 
 FHIR_JSON = "application/fhir+json"
 VERDICT_SYSTEM = "urn:hub:recognition-verdict"
 EXTENSION_URL = "urn:hub:ext:recognition"
+ANONYMOUS = "(no valid token)"
 log = logging.getLogger("hub.recognition")
 
 
@@ -45,28 +64,84 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def load_tokens(region: Region) -> dict[str, str]:
-    """sha256(token) -> institution id; tokens themselves are never stored."""
-    path = token_file(region)
+def _read_tokens(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return {h: inst for inst, h in (doc.get("institutions") or {}).items()}
 
 
+def load_tokens(region: Region) -> dict[str, str]:
+    """sha256(token) -> institution id; tokens themselves are never stored."""
+    return _read_tokens(token_file(region))
+
+
+class TokenStore:
+    """The token file as the server sees it: re-read whenever it changes.
+
+    Each lookup compares the file's (mtime, size, inode) with the last read, one ``stat``
+    per request, so a token issued or revoked with ``hub recognition token`` counts from
+    the next request without restarting the server. The file is replaced atomically, so a
+    reader never sees half a file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _current(self) -> dict[str, str]:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                self._tokens = _read_tokens(self.path) if stamp else {}
+                self._stamp = stamp
+            return self._tokens
+
+    def institution(self, token: str) -> str | None:
+        return self._current().get(token_hash(token))
+
+
+def _write_tokens(path: Path, doc: dict) -> None:
+    """Replace the token file atomically, readable by its owner only."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("# sha256 of each institution's recognition API token (issued by `hub recognition token`)\n" + yaml.safe_dump(doc))
+    os.replace(tmp, path)
+
+
+def _token_doc(path: Path) -> dict:
+    doc = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+    doc.setdefault("institutions", {})
+    doc["institutions"] = doc["institutions"] or {}
+    return doc
+
+
 def issue_token(region: Region, institution: str) -> str:
     """A new bearer token for an institution (replacing its old one); only its hash is kept."""
-    import secrets
-
     region.institution(institution)
     path = token_file(region)
-    doc = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {"institutions": {}}
+    doc = _token_doc(path)
     token = secrets.token_urlsafe(32)
     doc["institutions"][institution] = token_hash(token)
-    path.write_text("# sha256 of each institution's recognition API token (issued by `hub recognition token`)\n"
-                    + yaml.safe_dump(doc), encoding="utf-8")
-    path.chmod(0o600)
+    _write_tokens(path, doc)
     return token
+
+
+def revoke_token(region: Region, institution: str) -> bool:
+    """Remove an institution's token; True when it had one. A running server refuses it at once."""
+    path = token_file(region)
+    doc = _token_doc(path)
+    if doc["institutions"].pop(institution, None) is None:
+        return False
+    _write_tokens(path, doc)
+    return True
 
 
 def outcome(status: int, code: str, text: str) -> JSONResponse:
@@ -81,47 +156,69 @@ class Decision(BaseModel):
 
 
 def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog, tokens: dict[str, str] | None = None) -> FastAPI:
+    """The API over an index. Without ``tokens``, the region's token file is followed live."""
     app = FastAPI(title="hub recognition API", version="1", description=__doc__)
     audit = runcat.connect(region.catalog_url)
-    tokens = load_tokens(region) if tokens is None else tokens
+    store = TokenStore(token_file(region)) if tokens is None else None
 
-    def caller(request: Request) -> str | JSONResponse:
+    def refuse(status: int, code: str, text: str, who: str, action: str, what: dict) -> JSONResponse:
+        """Answer with an OperationOutcome and write the refusal to the access log (never an identifier)."""
+        access.record(audit, action, "recognition", {**what, "status": status}, "refused", who=who)
+        log.info("recognition %s refused (%s) for %s", action.removeprefix("recognition-"), status, who)
+        return outcome(status, code, text)
+
+    def token_owner(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
-            return outcome(401, "login", "missing bearer token")
-        inst = tokens.get(token_hash(auth[7:].strip()))
+            return None
+        token = auth[7:].strip()
+        return store.institution(token) if store is not None else tokens.get(token_hash(token))
+
+    def caller(request: Request, action: str) -> str | JSONResponse:
+        if not request.headers.get("authorization", "").lower().startswith("bearer "):
+            return refuse(401, "login", "missing bearer token", ANONYMOUS, action, {"refused": "no bearer token"})
+        inst = token_owner(request)
         if inst is None:
-            return outcome(401, "login", "unknown or revoked token")
+            return refuse(401, "login", "unknown or revoked token", ANONYMOUS, action, {"refused": "unknown or revoked token"})
         return inst
 
+    # institutions and identifier systems named in the access log; other caller text is not logged
+    institutions = {i.id for i in region.institutions}
+    loggable_systems = {*ID_CARD_SYSTEMS, *(mrn_system(i) for i in institutions)}
+
     def search(request: Request, resource_type: str):
-        who = caller(request)
+        action = "recognition-query"
+        who = caller(request, action)
         if isinstance(who, JSONResponse):
             return who
         params = request.query_params
         requester = params.get("requester", who)
+        what = {"requester": requester if requester in institutions else "(other)", "resource": resource_type}
         if requester != who:
-            access.record(audit, "recognition-query", "recognition", {"requester": requester, "refused": "another institution's id"}, "refused", who=who)
-            return outcome(403, "forbidden", f"this token belongs to {who}; it cannot query as {requester}")
+            return refuse(403, "forbidden", f"this token belongs to {who}; it cannot query as {requester}", who, action,
+                          {**what, "refused": "another institution's id"})
         ident = params.get("patient.identifier")
         if not ident or "|" not in ident:
-            return outcome(400, "required", "patient.identifier=<system>|<value> is required")
+            return refuse(400, "required", "patient.identifier=<system>|<value> is required", who, action,
+                          {**what, "refused": "no patient.identifier"})
         system, value = ident.split("|", 1)
         codes = [c.split("|")[-1] for c in params.get("code", "").split(",") if c] or None
         since = None
         date = params.get("date")
         if date:
             if not date.startswith("ge"):
-                return outcome(400, "not-supported", "only date=ge<date> is supported")
+                return refuse(400, "not-supported", "only date=ge<date> is supported", who, action, {**what, "refused": "date prefix"})
             try:
                 since = dt.datetime.fromisoformat(date[2:])
                 since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
             except ValueError:
-                return outcome(400, "invalid", "date must be ge followed by an ISO date, e.g. ge2024-01-01")
+                return refuse(400, "invalid", "date must be ge followed by an ISO date, e.g. ge2024-01-01", who, action,
+                              {**what, "refused": "date format"})
         try:
-            patient = patient_for(index, keys, system, value)
-        except UnknownIdentifier as exc:
-            return outcome(400, "not-supported", str(exc))
+            patient = patient_for(index, keys, system, value, requester=who)
+        except IdentifierRefused as exc:
+            shown = system if system in loggable_systems else "(other)"
+            return refuse(exc.status, exc.code, str(exc), who, action, {**what, "system": shown, "refused": exc.cause})
         verdicts = query(index, catalog, patient, requester, codes, since=since, resource_type=resource_type) if patient else []
         entries = []
         for v in verdicts:
@@ -139,8 +236,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         counts: dict[str, int] = {}
         for v in verdicts:
             counts[v.code] = counts.get(v.code, 0) + 1
-        access.record(audit, "recognition-query", "recognition", {"requester": requester, "resource": resource_type,
-                      "codes": codes, "results": len(verdicts), "verdicts": counts}, who=who)
+        access.record(audit, action, "recognition", {**what, "codes": codes, "results": len(verdicts), "verdicts": counts}, who=who)
         log.info("recognition query by %s: %s results", who, len(verdicts))
         return JSONResponse(media_type=FHIR_JSON, content={"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
 
@@ -152,21 +248,42 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
     def reports(request: Request):
         return search(request, "DiagnosticReport")
 
-    @app.post("/fhir/recognition-decision", summary="Record a doctor's accept or re-test decision")
+    @app.post("/fhir/recognition-decision", summary="Record a doctor's accept or re-test decision on a result the index holds")
     def decide(request: Request, body: Decision):
-        who = caller(request)
+        action = "recognition-decision"
+        who = caller(request, action)
         if isinstance(who, JSONResponse):
             return who
+        rtype, _, rid = body.resource.partition("/")
+        if rtype not in RESOURCE_TYPES or not rid or "/" in rid:
+            return refuse(400, "invalid", "resource must be Observation/<id> or DiagnosticReport/<id>, as the search returned it",
+                          who, action, {"refused": "malformed resource reference"})
+        # until the id is known to the index, only its type is logged: the rest is caller text
         if body.decision not in ("accept", "retest"):
-            return outcome(400, "invalid", "decision must be accept or retest")
-        if body.decision == "retest" and body.reason not in catalog.reasons:
-            return outcome(400, "invalid", f"a re-test needs a reason code: one of {', '.join(catalog.reasons)}")
+            return refuse(400, "invalid", "decision must be accept or retest", who, action, {"resource": rtype, "refused": "unknown decision"})
+        if (body.reason is not None and body.reason not in catalog.reasons) or (body.decision == "retest" and body.reason is None):
+            return refuse(400, "invalid", f"a re-test needs a reason code, and any reason must be one of {', '.join(catalog.reasons)}",
+                          who, action, {"resource": rtype, "decision": body.decision, "refused": "reason not a code of reasons.yaml"})
+        if not result_exists(index, rtype, rid):
+            return refuse(404, "not-found", f"the recognition index holds no {rtype} with this id; decide on a result the search returned",
+                          who, action, {"resource": rtype, "decision": body.decision, "refused": "unknown resource"})
+        what = {"resource": body.resource, "decision": body.decision}
         with index.begin() as conn:
-            conn.execute(decisions.insert().values(at=dt.datetime.now(dt.UTC), institution=who, observation_id=body.resource.split("/")[-1],
+            conn.execute(decisions.insert().values(at=dt.datetime.now(dt.UTC), institution=who, observation_id=rid,
                                                    decision=body.decision, reason=body.reason))
-        access.record(audit, "recognition-decision", "recognition", {"resource": body.resource, "decision": body.decision, "reason": body.reason}, who=who)
+        access.record(audit, action, "recognition", {**what, "reason": body.reason}, who=who)
         return JSONResponse(status_code=201, media_type=FHIR_JSON, content={"resourceType": "OperationOutcome", "issue": [
             {"severity": "information", "code": "informational", "diagnostics": f"{body.decision} recorded"}]})
+
+    @app.exception_handler(RequestValidationError)
+    def malformed(request: Request, exc: RequestValidationError):  # FastAPI's default 422 echoes the input
+        action = "recognition-decision" if request.url.path.endswith("recognition-decision") else "recognition-request"
+        who = caller(request, action)
+        if isinstance(who, JSONResponse):
+            return who
+        fields = sorted({".".join(str(p) for p in e.get("loc", ())[1:] if isinstance(p, str)) or "body" for e in exc.errors()})
+        return refuse(400, "invalid", f"malformed request: check {', '.join(fields)}", who, action,
+                      {"path": request.url.path, "refused": "malformed request"})
 
     @app.get("/fhir/metadata", summary="CapabilityStatement")
     def metadata():
@@ -183,6 +300,10 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
     @app.exception_handler(Exception)
     def failure(request: Request, exc: Exception):  # never echo the request (it holds an identifier)
         log.error("recognition API error: %s", type(exc).__name__)
+        try:
+            access.record(audit, "recognition-request", "recognition", {"path": request.url.path, "error": type(exc).__name__}, "failure", who=ANONYMOUS)
+        except Exception:  # noqa: BLE001 - the access log itself failing must not hide the answer
+            log.error("could not write the access log")
         return outcome(500, "exception", "internal error")
 
     return app

@@ -5,6 +5,10 @@ workspace by default, any SQLAlchemy URL in production). Incremental: each build
 only rows published since the previous build, and keeps per (patient, item, institution)
 the result with the latest time. Patients' MRN pseudonyms are indexed too, so a hospital
 can ask by institution + MRN.
+
+A build is a publication through the sink (``hub.lakehouse.sink``): every row is
+leak-scanned before it is written (a finding rolls the whole build back), and a build that
+wrote rows appends one signed manifest with the row count and digest per index table.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ import sqlalchemy as sa
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, GreaterThan
 
+from deid.keys import Keyring
+from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
 from hub.region import Region
+
+LOINC = "http://loinc.org"
 
 metadata = sa.MetaData()
 results = sa.Table(
@@ -26,7 +34,7 @@ results = sa.Table(
     sa.Column("resource_type", sa.String(32), primary_key=True),  # Observation | DiagnosticReport
     sa.Column("loinc", sa.String(32), primary_key=True),
     sa.Column("institution", sa.String(64), primary_key=True),
-    sa.Column("observation_id", sa.String(64), nullable=False),
+    sa.Column("observation_id", sa.String(64), nullable=False, index=True),  # decisions check the id exists
     sa.Column("effective_time", sa.DateTime(timezone=True)),
     sa.Column("status", sa.String(24), nullable=False),
     sa.Column("resource", sa.Text, nullable=False),
@@ -62,6 +70,8 @@ def index_url(region: Region) -> str:
 def connect(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
     metadata.create_all(engine)
+    for index in results.indexes:  # also on an index database made before the index existed
+        index.create(engine, checkfirst=True)
     return engine
 
 
@@ -71,8 +81,13 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def build(region: Region, engine: sa.Engine) -> int:
-    """Add rows published since the last build; returns rows read."""
+def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int:
+    """Add rows published since the last build; returns rows read.
+
+    The build's manifest is signed with the region's signing key; keys, if given, names the
+    master key in it. Raises LeakBlocked (nothing written, no manifest) if a row carries an
+    identifier.
+    """
     icat = open_catalog(region.catalog_url, region.warehouse)
     with engine.connect() as conn:
         since = _utc(conn.execute(sa.select(sa.func.max(builds.c.up_to))).scalar())
@@ -83,30 +98,37 @@ def build(region: Region, engine: sa.Engine) -> int:
         return 0
     flt = GreaterThan("published_at", since.isoformat()) if since else AlwaysTrue()
     read, newest = 0, since
-    with engine.begin() as conn:
-        for batch in pat.scan(row_filter=flt, selected_fields=("patient", "resource", "published_at")).to_arrow_batch_reader():
-            rows = []
-            for r in batch.to_pylist():
-                for ident in json.loads(r["resource"]).get("identifier", []):
-                    if ident.get("system") == "urn:hub:pseudonym:identifier":
-                        rows.append({"identifier": ident["value"], "patient": r["patient"]})
-            _upsert_ids(conn, rows)
-        for rtype, table in sources:
-            for batch in table.scan(row_filter=flt, selected_fields=("patient", "code", "institution", "id", "effective_time", "resource", "published_at")).to_arrow_batch_reader():
-                best: dict[tuple, dict] = {}
+    with Publication.open(region, keys, "recognition-index") as pub:
+        with engine.begin() as conn:  # a LeakBlocked below rolls the whole build back
+            for batch in pat.scan(row_filter=flt, selected_fields=("patient", "resource", "published_at")).to_arrow_batch_reader():
+                rows = []
                 for r in batch.to_pylist():
-                    read += 1
-                    newest = max(filter(None, [newest, _utc(r["published_at"])]))
-                    if not r["patient"] or not (r["code"] or "").startswith("http://loinc.org|"):
-                        continue
-                    key = (r["patient"], rtype, r["code"].split("|", 1)[1], r["institution"])
-                    if key not in best or (r["effective_time"] or _MIN) > (best[key]["effective_time"] or _MIN):
-                        best[key] = {"patient": key[0], "resource_type": rtype, "loinc": key[2], "institution": key[3],
-                                     "observation_id": r["id"], "effective_time": r["effective_time"],
-                                     "status": json.loads(r["resource"]).get("status", ""), "resource": r["resource"]}
-                _upsert_results(conn, list(best.values()))
-        if newest is not None and read:
-            conn.execute(builds.insert().values(built_at=dt.datetime.now(dt.UTC), up_to=newest, rows_read=read))
+                    for ident in json.loads(r["resource"]).get("identifier", []):
+                        if ident.get("system") == "urn:hub:pseudonym:identifier":
+                            rows.append({"identifier": ident["value"], "patient": r["patient"]})
+                pub.record_rows(patient_ids.name, rows)
+                _upsert_ids(conn, rows)
+            for rtype, table in sources:
+                for batch in table.scan(row_filter=flt, selected_fields=("patient", "code", "institution", "id", "effective_time", "resource", "published_at")).to_arrow_batch_reader():
+                    best: dict[tuple, dict] = {}
+                    for r in batch.to_pylist():
+                        read += 1
+                        newest = max(filter(None, [newest, _utc(r["published_at"])]))
+                        if not r["patient"] or not (r["code"] or "").startswith(f"{LOINC}|"):
+                            continue
+                        key = (r["patient"], rtype, r["code"].split("|", 1)[1], r["institution"])
+                        if key not in best or (r["effective_time"] or _MIN) > (best[key]["effective_time"] or _MIN):
+                            best[key] = {"patient": key[0], "resource_type": rtype, "loinc": key[2], "institution": key[3],
+                                         "observation_id": r["id"], "effective_time": r["effective_time"],
+                                         "status": json.loads(r["resource"]).get("status", ""), "resource": r["resource"]}
+                    pub.record_rows(results.name, list(best.values()), json_columns=("resource",), token_columns=(),
+                                    code_columns={"loinc": LOINC})
+                    _upsert_results(conn, list(best.values()))
+            if newest is not None and read:
+                conn.execute(builds.insert().values(built_at=dt.datetime.now(dt.UTC), up_to=newest, rows_read=read))
+        pub.commit()
+        pub.finish({"index": engine.url.render_as_string(hide_password=True), "zone": region.zone, "rows_read": read,
+                    "up_to": newest.isoformat() if newest else None})
     return read
 
 

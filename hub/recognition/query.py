@@ -1,6 +1,8 @@
 """Recognition queries: which results of a patient may a requesting institution recognise, and why.
 
-The requester gives the identifier it knows (resident ID number, or its own MRN); the hub
+The requester gives the identifier it knows: a resident ID number (checked: 18 characters
+and a valid GB 11643 check character) or an MRN of its own institution, never another
+institution's (MRNs are sequential, so another institution's would be enumerable). The hub
 turns it into the patient pseudonym and never stores or logs the identifier. Each result
 gets a verdict: recognisable (with the mark and scope, e.g. HR 杭州市), or not, with the
 reason: same institution, not on the list, not final, issuing lab failed EQA, outside the
@@ -17,6 +19,7 @@ import sqlalchemy as sa
 
 from deid.actions import pseudonym
 from deid.keys import Keyring
+from hub.identifiers import is_valid_resident_id
 from hub.recognition.catalog import Catalog
 from hub.recognition.index import patient_ids, results
 
@@ -33,8 +36,39 @@ VERDICTS = {
 }
 
 
-class UnknownIdentifier(ValueError):
-    """The identifier system is not one the hub can link (no identifier value in the message)."""
+RESOURCE_TYPES = ("Observation", "DiagnosticReport")
+
+
+class IdentifierRefused(ValueError):
+    """An identifier the requester may not look up. The message never holds the identifier's value.
+
+    ``status`` and ``code`` are the HTTP status and OperationOutcome issue code the API answers
+    with; ``cause`` is a short label for the access log.
+    """
+
+    status, code, cause = 400, "invalid", "invalid identifier"
+
+
+class UnknownIdentifier(IdentifierRefused):
+    """The identifier system is not one the hub can link."""
+
+    code, cause = "not-supported", "unknown identifier system"
+
+
+class InvalidIdentifier(IdentifierRefused):
+    """The value cannot be an identifier of its system (a resident ID number failing its check)."""
+
+    cause = "malformed identifier"
+
+
+class ForeignIdentifier(IdentifierRefused):
+    """An MRN of another institution than the requester's."""
+
+    status, code, cause = 403, "forbidden", "another institution's MRN system"
+
+
+def mrn_system(institution: str) -> str:
+    return f"urn:hub:{institution}:mrn"
 
 
 @dataclass(frozen=True)
@@ -50,15 +84,47 @@ class Verdict:
     window_days: int | None
 
 
-def patient_for(engine: sa.Engine, keys: Keyring, system: str, value: str) -> str | None:
-    """The linkage pseudonym for an identifier as a hospital knows it."""
+def check_identifier(system: str, value: str, requester: str | None) -> None:
+    """Refuse what the requester may not look up: raise an IdentifierRefused, else return.
+
+    A resident ID number must have 18 characters and a valid check character; an MRN must be
+    the requester's own (``urn:hub:<requester>:mrn``) and not empty.
+    """
+    if system in ID_CARD_SYSTEMS:
+        if not is_valid_resident_id(value):
+            raise InvalidIdentifier("the resident ID number is not valid: it needs 18 characters (17 digits with a real "
+                                    "birth date, then a correct GB 11643 check character, 0-9 or X)")
+        return
+    if system.startswith("urn:hub:") and system.endswith(":mrn"):
+        if requester is None or system != mrn_system(requester):
+            who = f"{requester!r} may look up only its own MRNs ({mrn_system(requester)})" if requester else "an MRN lookup needs the requesting institution"
+            raise ForeignIdentifier(f"{who}, or a resident ID number")
+        if not value.strip():
+            raise InvalidIdentifier("the MRN is empty")
+        return
+    raise UnknownIdentifier(f"identifier system {system!r} is not accepted; use {ID_CARD_SYSTEMS[0]} (resident ID number) "
+                            f"or {mrn_system(requester or '<your institution>')} (your own MRN)")
+
+
+def patient_for(engine: sa.Engine, keys: Keyring, system: str, value: str, requester: str | None = None) -> str | None:
+    """The linkage pseudonym for an identifier as the requesting hospital knows it (None: no such patient).
+
+    Raises an IdentifierRefused for anything ``check_identifier`` refuses: without a
+    requester, only resident ID numbers are accepted.
+    """
+    check_identifier(system, value, requester)
     if system in ID_CARD_SYSTEMS:
         return pseudonym(keys, "patient-linkage", value)
-    if system.startswith("urn:hub:") and system.endswith(":mrn"):
-        with engine.connect() as conn:
-            return conn.execute(sa.select(patient_ids.c.patient).where(
-                patient_ids.c.identifier == pseudonym(keys, "identifier", value, system))).scalar()
-    raise UnknownIdentifier(f"identifier system {system!r} is not accepted; use {ID_CARD_SYSTEMS[0]} or urn:hub:<institution>:mrn")
+    with engine.connect() as conn:
+        return conn.execute(sa.select(patient_ids.c.patient).where(
+            patient_ids.c.identifier == pseudonym(keys, "identifier", value, system))).scalar()
+
+
+def result_exists(engine: sa.Engine, resource_type: str, resource_id: str) -> bool:
+    """Whether the index holds this result (the only ones a decision may be recorded on)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(results.c.observation_id).where(
+            results.c.resource_type == resource_type, results.c.observation_id == resource_id).limit(1)).first() is not None
 
 
 def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status: str, when: dt.datetime | None, at: dt.datetime) -> tuple[str, int | None, int | None]:

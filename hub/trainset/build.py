@@ -7,6 +7,8 @@ is pinned to the tag's snapshot, rows are sorted, and Parquet is written without
 timestamps, so the same spec on the same tag gives byte-identical files. Rows are grouped
 by person (a Patient id at each institution resolves to one linkage pseudonym), and a
 person is assigned to a split by a keyed hash of that pseudonym: never in two splits.
+Every file goes through the sink (``hub.lakehouse.sink``): leak-scanned first, renamed into
+place only when all are clean, and listed with its SHA-256 in one signed manifest.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from deid.keys import Keyring
 from hub.errors import NotFound
+from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import access
 from hub.lineage import catalog as runcat
@@ -138,14 +141,35 @@ def assign_split(keys: Keyring, patient: str, fractions: dict[str, float]) -> st
 
 # ---- the build ---------------------------------------------------------------------------
 
-def _write(table_rows: list[dict], path: Path) -> str:
-    """Deterministic Parquet: rows sorted, fixed writer settings; returns the file's SHA-256."""
+_CODE_PATH_RE = re.compile(r"coding\.where\(\s*system\s*=\s*'([^']+)'\s*\)\.code\b")
+
+
+def code_columns(view: dict) -> dict[str, str]:
+    """{column: code system} for the view's columns that select a Coding's code under one system.
+
+    The leak scan applies that system's exemptions (e.g. NDC) to those columns only.
+    """
+    out: dict[str, str] = {}
+
+    def walk(selects: list) -> None:
+        for sel in selects or []:
+            for col in sel.get("column", []):
+                m = _CODE_PATH_RE.search(col.get("path", ""))
+                if m:
+                    out[col["name"]] = m.group(1)
+            walk(sel.get("select", []))
+            walk(sel.get("unionAll", []))
+
+    walk(view.get("select", []))
+    return out
+
+
+def _write(pub: Publication, table_rows: list[dict], path: Path, codes: dict[str, str] | None = None) -> str:
+    """Deterministic Parquet through the sink: rows sorted, fixed writer settings; returns the file's SHA-256."""
     rows = sorted(table_rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))
     rows = [{k: (float(v) if isinstance(v, Decimal) else v) for k, v in r.items()} for r in rows]
     table = pa.Table.from_pylist(rows) if rows else pa.table({"patient": pa.array([], pa.string())})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", write_statistics=True)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return pub.write_parquet(table, path, code_columns=codes, compression="zstd", write_statistics=True).sha256
 
 
 def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: str = "training set") -> dict:
@@ -183,43 +207,50 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
     label_rows = labels(spec, rows, people)
     feature_rows = features(spec, rows, label_rows)
     split_of = {p: assign_split(keys, p, spec.split) for p in label_rows}
-    files, counts = {}, {}
-    for split in SPLITS:
-        members = {p for p, s in split_of.items() if s == split}
-        lab = [{**label_rows[p], "label_time": label_rows[p]["label_time"].isoformat()} for p in members]
-        files[f"{split}/labels.parquet"] = _write(lab, out / split / "labels.parquet")
-        counts[split] = {"patients": len(members), "labels_true": sum(r["label"] for r in lab)}
-        for view, vrows in feature_rows.items():
-            mine = [r for r in vrows if r["patient"] in members]
-            files[f"{split}/{view}.parquet"] = _write(mine, out / split / f"{view}.parquet")
-            counts[split][f"{view}_rows"] = len(mine)
-    summaries = {}
-    for view, vrows in feature_rows.items():
-        numeric = [float(r["value"]) for r in vrows if r.get("value") is not None]
-        summaries[view] = {"rows": len(vrows), "patients": len({r["patient"] for r in vrows}),
-                           "value_mean": round(sum(numeric) / len(numeric), 4) if numeric else None,
-                           "by_code": dict(sorted(_count(vrows, "loinc").items()))}
-    risk = None
     engine = runcat.connect(region.catalog_url)
+    risk = None
     if spec.zone == "research":
         from hub.research import releases
 
         with engine.connect() as conn:
             risk = conn.execute(sa.select(releases.c.risk_report).where(releases.c.name == spec.tag, releases.c.status == "published")).scalar()
-    sheet = {
-        "name": spec.name, "spec_sha256": spec.digest, "zone": spec.zone, "tag": spec.tag, "snapshots": snapshots,
-        "cohort_patients": len(people), "labelled_patients": len(label_rows), "splits": counts, "features": summaries,
-        "label": {"view": spec.label["view"], "rule": f"last {spec.label['value']} < {spec.label['below']}"},
-        "split_rule": "keyed hash of the patient pseudonym (trainset-split key); a patient is in exactly one split",
-        "risk_report": json.loads(risk) if risk else None,
-        "lineage": {k: sorted(v) for k, v in lineage.items()},
-        "files_sha256": files,
-        "reproducibility": "the same spec on the same tag gives byte-identical Parquet files (compare files_sha256)",
-    }
-    (out / "datasheet.json").write_text(json.dumps(sheet, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    (out / "datasheet.md").write_text(_markdown(sheet), encoding="utf-8")
+    # every file goes through the sink: scanned before it is written, renamed into place only
+    # when all are clean, and listed (SHA-256, rows) in one signed manifest
+    with Publication.open(region, keys, "trainset", engine=engine) as pub:
+        files, counts = {}, {}
+        for split in SPLITS:
+            members = {p for p, s in split_of.items() if s == split}
+            lab = [{**label_rows[p], "label_time": label_rows[p]["label_time"].isoformat()} for p in members]
+            files[f"{split}/labels.parquet"] = _write(pub, lab, out / split / "labels.parquet")
+            counts[split] = {"patients": len(members), "labels_true": sum(r["label"] for r in lab)}
+            for view, vrows in feature_rows.items():
+                mine = [r for r in vrows if r["patient"] in members]
+                files[f"{split}/{view}.parquet"] = _write(pub, mine, out / split / f"{view}.parquet", code_columns(spec.views[view]))
+                counts[split][f"{view}_rows"] = len(mine)
+        summaries = {}
+        for view, vrows in feature_rows.items():
+            numeric = [float(r["value"]) for r in vrows if r.get("value") is not None]
+            summaries[view] = {"rows": len(vrows), "patients": len({r["patient"] for r in vrows}),
+                               "value_mean": round(sum(numeric) / len(numeric), 4) if numeric else None,
+                               "by_code": dict(sorted(_count(vrows, "loinc").items()))}
+        sheet = {
+            "name": spec.name, "spec_sha256": spec.digest, "zone": spec.zone, "tag": spec.tag, "snapshots": snapshots,
+            "cohort_patients": len(people), "labelled_patients": len(label_rows), "splits": counts, "features": summaries,
+            "label": {"view": spec.label["view"], "rule": f"last {spec.label['value']} < {spec.label['below']}"},
+            "split_rule": "keyed hash of the patient pseudonym (trainset-split key); a patient is in exactly one split",
+            "risk_report": json.loads(risk) if risk else None,
+            "lineage": {k: sorted(v) for k, v in lineage.items()},
+            "files_sha256": files,
+            "reproducibility": "the same spec on the same tag gives byte-identical Parquet files (compare files_sha256)",
+        }
+        pub.write_text(json.dumps(sheet, indent=2, ensure_ascii=False, sort_keys=True) + "\n", out / "datasheet.json")
+        pub.write_text(_markdown(sheet), out / "datasheet.md")
+        pub.commit()
+        manifest = pub.finish({"trainset": spec.name, "spec_sha256": spec.digest, "zone": spec.zone, "tag": spec.tag,
+                               "snapshots": snapshots, "out": str(Path(out).resolve())})
     access.record(engine, "trainset-build", purpose, {"trainset": spec.name, "tag": spec.tag, "snapshots": snapshots,
-                  "zone": spec.zone, "out": str(Path(out).resolve()), "patients": len(label_rows), "rows": {s: c for s, c in counts.items()}})
+                  "zone": spec.zone, "out": str(Path(out).resolve()), "patients": len(label_rows), "rows": {s: c for s, c in counts.items()},
+                  "manifest": manifest[0] if manifest else None})
     return sheet
 
 

@@ -71,3 +71,26 @@ def compute(region: Region, as_of: str | None = None) -> pa.Table:
         for (inst, month), (num, den) in sorted(per.items()):
             out.append({"institution": inst, "month": month, "indicator": name, "numerator": num, "denominator": den, "share": round(num / den, 4)})
     return pa.Table.from_pylist(out)
+
+
+def publish(region: Region, keys) -> int:
+    """Replace the indicators.outcomes table through the sink (leak scan, manifest); returns its rows."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+
+    from hub.lakehouse.sink import Publication
+
+    data = compute(region)
+    catalog = open_catalog(region.catalog_url, region.warehouse)
+    try:
+        catalog.create_namespace("indicators")
+    except NamespaceAlreadyExistsError:
+        pass
+    try:
+        table = catalog.load_table("indicators.outcomes")
+    except NoSuchTableError:
+        table = catalog.create_table("indicators.outcomes", schema=data.schema)
+    with Publication.open(region, keys, "export") as pub:
+        pub.replace_table(table).append(data)
+        pub.commit()
+        pub.finish({"export": "indicators.outcomes", "rows": data.num_rows})
+    return data.num_rows

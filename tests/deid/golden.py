@@ -14,11 +14,13 @@ FOLDER = Path(__file__).resolve().parents[1] / "data" / "deid"
 
 
 def run(keys: Keyring) -> dict[str, dict[str, dict]]:
-    """{zone: {file stem: output}} for every input resource; the patient is the input Patient."""
+    """{zone: {file stem: output}} for every input resource; the patient is the input Patient,
+    whose identifying values are the known values scrubbed from every resource's strings."""
     inputs = {p.stem: loads(p.read_text(encoding="utf-8")) for p in sorted((FOLDER / "input").glob("*.json"))}
     recognition = Deidentifier(load_ruleset(default_ruleset_path(), "recognition"), keys)
     research = Deidentifier(load_ruleset(default_ruleset_path(), "research"), keys)
-    rec = {k: recognition.apply(v) for k, v in inputs.items()}
+    known = recognition.identifying_values(inputs["patient"])  # the record's own name, IDs, phone, address
+    rec = {k: recognition.apply(v, known_names=known) for k, v in inputs.items()}
     patient = patient_pseudonym(rec["patient"])
     res = {k: research.apply(v, patient=patient) for k, v in rec.items()}
     return {"recognition": rec, "research": res}

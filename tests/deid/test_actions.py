@@ -78,7 +78,7 @@ def test_perturb_is_keyed_reproducible_bounded_and_keeps_precision(keys):
 
 def test_scrub_replaces_ids_phones_and_known_names():
     text = "患者李娜(110101199003074610)电话13800138000，复诊"
-    assert scrub(text, ("李娜",)) == "患者[name]([id-number])电话[phone]，复诊"
+    assert scrub(text, ("李娜",)) == "患者[identifier]([id-number])电话[phone]，复诊"
 
 
 @pytest.mark.parametrize("spec", ["shred", {"generalize": {"to": "year", "prefix": 2}}, {"perturb": {}}, {"date_shift": {"days": 3}}])

@@ -33,3 +33,12 @@ def test_free_text_is_redacted_in_both_zones(outputs):
     for zone in ("recognition", "research"):
         assert "note" not in outputs[zone]["observation"]
         assert "text" not in outputs[zone]["medicationrequest"]["dosageInstruction"][0]
+
+
+def test_strings_under_kept_elements_are_scrubbed_and_nested_identifiers_dropped(outputs):
+    """The issue's resource: a name in subject.display, a mobile in coding.display, a spaced ID in valueString."""
+    for zone in ("recognition", "research"):
+        out = outputs[zone]["observation-text"]
+        assert set(out["subject"]) == {"reference"}
+        assert out["code"]["coding"][0]["display"].endswith("[phone]") and out["code"]["coding"][0]["code"] == "U-PRO"
+        assert out["valueString"].startswith("阴性") and "[id-number]" in out["valueString"]

@@ -1,17 +1,24 @@
-"""The recognition API: tokens, institutions, searchset bundles, decisions, access log, no identifier anywhere."""
+"""The recognition API: tokens, institutions, searchset bundles, decisions, access log, no identifier anywhere.
+
+Least privilege is tried as an adversary would: another institution's (enumerable) MRNs,
+malformed resident ID numbers, decisions on results that do not exist, malformed bodies,
+tokens revoked or issued while the server runs; each refusal must be in the access log
+without the identifier that was tried.
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from hub.demo.generator import canary
 from hub.leakscan import load_canaries, scan_text
 from hub.lineage import access
 from hub.lineage import catalog as runcat
-from hub.recognition.api import create_app, issue_token
+from hub.recognition.api import create_app, issue_token, revoke_token
 from hub.recognition.catalog import load_catalog
 from hub.recognition.index import build, connect, index_url
 from tests.conftest import publish_region
@@ -75,8 +82,9 @@ def test_errors_and_metadata(served):
 def test_decisions_are_recorded_and_every_query_is_logged_without_identifiers(served):
     region, client, tokens = served
     t = {"Authorization": f"Bearer {tokens['city-first']}"}
-    assert client.post("/fhir/recognition-decision", json={"resource": "Observation/x", "decision": "retest"}, headers=t).status_code == 400
-    ok = client.post("/fhir/recognition-decision", json={"resource": "Observation/x", "decision": "retest", "reason": "condition-changed"}, headers=t)
+    result = _get(client, tokens["city-first"]).json()["entry"][0]["fullUrl"]
+    assert client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest"}, headers=t).status_code == 400
+    ok = client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest", "reason": "condition-changed"}, headers=t)
     assert ok.status_code == 201
     log = access.entries(runcat.connect(region.catalog_url))
     actions = [e["action"] for e in log]
@@ -127,3 +135,174 @@ def test_end_to_end_over_http_on_a_local_port(served, keys):
     assert "recognition query by beishan-chc" in output
     assert scan_text(output, "server log", load_canaries(region.workspace)) == []
     assert canary().id_number not in output
+
+
+# -- least privilege ------------------------------------------------------------------------
+
+def _mrn(region, institution: str, name: str) -> str:
+    """The MRN a hospital's own HIS holds for a person (either demo HIS schema)."""
+    url = next(f.url for f in region.institution(institution).feeds if f.name == "his")
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = sa.inspect(conn).get_table_names()
+            table, name_col, mrn_col = ("patient", "name", "mrn") if "patient" in tables else ("T_BR_JBXX", "XM", "BAH")
+            return conn.execute(sa.text(f'SELECT "{mrn_col}" FROM "{table}" WHERE "{name_col}" = :n'), {"n": name}).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _log_since(region, start: int) -> list[dict]:
+    return access.entries(runcat.connect(region.catalog_url))[start:]
+
+
+def _log_size(region) -> int:
+    return len(access.entries(runcat.connect(region.catalog_url)))
+
+
+def _search(client, token, identifier):
+    return client.get("/fhir/Observation", params={"patient.identifier": identifier}, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_an_institution_looks_up_its_own_mrns_only(served):
+    region, client, tokens = served
+    own = _mrn(region, "city-first", canary().name)
+    theirs = _mrn(region, "xihu-second", canary().name)
+    ok = _search(client, tokens["city-first"], f"urn:hub:city-first:mrn|{own}")
+    assert ok.status_code == 200 and ok.json()["total"] > 0  # the canary's results, found by the caller's own MRN
+
+    start = _log_size(region)
+    tried = [theirs, "M0000001", "M0000002", "0000001"]  # MRNs are sequential: enumeration is the attack
+    answers = [_search(client, tokens["city-first"], f"urn:hub:xihu-second:mrn|{mrn}") for mrn in tried]
+    assert {a.status_code for a in answers} == {403}
+    assert len({a.text for a in answers}) == 1  # the same answer whether the MRN exists or not: no oracle
+    outcome = answers[0].json()
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "forbidden"
+    assert "urn:hub:city-first:mrn" in outcome["issue"][0]["diagnostics"]  # says what it may use instead
+
+    log = _log_since(region, start)
+    assert len(log) == len(tried)
+    assert all(e["outcome"] == "refused" and e["who"] == "city-first" and e["what"]["system"] == "urn:hub:xihu-second:mrn" for e in log)
+    text = json.dumps(log, default=str, ensure_ascii=False)
+    assert not any(mrn in text for mrn in tried)
+
+
+def _with_check_char(first17: str) -> str:
+    from hub.identifiers import resident_id_check_char
+
+    return first17 + resident_id_check_char(first17)
+
+
+@pytest.mark.parametrize(("case", "value"), [
+    ("wrong check character", canary().id_number[:17] + ("0" if canary().id_number[17] != "0" else "1")),
+    ("17 digits", canary().id_number[:17]),
+    ("19 characters", canary().id_number + "1"),
+    ("15-digit first-generation number", canary().id_number[:6] + canary().id_number[8:17]),
+    ("letters inside", canary().id_number[:10] + "AB" + canary().id_number[12:]),
+    ("impossible birth date, valid check character", _with_check_char("33010619801301998")),
+    ("empty", ""),
+])
+def test_malformed_resident_id_numbers_are_refused_not_answered_empty(served, case, value):
+    region, client, tokens = served
+    start = _log_size(region)
+    res = _search(client, tokens["beishan-chc"], f"{ID}|{value}")
+    assert res.status_code == 400, case
+    body = res.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "invalid"
+    assert "check character" in body["issue"][0]["diagnostics"]
+    assert not value or value not in res.text
+    (entry,) = _log_since(region, start)
+    assert (entry["outcome"], entry["who"], entry["what"]["refused"], entry["what"]["status"]) == ("refused", "beishan-chc", "malformed identifier", 400)
+    assert not value or value not in json.dumps(entry, default=str)
+
+
+def test_a_valid_resident_id_number_in_another_spelling_is_accepted(served):
+    region, client, tokens = served
+    spaced = f"{canary().id_number[:6]} {canary().id_number[6:14]} {canary().id_number[14:]}"
+    assert _search(client, tokens["beishan-chc"], f"{ID}|{spaced}").json()["total"] == _get(client, tokens["beishan-chc"]).json()["total"] > 0
+
+
+def test_an_identifier_sent_as_the_system_is_not_logged(served):
+    region, client, tokens = served
+    start = _log_size(region)
+    res = _search(client, tokens["beishan-chc"], f"urn:oid:{canary().id_number}|x")
+    assert res.status_code == 400 and res.json()["issue"][0]["code"] == "not-supported"
+    (entry,) = _log_since(region, start)
+    assert entry["what"]["system"] == "(other)" and canary().id_number not in json.dumps(entry, default=str)
+
+
+def _decisions(region) -> int:
+    from hub.recognition.index import decisions
+
+    with connect(index_url(region)).connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one()
+
+
+def _post(client, token, body):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.post("/fhir/recognition-decision", json=body, headers=headers)
+
+
+def test_decisions_on_results_the_index_does_not_hold_are_refused(served):
+    region, client, tokens = served
+    token = tokens["city-first"]
+    real = _get(client, token).json()["entry"][0]["fullUrl"]
+    before, start = _decisions(region), _log_size(region)
+    retest = {"decision": "retest", "reason": "condition-changed"}
+
+    unknown = _post(client, token, {"resource": "Observation/0123456789abcdef", **retest})
+    assert unknown.status_code == 404 and unknown.json()["issue"][0]["code"] == "not-found"
+    planted = _post(client, token, {"resource": f"Observation/{canary().id_number}", **retest})
+    assert planted.status_code == 404 and canary().id_number not in planted.text
+    other_type = _post(client, token, {"resource": "DiagnosticReport/" + real.split("/")[1], **retest})
+    assert other_type.status_code == 404  # an Observation's id is not a DiagnosticReport's
+    assert _post(client, token, {"resource": "Patient/" + real.split("/")[1], **retest}).status_code == 400
+    assert _post(client, token, {"resource": real.split("/")[1], **retest}).status_code == 400
+    free_text = _post(client, token, {"resource": real, "decision": "accept", "reason": f"{canary().name} asked, tel {canary().phone}"})
+    assert free_text.status_code == 400  # a reason is a code of reasons.yaml, never free text that could name someone
+    malformed = _post(client, token, {"resource": canary().id_number})  # no decision: FastAPI would answer 422 echoing the input
+    assert malformed.status_code == 400 and malformed.json()["resourceType"] == "OperationOutcome"
+    assert canary().id_number not in malformed.text
+    assert _post(client, None, {"resource": real, **retest}).status_code == 401
+
+    assert _decisions(region) == before  # nothing recorded
+    log = _log_since(region, start)
+    assert len(log) == 8 and all(e["outcome"] == "refused" and e["action"] == "recognition-decision" for e in log)
+    assert [e["what"]["status"] for e in log] == [404, 404, 404, 400, 400, 400, 400, 401]
+    text = json.dumps(log, default=str, ensure_ascii=False)
+    for value in (canary().id_number, canary().name, canary().phone):
+        assert value not in text
+
+    assert _post(client, token, {"resource": real, **retest}).status_code == 201
+    assert _decisions(region) == before + 1
+
+
+def test_tokens_issued_and_revoked_while_the_server_runs_take_effect_at_once(served):
+    from typer.testing import CliRunner
+
+    from hub.cli import app
+
+    region, client, tokens = served  # the app was created before any of the changes below
+    old = tokens["xihu-second"]
+    new = issue_token(region, "xihu-second")  # re-issued: the old token stops working
+    assert _get(client, old).status_code == 401
+    assert _get(client, new).status_code == 200
+    assert revoke_token(region, "xihu-second") and not revoke_token(region, "xihu-second")
+    assert _get(client, new).status_code == 401
+
+    runner = CliRunner()
+    issued = runner.invoke(app, ["recognition", "token", "xihu-second", "--workspace", str(region.workspace)])
+    assert issued.exit_code == 0
+    tokens["xihu-second"] = issued.stdout.strip()
+    assert _get(client, tokens["xihu-second"]).status_code == 200
+    revoked = runner.invoke(app, ["recognition", "token", "xihu-second", "--revoke", "--workspace", str(region.workspace)])
+    assert revoked.exit_code == 0 and "Revoked" in revoked.stdout
+    assert _get(client, tokens["xihu-second"]).status_code == 401
+    again = runner.invoke(app, ["recognition", "token", "xihu-second", "--revoke", "--workspace", str(region.workspace)])
+    assert again.exit_code != 0
+    assert _get(client, tokens["beishan-chc"]).status_code == 200  # other institutions are untouched
+
+    tokens["xihu-second"] = issue_token(region, "xihu-second")  # leave the module's tokens valid
+    assert (region.workspace / "recognition_tokens.yaml").stat().st_mode & 0o077 == 0
+    refused = [e for e in access.entries(runcat.connect(region.catalog_url)) if e["who"] == "(no valid token)"]
+    assert refused and all(e["outcome"] == "refused" for e in refused)

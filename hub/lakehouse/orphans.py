@@ -1,0 +1,78 @@
+"""Orphan files: Parquet data files in the warehouse that no snapshot of their table references.
+
+A run killed after writing data files but before its commit leaves them behind (a commit is
+what makes files part of a table). They are invisible to every reader, but they hold
+de-identified patient data and take space, so they are found and removed:
+
+- automatically for one institution when its next run starts and finds the killed run (the
+  run lock guarantees no live writer of that institution's partition at that moment);
+- on demand with ``hub lakehouse orphans [--delete]`` over the whole warehouse, for files
+  older than a grace period (a live run of another institution may be writing files it has
+  not committed yet).
+
+Only data files under a table's ``data/`` folder are considered; metadata files are the
+catalog's history and are left to snapshot expiry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyiceberg.catalog import Catalog
+
+from hub.lineage.manifests import local_path
+
+#: hub lakehouse orphans leaves files younger than this alone (a run may be about to commit them).
+GRACE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Orphan:
+    table: str
+    path: Path
+    bytes: int
+
+
+def referenced_files(table) -> set[Path]:
+    """Every data file any snapshot of the table references (time travel keeps old ones alive)."""
+    if table.current_snapshot() is None:
+        return set()
+    paths = table.inspect.all_files().column("file_path").to_pylist()
+    return {local_path(p).resolve() for p in paths}
+
+
+def find_orphans(catalog: Catalog, namespaces: list[str], institution: str | None = None,
+                 older_than: float = GRACE_SECONDS) -> list[Orphan]:
+    """Unreferenced data files of every table in namespaces (only institution's partition if given)."""
+    cutoff = time.time() - older_than
+    out: list[Orphan] = []
+    existing = {ns[0] for ns in catalog.list_namespaces()}
+    for ns in (n for n in namespaces if n in existing):
+        for ident in catalog.list_tables(ns):
+            table = catalog.load_table(ident)
+            data_dir = local_path(table.location()) / "data"
+            if institution is not None:
+                data_dir = data_dir / f"institution={institution}"
+            if not data_dir.is_dir():
+                continue
+            referenced = referenced_files(table)
+            name = ".".join(ident)
+            for path in sorted(data_dir.rglob("*.parquet")):
+                stat = path.stat()
+                if stat.st_mtime <= cutoff and path.resolve() not in referenced:
+                    out.append(Orphan(name, path, stat.st_size))
+    return out
+
+
+def delete_orphans(orphans: list[Orphan]) -> int:
+    """Remove the files; returns how many were removed."""
+    removed = 0
+    for o in orphans:
+        try:
+            o.path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

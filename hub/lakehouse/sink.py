@@ -1,0 +1,333 @@
+"""The one sink every output of hub goes through: leak scan, write, commit, signed manifest.
+
+A ``Publication`` is one act of publishing: an institution run, a research release, a
+training-set build, a recognition-index build, an export. Whatever it writes, it writes
+through the publication, in three phases:
+
+1. **stage**: every write is leak-scanned first (``hub.leakscan.Scanner``, with the
+   workspace's canaries and the ruleset's ``leak_scan`` code-system exemptions) and then
+   staged where nobody reads it yet: Iceberg upserts and table replacements in open
+   transactions, files under a temporary name next to their target. A finding raises
+   ``LeakBlocked`` (masked values only) before anything of the publication is visible.
+2. **commit** (``commit()``): Iceberg transactions are committed (tags created after),
+   files renamed into place.
+3. **finish** (``finish(summary)``): ONE manifest, signed with the region's signing key
+   (``hub.lineage.signing``), is appended to the chain (``hub.lineage.manifests``), listing
+   the Iceberg snapshots and data files, the plain files (SHA-256, bytes, rows), the rows
+   written to other stores (count and digest), the exemptions the scan used, and the
+   caller's summary. Nothing written, nothing appended.
+
+Other stores (the recognition index is a SQL database) write in their own transaction:
+``record_rows`` scans the rows about to be written and records them for the manifest;
+a ``LeakBlocked`` raised inside the store's transaction rolls it back.
+
+Use it as a context manager: an exception (a LeakBlocked, a crash) aborts, which drops
+staged transactions and removes staged files, and no manifest is appended; leaving the
+block without ``commit()`` publishes nothing either::
+
+    with Publication.open(region, keys, "trainset") as pub:
+        pub.write_parquet(rows, out / "train" / "labels.parquet")
+        pub.write_text(datasheet, out / "datasheet.md")
+        pub.commit()
+        seq, digest = pub.finish({"trainset": "t2dm-hba1c"})
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.table import Table, Transaction
+
+from deid.keys import Keyring
+from hub.lakehouse.tables import ARROW_SCHEMA
+from hub.lakehouse.writer import TableWriter, committed_snapshots
+from hub.leakscan import Scanner, ScanResult, load_canaries, load_scan_policy
+from hub.lineage import manifests
+from hub.lineage.signing import Signer, load_signer
+
+#: What a publication can be; recorded in its manifest.
+KINDS = ("run", "research-release", "trainset", "recognition-index", "export")
+
+
+def new_publication_id(kind: str) -> str:
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{kind}-{secrets.token_hex(3)}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class StagedFile:
+    path: Path  # final location
+    staged: Path  # where it waits until commit
+    sha256: str
+    bytes: int
+    rows: int | None
+
+    def entry(self) -> dict:
+        return {"path": str(self.path.resolve()), "sha256": self.sha256, "bytes": self.bytes, "rows": self.rows}
+
+
+@dataclass
+class StoreRecord:
+    """Rows a publication wrote to another store (e.g. the recognition index), for the manifest."""
+
+    rows: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def entry(self) -> dict:
+        return {"rows": self.rows, "sha256": self.digest.hexdigest()}
+
+
+class TableReplacement:
+    """A whole-table replace (research releases): delete every row and append, in one transaction."""
+
+    def __init__(self, pub: Publication, table: Table, tag: str | None):
+        self.pub, self.table, self.tag = pub, table, tag
+        self.rows = 0
+        self.snapshot_ids: list[int] = []
+        self.tx: Transaction | None = table.transaction()
+        if table.current_snapshot() is not None:
+            self.tx.delete(AlwaysTrue(), snapshot_properties=pub.props)
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.table.name())
+
+    @property
+    def snapshot_id(self) -> int | None:
+        """The table's snapshot after the replacement (None before commit)."""
+        return self.snapshot_ids[-1] if self.snapshot_ids else None
+
+    def append(self, data: pa.Table | list[dict], schema: pa.Schema | None = None) -> None:
+        """Scan, then stage rows (visible only after the publication commits)."""
+        if isinstance(data, list):
+            data = pa.Table.from_pylist(data, schema=schema or ARROW_SCHEMA)
+        self.pub.scan(data, self.name)
+        if data.num_rows:
+            self.tx.append(data, snapshot_properties=self.pub.props)
+            self.rows += data.num_rows
+
+    def commit(self) -> None:
+        self.tx.commit_transaction()
+        self.tx = None
+        self.snapshot_ids = committed_snapshots(self.table, self.pub.id)
+        if self.tag and self.snapshot_ids:
+            self.table.manage_snapshots().create_tag(self.snapshot_ids[-1], self.tag).commit()
+
+
+class Publication:
+    """One publication: everything it writes is scanned, staged, committed together and signed once."""
+
+    def __init__(self, engine: sa.Engine, signer: Signer, kind: str, publication_id: str | None = None, *,
+                 scanner: Scanner | None = None, key_id: str | None = None):
+        """engine: the run catalog (manifests); signer: the manifest signing key; key_id: the
+        master key the published pseudonyms were made with (recorded in the manifest)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown publication kind {kind!r}; kinds: {', '.join(KINDS)}")
+        self.engine, self.signer, self.kind, self.key_id = engine, signer, kind, key_id
+        self.id = publication_id or new_publication_id(kind)
+        self.scanner = scanner or Scanner()
+        self.scanned = ScanResult()  # accumulated: rows scanned and exemptions used
+        self.writers: list[TableWriter] = []
+        self.replacements: list[TableReplacement] = []
+        self.files: list[StagedFile] = []
+        self.stores: dict[str, StoreRecord] = {}
+        self.state = "staging"  # staging | committed | finished | aborted
+        self.manifest: tuple[int, str] | None = None
+
+    @classmethod
+    def open(cls, region, keys: Keyring | None, kind: str, publication_id: str | None = None, *,
+             engine: sa.Engine | None = None, signer: Signer | None = None) -> Publication:
+        """A publication for a region: its run catalog, signing key, canaries and the ruleset's leak_scan policy.
+
+        keys: the master key of what is published (its key id goes into the manifest), or None.
+        The signing key is loaded before anything is staged: no key, no publication.
+        """
+        from hub.lineage import catalog as runcat
+
+        signer = signer or load_signer(region)
+        scanner = Scanner(load_canaries(region.workspace), load_scan_policy(region.ruleset))
+        return cls(engine or runcat.connect(region.catalog_url), signer, kind, publication_id, scanner=scanner,
+                   key_id=keys.key_id if keys is not None else None)
+
+    def __enter__(self) -> Publication:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.state == "staging":
+            self.abort()
+
+    @property
+    def props(self) -> dict[str, str]:
+        """Snapshot properties of every Iceberg commit of this publication (the manifest finds them by these)."""
+        return {"hub.run-id": self.id, "hub.publication": self.kind}
+
+    def _staging(self) -> None:
+        if self.state != "staging":
+            raise RuntimeError(f"publication {self.id} is {self.state}: nothing more can be staged")
+
+    # ---- the scan ------------------------------------------------------------------------
+
+    def scan(self, data: pa.Table | list[dict] | str, where: str, **kw) -> ScanResult:
+        """Leak-scan what is about to be written; raises LeakBlocked (masked) on any hit.
+
+        data: an Arrow table, row dicts, or text. kw: json_columns, token_columns,
+        code_columns (see ``Scanner.columns``). Exemptions used are counted for the manifest.
+        """
+        if isinstance(data, str):
+            result = self.scanner.text(data, where)
+        elif isinstance(data, pa.Table):
+            result = self.scanner.arrow(data, where, **kw)
+        else:
+            result = self.scanner.rows(data, where, **kw)
+        self.scanned.add(ScanResult(exempted=result.exempted, rows=result.rows))
+        result.raise_if_hits()
+        return result
+
+    # ---- Iceberg -------------------------------------------------------------------------
+
+    def table_writer(self, table: Table, institution: str, key_id: str | None = None) -> TableWriter:
+        """The versioned, idempotent upsert of resource rows into one table for one institution."""
+        self._staging()
+        writer = TableWriter(table, institution, self.id, self.scan, key_id)
+        self.writers.append(writer)
+        return writer
+
+    def replace_table(self, table: Table, tag: str | None = None) -> TableReplacement:
+        """Replace every row of table on commit, then tag the new snapshot (research releases)."""
+        self._staging()
+        replacement = TableReplacement(self, table, tag)
+        self.replacements.append(replacement)
+        return replacement
+
+    # ---- files ---------------------------------------------------------------------------
+
+    def _stage(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.parent / f".{path.name}.{self.id}.staged"
+
+    def write_parquet(self, data: pa.Table | list[dict], path: Path, *, code_columns: dict[str, str] | None = None,
+                      compression: str = "zstd", **options) -> StagedFile:
+        """Scan, then write a Parquet file under a staged name (renamed into place on commit).
+
+        code_columns: {column: code system} for columns of bare codes (their exemptions apply).
+        """
+        self._staging()
+        table = data if isinstance(data, pa.Table) else pa.Table.from_pylist(data)
+        self.scan(table, str(path), code_columns=code_columns or {})
+        staged = self._stage(path)
+        pq.write_table(table, staged, compression=compression, **options)
+        return self._add_file(path, staged, table.num_rows)
+
+    def write_text(self, text: str, path: Path) -> StagedFile:
+        """Scan, then write a text file (a datasheet, a report) under a staged name."""
+        self._staging()
+        self.scan(text, str(path))
+        staged = self._stage(path)
+        staged.write_text(text, encoding="utf-8")
+        return self._add_file(path, staged, None)
+
+    def _add_file(self, path: Path, staged: Path, rows: int | None) -> StagedFile:
+        entry = StagedFile(Path(path), staged, _sha256(staged), staged.stat().st_size, rows)
+        self.files = [f for f in self.files if f.path != entry.path] + [entry]
+        return entry
+
+    # ---- other stores --------------------------------------------------------------------
+
+    def record_rows(self, store: str, rows: list[dict], **kw) -> None:
+        """Scan rows about to be written to another store (in the caller's transaction) and record them."""
+        self._staging()
+        if not rows:
+            return
+        self.scan(rows, store, **kw)
+        record = self.stores.setdefault(store, StoreRecord())
+        record.rows += len(rows)
+        for r in rows:
+            record.digest.update(json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode())
+            record.digest.update(b"\n")
+
+    # ---- commit and manifest -------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Make everything staged visible: Iceberg commits (one per table), then files renamed into place."""
+        self._staging()
+        for w in self.writers:
+            w.commit()
+        for r in self.replacements:
+            r.commit()
+        for f in self.files:
+            os.replace(f.staged, f.path)
+        self.state = "committed"
+
+    def abort(self) -> None:
+        """Drop what is staged: open transactions are never committed, staged files are removed."""
+        if self.state != "staging":
+            return
+        for f in self.files:
+            f.staged.unlink(missing_ok=True)
+        self.state = "aborted"
+
+    def _snapshots(self) -> tuple[dict[str, Table], dict[str, list[int]]]:
+        """Tables committed to and the snapshot ids this publication made in each.
+
+        The ids are those its own commits made, plus any snapshot made since on top of them
+        under this publication's id (a caller's roll-back after a failed check), never a
+        snapshot elsewhere in the history that merely carries the id.
+        """
+        tables: dict[str, Table] = {}
+        ids: dict[str, list[int]] = {}
+        for name, table, made in [(".".join(w.table.name()), w.table, w.snapshot_ids) for w in self.writers] + \
+                                 [(r.name, r.table, r.snapshot_ids) for r in self.replacements]:
+            if not made:
+                continue
+            table.refresh()
+            chain = committed_snapshots(table, self.id)
+            later = chain[chain.index(made[-1]) + 1:] if made[-1] in chain else []
+            tables[name] = table
+            ids[name] = list(dict.fromkeys(ids.get(name, []) + made + later))
+        return tables, ids
+
+    @property
+    def wrote(self) -> bool:
+        return bool(any(w.snapshot_ids for w in self.writers) or any(r.snapshot_ids for r in self.replacements)
+                    or self.files or any(s.rows for s in self.stores.values()))
+
+    def finish(self, summary: dict) -> tuple[int, str] | None:
+        """Append the publication's one signed manifest; returns (seq, hash), or None if nothing was written."""
+        if self.state != "committed":
+            raise RuntimeError(f"publication {self.id} is {self.state}: commit() before finish()")
+        self.state = "finished"
+        if not self.wrote:
+            return None
+        body = {
+            "kind": self.kind, "key_id": self.key_id, **summary,
+            "stores": {name: s.entry() for name, s in sorted(self.stores.items())},
+            "leak_scan": self.scan_report(),
+        }
+        tables, snapshots = self._snapshots()
+        self.manifest = manifests.append(self.engine, self.signer, self.id, tables, body,
+                                         [f.entry() for f in self.files], snapshots=snapshots)
+        return self.manifest
+
+    def scan_report(self) -> dict:
+        """What the leak scan saw: rows scanned, the exemptions used and the policy they came from."""
+        return {"rows_scanned": self.scanned.rows, "exempted": self.scanned.exemptions(),
+                "policy": self.scanner.policy.source}

@@ -1,0 +1,143 @@
+"""One run per institution at a time: a second process waits or is refused, a killed run is cleaned up.
+
+Each test runs real processes against a real workspace (SQLite catalog, local warehouse):
+two publishes at once, a holder killed with SIGKILL, a run killed after writing data files
+but before its commit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+
+from hub.demo.generator import generate_region
+from hub.lakehouse.orphans import find_orphans
+from hub.lakehouse.tables import open_catalog
+from hub.lineage import catalog as runcat
+from hub.pipeline import run_institution
+from hub.region import load_region
+from tests.conftest import TEST_MASTER_KEY
+
+pytestmark = pytest.mark.slow
+INST = "city-first"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def region(tmp_path):
+    generate_region(tmp_path / "ws", patients=12)
+    return load_region(tmp_path / "ws")
+
+
+def _python(code: str, ws: Path) -> subprocess.Popen:
+    env = {**os.environ, "HUB_MASTER_KEY": TEST_MASTER_KEY.hex(), "PYTHONPATH": str(REPO)}
+    prelude = f"from pathlib import Path\nfrom hub.region import load_region\nregion = load_region(Path({str(ws)!r}))\n"
+    return subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _all_ids(region) -> dict[str, list[str]]:
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    if (region.zone,) not in icat.list_namespaces():
+        return {}
+    return {".".join(t): icat.load_table(t).scan(selected_fields=("id",)).to_arrow().column("id").to_pylist()
+            for t in icat.list_tables(region.zone)}
+
+
+def test_two_publishes_of_one_institution_at_once_publish_each_row_once(region):
+    code = f"""
+        from deid.keys import Keyring
+        from hub.pipeline import run_institution
+        r = run_institution(region, {INST!r}, Keyring.load(), lock_wait=120)
+        print(sum(c['published'] for c in r.by_resource().values()))
+    """
+    procs = [_python(code, region.workspace) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-800:] for o in outs]
+    ids = _all_ids(region)
+    assert ids and all(len(v) == len(set(v)) for v in ids.values()), {k: len(v) - len(set(v)) for k, v in ids.items()}
+    engine = runcat.connect(region.catalog_url)
+    with engine.connect() as conn:
+        statuses = [s for (s,) in conn.execute(sa.select(runcat.runs.c.status).where(runcat.runs.c.institution == INST))]
+    assert statuses == ["succeeded", "succeeded"]
+
+
+def test_a_second_run_is_refused_while_a_live_run_holds_the_lock(region, keys):
+    holder = _python(f"""
+        import time
+        from hub.lineage import catalog as runcat
+        runcat.acquire_lock(runcat.connect(region.catalog_url), {INST!r}, "holder-run")
+        print("locked", flush=True)
+        time.sleep(60)
+    """, region.workspace)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        with pytest.raises(runcat.InstitutionBusy, match="is being published by run holder-run"):
+            run_institution(region, INST, keys, lock_wait=1)
+        assert time.monotonic() - start < 10
+        assert _all_ids(region) == {}  # nothing was read or written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_and_its_run_marked_failed(region, keys):
+    engine = runcat.connect(region.catalog_url)
+    holder = _python(f"""
+        from hub.lineage import catalog as runcat
+        engine = runcat.connect(region.catalog_url)
+        runcat.start_run(engine, "killed-run", {INST!r}, "k", "r", "0")
+        runcat.acquire_lock(engine, {INST!r}, "killed-run")
+        print("locked", flush=True)
+        import time; time.sleep(60)
+    """, region.workspace)
+    assert holder.stdout.readline().strip() == "locked"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    report = run_institution(region, INST, keys)
+    assert report.abandoned_runs == ["killed-run"]
+    with engine.connect() as conn:
+        status = conn.execute(sa.select(runcat.runs.c.status).where(runcat.runs.c.run_id == "killed-run")).scalar_one()
+        locks = conn.execute(sa.select(sa.func.count()).select_from(runcat.run_locks)).scalar_one()
+    assert status == "failed" and locks == 0
+
+
+def test_kill_minus_9_after_writing_data_files_leaves_no_orphan_and_no_lost_row(region, keys, tmp_path_factory):
+    reference = tmp_path_factory.mktemp("reference") / "ws"
+    generate_region(reference, patients=12)
+    expected = run_institution(load_region(reference), INST, keys).by_resource()
+    victim = _python(f"""
+        import os, signal
+        from deid.keys import Keyring
+        from hub.pipeline import InstitutionRun, feed_blocks
+        from hub.mapping.run import block_select
+        from hub.sources.sql import iter_batches
+        run = InstitutionRun(region, {INST!r}, Keyring.load())
+        for work in feed_blocks(run.inst):
+            compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
+            run.publish(work, iter_batches(work.engine, block_select(compiled, work.schema), 5000))
+            run.writer(work.block.resource).flush()
+        print("written", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # data files on disk, nothing committed
+    """, region.workspace)
+    out, err = victim.communicate(timeout=300)
+    assert victim.returncode == -signal.SIGKILL and out.strip() == "written", err[-800:]
+    icat = open_catalog(region.catalog_url, region.warehouse)
+    assert find_orphans(icat, [region.zone], INST, older_than=0), "the killed run should have left data files"
+
+    report = run_institution(region, INST, keys)
+    assert len(report.abandoned_runs) == 1 and report.orphans_removed > 0
+    assert find_orphans(icat, [region.zone], INST, older_than=0) == []
+    assert {rt: c["published"] for rt, c in report.by_resource().items()} == {rt: c["published"] for rt, c in expected.items()}
+    obs = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation").scan().to_arrow()
+    assert pc.count_distinct(obs.column("id")).as_py() == obs.num_rows == expected["Observation"]["published"]
