@@ -79,7 +79,6 @@ class Preparer:
         self.deid = Deidentifier(ruleset, keys)
         self._blocks: dict[tuple[str, int], CompiledBlock] = {}
         self._mappings: dict[str, Mapping] = {}
-        self._phi: dict[tuple[str, int], tuple[int, ...]] = {}
 
     def compiled(self, mapping_path: str, block_index: int) -> CompiledBlock:
         key = (mapping_path, block_index)
@@ -90,26 +89,11 @@ class Preparer:
             self._blocks[key] = CompiledBlock(mapping, mapping.blocks[block_index], self.institution, self.keys)
         return self._blocks[key]
 
-    def phi_columns(self, mapping_path: str, block_index: int) -> tuple[int, ...]:
-        """Positions in the block's source rows of the columns its mapping marks ``phi: true``."""
-        key = (mapping_path, block_index)
-        if key not in self._phi:
-            compiled = self.compiled(mapping_path, block_index)
-            self._phi[key] = tuple(dict.fromkeys(
-                compiled.columns.index(compiled.qualify(el.source))
-                for el in compiled.block.elements
-                if el.options.get("phi") and el.kind == "column" and compiled.qualify(el.source) in compiled.columns
-            ))
-        return self._phi[key]
-
-    def known_values(self, resource: dict, row: tuple[Any, ...], phi: tuple[int, ...]) -> tuple[str, ...]:
+    def known_values(self, compiled: CompiledBlock, resource: dict, row: tuple[Any, ...]) -> tuple[str, ...]:
         """What the source record knows that identifies its person: the mapped resource's values
-        at identifying leaves and the row's phi columns. Scrubbing removes them from kept strings."""
-        values = list(self.deid.identifying_values(resource))
-        for i in phi:
-            v = row[i]
-            if v is not None and str(v).strip():
-                values.append(str(v).strip())
+        at identifying leaves and the row's identifying columns (phi lines and Patient keys,
+        see CompiledBlock.known_values). Scrubbing removes them from kept strings."""
+        values = [*self.deid.identifying_values(resource), *(v.strip() for v in compiled.known_values(row) if v.strip())]
         return tuple(dict.fromkeys(values))
 
     def prepare(self, mapping_path: str, block_index: int, rows: list[tuple[Any, ...]]) -> PreparedBatch:
@@ -120,7 +104,6 @@ class Preparer:
         items: list[Ready | Rejected] = []
         wm = block.watermark
         wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
-        phi = self.phi_columns(mapping_path, block_index)
         for row in rows:
             skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
             mapped = map_and_validate(compiled, row)
@@ -128,7 +111,7 @@ class Preparer:
                 items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
                 continue
             try:
-                clean = self.deid.apply(mapped.resource, known_names=self.known_values(mapped.resource, row, phi))
+                clean = self.deid.apply(mapped.resource, known_names=self.known_values(compiled, mapped.resource, row))
             except UnknownModifierExtension as exc:
                 items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
                 continue

@@ -197,7 +197,10 @@ class CompiledBlock:
             for el in block.elements if el.options.get("not_before_birth") is True
         )
         # the row's identifying values (phi lines), looked for in anything a reason would show
-        self._phi_getters = [self._col(c) for el in block.elements if el.options.get("phi") for c in element_columns(el)]
+        # (phi lines, and the keys of references to a Patient: MRNs identify the person too)
+        self._phi_getters = [self._col(c) for el in block.elements
+                             if el.options.get("phi") or (el.kind == "reference" and el.source == "Patient")
+                             for c in element_columns(el)]
         # Repeating elements fed by data (not only constants): dropped whole when no data arrives,
         # so an identifier with no value does not survive as a bare system.
         self._data_anchors = {a: _tokens(a) for el, _, _, a in self._elements if a and el.kind != "const"}

@@ -69,8 +69,16 @@ def test_the_rows_phi_values_are_scrubbed_from_kept_strings(preparer):
     assert out["subject"] == {"reference": out["subject"]["reference"]}  # the display is redacted
 
 
-def test_phi_columns_and_identifying_leaves_are_precomputed_per_block(preparer):
+def test_the_rows_identifying_columns_include_the_patient_key(preparer):
     prep, path = preparer
     compiled = prep.compiled(path, 0)
-    assert [compiled.columns[i] for i in prep.phi_columns(path, 0)] == ["lab_result.patient_name"]
+    row = _row(prep, path)
+    assert sorted(compiled.known_values(row)) == sorted([row[compiled.columns.index("lab_result.mrn")], "欧阳娜娜"])
     assert prep.deid.identifying_values({"resourceType": "Observation", "valueString": "x"}) == ()
+
+
+def test_an_mrn_written_into_a_result_text_is_scrubbed(preparer):
+    prep, path = preparer
+    mrn = _row(prep, path)[prep.compiled(path, 0).columns.index("lab_result.mrn")]
+    (ready,) = prep.prepare(path, 0, [_row(prep, path, result_value=f"see chart {mrn}")]).items
+    assert mrn not in ready.text and "[identifier]" in ready.text
