@@ -88,12 +88,13 @@ def check_feed(
     """
     mapping = load_mapping(mapping_path)
     ruleset = load_ruleset(ruleset_path, zone)
-    preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset)
+    scanner = Scanner(canaries, load_scan_policy(ruleset_path))
+    preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset, scanner)
     engine = sa.create_engine(url)
     schema = SourceSchema(engine)
     blocks, groups = [], {}
     unmapped: Counter[tuple[str, str]] = Counter()
-    scanner, scanned = Scanner(canaries, load_scan_policy(ruleset_path)), ScanResult()
+    scanned = ScanResult()
     try:
         for index, block in enumerate(mapping.blocks):
             compiled = preparer.compiled(str(mapping.path), index)

@@ -3,23 +3,37 @@
 Finds resident ID numbers (GB 11643-1999, 18 characters, and legacy 15-digit numbers), mainland
 mobile numbers, landlines, and the known identifying values of one source record (names, ID
 numbers, phones, MRNs, addresses), also when written to evade a plain pattern: full-width or
-other-script digits, spaces, dashes, slashes or invisible characters inside the number, a
+other-script digits, Chinese numerals, separators or invisible characters inside the number, a
 letter prefix (``SFZ110101...``, ``tel138...``), ``+86``/``0086``, a name spelled ``张 三``.
 Used to scrub strings during de-identification, to validate source values, to normalise them
 before pseudonymisation, and by the leak scan.
 
-Matching happens on a folded copy of the text (per-character NFKC, accents dropped, case
-folded, every decimal digit and Chinese numeral (一二三, 壹贰叁) as an ASCII digit, invisible
-format characters as spaces); spans are mapped back to the original text, so a caller replaces
-exactly what was found and keeps every other byte (a "×10⁹/L" stays as it is, never its NFKC
-form).
+Matching happens on a folded copy of the text: per-character NFKC, accents dropped, case
+folded, every decimal digit and Chinese numeral (〇一二三, 幺 for a spoken 1, 两, 壹贰叁) as an
+ASCII digit, and every invisible character removed (format characters such as zero-width
+spaces, the BOM and soft hyphens; combining and enclosing marks such as variation selectors,
+the combining grapheme joiner and the keycap; Hangul fillers and the Braille blank). Spans are
+mapped back to the original text, so a caller replaces exactly what was found and keeps every
+other byte (a "×10⁹/L" stays as it is, never its NFKC form).
+
+Separators inside a number come in two strengths. Tight ones (up to 4 of whitespace, dashes,
+underscores, slashes, parentheses, middle dots) may cut a number anywhere, as they always did.
+Wide ones (longer whitespace runs; ``~ * | : 、 + # < >``, brackets of every kind; the words
+``转``, ``分机``, ``ext`` and ``x``) join numbers only in the shapes people write: a mobile cut
+3-4-4, 3-8, 7-4 or 4-4-3 (after an optional 86/0086 prefix), a landline cut between area code
+and subscriber number (and the subscriber 3-4 or 4-4), a 15-digit ID cut 6-6-3, and an
+18-character ID made of whole groups, cut anywhere (its check digit, birth date and division
+code keep chance matches out). So times ("08:30:00"), ratios, ranges ("1~3"), blood pressures
+and lists of codes do not run together into a phone number.
 
 Known limits (what this does not promise): digits separated by '.' or ',' are separate numbers
-(they are decimals and thousands); a landline without its area code, or a number with extra
-digits glued on, is found only as a known value of the record; a landline or 15-digit ID cut so
-that a part reads as a date (2024-05-12) and a number cut into a list of LOINC codes with valid
-check digits are not reported; in document mode, a mobile glued into a 16+ character lower-case
-hex token is not reported (an 18-character ID is).
+(they are decimal points and thousands separators in every clinical value, and "1.3812345678"
+must stay a number), nor are numbers cut by other letters ("191a8745b2685") or written with
+look-alike letters ("l9l...", "O571...") found; a landline without its area code, or a number
+with extra digits glued on, is found only as a known value of the record; a landline or 15-digit
+ID cut so that a part reads as a date (2024-05-12) and a number cut into a list of LOINC codes
+with valid check digits are not reported; in document mode, a mobile glued into a 16+ character
+lower-case hex token is not reported (an 18-character ID is).
 
 Libraries: landlines are validated with ``phonenumbers`` (Google's libphonenumber metadata: real
 area codes and the subscriber length each one takes), which keeps digit runs such as two dates
@@ -51,14 +65,22 @@ MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])(?:\+86|0086)?1[3-9][0-9]{9}(?![0-9A-Za
 KINDS = ("resident-id", "mobile", "landline", "known")
 PLACEHOLDERS = {"resident-id": "[id-number]", "mobile": "[phone]", "landline": "[phone]", "known": "[identifier]"}
 
-# Characters allowed between the digits of a number (in folded text). '.' is not one: it is
-# a decimal point. Parentheses are, for "(0571) 8765 4321".
+# Tight separators, which may cut a number anywhere (at most 4 in a row), in folded text. '.'
+# and ',' are none: they are decimal points and thousands separators. Parentheses are, for
+# "(0571) 8765 4321".
 _SEP = r"[\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb]"
+# Wide separators join numbers only in the shapes people write them in (see the module docstring).
+_WIDE_CHARS = (r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb"
+               r"~\u301c\u223c*|:\u3001+#<>\[\]{}\u3008-\u3011\u3014-\u3017")
+_GAP = rf"(?:[{_WIDE_CHARS}]|ext|x|转|轉|分机|分機)+"
 # Between the characters of a known value, also dots, commas and apostrophes ("Zhang, San").
-_KNOWN_SEP_CHARS = r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb.,:'\u2018\u2019+"
+_KNOWN_SEP_CHARS = (r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb.,:'\u2018\u2019+"
+                    r"~\u301c\u223c*|\u3001#<>\[\]{}\u3008-\u3011\u3014-\u3017")
 _KNOWN_SEP = f"[{_KNOWN_SEP_CHARS}]"
-_RUN_RE = re.compile(rf"[0-9](?:{_SEP}{{0,4}}[0-9])*(?:{_SEP}{{0,4}}x)?")
+_RUN_RE = re.compile(rf"[0-9](?:(?:{_GAP})?[0-9])*(?:{_SEP}{{0,4}}x)?")
 _GROUP_RE = re.compile(r"[0-9]+")
+_TIGHT_GAP = re.compile(rf"{_SEP}{{1,4}}")
+_CHECK_X = re.compile(rf"{_SEP}{{0,4}}x")  # an ID's check character after its 17 digits
 _SEVEN_DIGITS = re.compile(r"[0-9](?:[^0-9]*[0-9]){6}")
 _DATE_GROUPS_RE = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2})([-/])([0-9]{1,2})\2([0-9]{1,2})(?![0-9])")
 _LOINC_RE = re.compile(r"(?<![0-9\-])([0-9]{3,5})-([0-9])(?![0-9\-])")
@@ -212,55 +234,65 @@ class _FoldTable(dict):
 
     def __missing__(self, code: int) -> str:
         out = _fold_char(chr(code))
-        if len(out) != 1:  # known as expanding before any text can fold through it
-            _EXPANDING.add(chr(code))
-            _expanding_re.cache_clear()
+        if len(out) != 1:  # known as resizing before any text can fold through it
+            _RESIZING.add(chr(code))
+            _resizing_re.cache_clear()
         self[code] = out
         return out
 
 
+# Letters and symbols that show as nothing: Hangul fillers (NFKC turns U+3164 and U+FFA0 into
+# U+1160) and the Braille blank.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+_REMOVED_CATEGORIES = frozenset(("Cf", "Mn", "Me"))
+
+
 def _fold_char(ch: str) -> str:
     """One character folded: NFKC, accents dropped ("Zhāng" -> "zhang"), case folded, any
-    decimal digit as ASCII; invisible format characters and lone combining marks become a
-    space (a separator), so nothing folds to nothing."""
-    if unicodedata.category(ch) == "Cf":  # zero-width space, soft hyphen, BOM, word joiner ...
-        return " "
+    decimal digit or Chinese numeral as ASCII; an invisible character (format character,
+    combining or enclosing mark, filler) folds to nothing, so "1\u200b3\ufe0f8" reads "138"."""
     if ch in _HANZI_DIGITS:  # 一三八一二三四五六七八 is how a phone number evades a text filter
         return _HANZI_DIGITS[ch]
+    if ch in _INVISIBLE or unicodedata.category(ch) in _REMOVED_CATEGORIES:
+        return ""
     out = unicodedata.normalize("NFKC", ch)
     decomposed = unicodedata.normalize("NFD", out)
-    if any(unicodedata.combining(c) for c in decomposed):
-        out = "".join(c for c in decomposed if not unicodedata.combining(c))
-    out = "".join(
+    if any(c in _INVISIBLE or unicodedata.category(c) in _REMOVED_CATEGORIES for c in decomposed):
+        out = "".join(c for c in decomposed
+                      if c not in _INVISIBLE and unicodedata.category(c) not in _REMOVED_CATEGORIES)
+    return "".join(
         str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None else c
         for c in out.casefold()
     )
-    return out or " "
 
 
-_HANZI_DIGITS = {c: str(i % 10) for i, c in enumerate("〇一二三四五六七八九零壹贰叁肆伍陆柒捌玖")}
-_EXPANDING: set[str] = set()
+_HANZI_DIGITS = {
+    **{c: str(i) for i, c in enumerate("〇一二三四五六七八九")},
+    **{c: str(i) for i, c in enumerate("零壹贰叁肆伍陆柒捌玖")},
+    "幺": "1", "两": "2", "兩": "2", "貳": "2", "參": "3", "叄": "3", "陸": "6", "○": "0",
+}
+_RESIZING: set[str] = set()  # characters that fold to none or several
 _TABLE = _FoldTable({c: chr(c).lower() for c in range(128)})
 
 
 @functools.cache
-def _expanding_re() -> re.Pattern[str] | None:
-    if not _EXPANDING:
+def _resizing_re() -> re.Pattern[str] | None:
+    if not _RESIZING:
         return None
-    return re.compile("[" + "".join(re.escape(c) for c in sorted(_EXPANDING)) + "]")
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(_RESIZING)) + "]")
 
 
 class _SpanMap:
     """Maps positions in the folded text back to the original, where some characters folded to
-    several ("①⑩" -> "10", "℃" -> "°c"). Identity when none did."""
+    none ("\u200b") or several ("①⑩" -> "10", "℃" -> "°c")."""
 
     __slots__ = ("_starts", "_orig", "_lens", "_shift")
 
     def __init__(self, text: str, pattern: re.Pattern[str]):
-        self._starts: list[int] = []  # folded position where each expansion starts
+        self._starts: list[int] = []  # folded position where each resized character's output starts
         self._orig: list[int] = []
         self._lens: list[int] = []
-        self._shift: list[int] = []  # folded - original after each expansion
+        self._shift: list[int] = []  # folded - original after each resized character
         shift = 0
         for m in pattern.finditer(text):
             n = len(_TABLE[ord(m.group())])
@@ -270,11 +302,15 @@ class _SpanMap:
             shift += n - 1
             self._shift.append(shift)
 
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
     @property
     def shift(self) -> int:
         return self._shift[-1] if self._shift else 0
 
     def original(self, pos: int) -> int:
+        """The original position of the folded character at pos."""
         k = bisect.bisect_right(self._starts, pos) - 1
         if k < 0:
             return pos
@@ -288,15 +324,36 @@ def _fold(text: str) -> str:
 
 
 def _span_map(text: str, folded: str) -> _SpanMap | None:
-    if len(folded) == len(text):  # no character folds to nothing, so every one folded to one
+    """The map back from folded to text, or None when every character folded to one."""
+    if text.isascii():
         return None
     for _attempt in range(2):
-        pattern = _expanding_re()
+        pattern = _resizing_re()
         smap = _SpanMap(text, pattern) if pattern is not None else None
-        if smap is not None and smap.shift == len(folded) - len(text):
+        if smap is None or not smap:
+            if len(folded) == len(text):
+                return None
+        elif smap.shift == len(folded) - len(text):
             return smap
-        _expanding_re.cache_clear()  # another thread added an expanding character meanwhile
+        _resizing_re.cache_clear()  # another thread added a resizing character meanwhile
     raise AssertionError("folded text does not map back to the original")
+
+
+class _Origin:
+    """Positions of a folded text in its original, the map built on first use (most texts
+    never need it)."""
+
+    __slots__ = ("_text", "_folded", "_map", "_built")
+
+    def __init__(self, text: str, folded: str):
+        self._text, self._folded = text, folded
+        self._map: _SpanMap | None = None
+        self._built = False
+
+    def __call__(self, pos: int) -> int:
+        if not self._built:
+            self._map, self._built = _span_map(self._text, self._folded), True
+        return pos if self._map is None else self._map.original(pos)
 
 
 # ---- known values of one record -------------------------------------------------------
@@ -309,9 +366,11 @@ class KnownValues:
     inside the value: "张三" is found as "张 三", "MRN-00123" as "mrn00123", a phone by its
     digits, a pinyin name "Zhang San" as "zhangsan", "ZHANG SAN", "Zhāng Sān" and "San Zhang".
     Values shorter than 2 characters, and numeric ones shorter than 6 digits, are ignored (they
-    would wipe ordinary numbers). A short number (under 11 digits) is not found inside a longer
-    number or decimal, nor a word of letters inside a longer word, so MRN 100234 is not found in
-    21002345 and "Li Na" not in "linagliptin". An ID number is also found in its legacy 15-digit
+    would wipe ordinary numbers). Any other value is found whatever touches it, also glued to
+    other digits ("M1000001191..." or "21002345" for MRN 100234: redacting a longer number that
+    holds a known value is the price of not letting digits hide it); only a word of letters is
+    not found inside a longer word ("Li Na" not in "linagliptin"), and a name of numerals (陆伍)
+    not inside a longer number. An ID number is also found in its legacy 15-digit
     form (and the reverse), a landline also by its subscriber number, and an address also by its
     part below the district ("文三路12号3幢").
 
@@ -356,12 +415,11 @@ class KnownValues:
 
 
 def _edge(key: str, index: int) -> str | None:
-    """What must not touch this end of the key: 'digit' for short numbers, 'letter' for words."""
-    digits = sum(c.isdigit() for c in key)
-    c = key[index]
-    if c.isdigit() and digits < 11:
+    """What must not touch this end of the key: 'digit' for a short number (only a name of
+    numerals keeps one: numeric values that short are dropped), 'letter' for a word."""
+    if key.isdigit() and len(key) < 6:
         return "digit"
-    if digits == 0 and c.isascii() and c.isalpha():
+    if key[index].isascii() and key[index].isalpha() and not any(c.isdigit() for c in key):
         return "letter"
     return None
 

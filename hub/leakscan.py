@@ -221,8 +221,18 @@ def _digits(text: str) -> str:
     return re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", text))
 
 
+class _Number(str):
+    """A JSON number's digits as written (parse_float/parse_int), told apart from a string leaf."""
+
+
+#: Detector kinds that count inside a JSON number. A result of 13800000000 IU/mL is a number,
+#: not a phone; an 18-digit number with a valid check digit, birth date and division code is
+#: an ID number smuggled into a numeric field.
+NUMBER_KINDS = frozenset({"resident-id", "canary"})
+
+
 def _dump_with_paths(doc: dict, root: str) -> tuple[str, list[tuple[int, int, str]]]:
-    """Compact JSON of doc and the (start, end, element path) of every string leaf in it."""
+    """Compact JSON of doc and the (start, end, element path) of every leaf in it (numbers' paths end in '#')."""
     chunks: list[str] = []
     spans: list[tuple[int, int, str]] = []
     pos = 0
@@ -246,6 +256,10 @@ def _dump_with_paths(doc: dict, root: str) -> tuple[str, list[tuple[int, int, st
                     put(",")
                 emit(v, f"{path}[{i}]")
             put("]")
+        elif isinstance(node, _Number):
+            start = pos
+            put(str(node))
+            spans.append((start, pos, path + "#"))
         elif isinstance(node, str):
             start = pos
             put(json.dumps(node, ensure_ascii=False))
@@ -302,10 +316,15 @@ class Scanner:
                 result.hits.append(Hit(where, kind, mask(value), path))
         return result
 
-    def resource(self, text: str, where: str) -> ScanResult:
-        """One FHIR resource's JSON, structurally: declared codes apart, every other leaf scanned."""
+    def resource(self, text: str, where: str, known: identifiers.KnownValues | tuple[str, ...] | None = None) -> ScanResult:
+        """One FHIR resource's JSON, structurally: declared codes apart, every other leaf scanned.
+
+        known: the values of the resource's own source record (with the canaries), when the
+        caller has them (the pipeline's workers do); a finding of one is a "known" hit.
+        Inside a JSON number only an ID number (or a canary) counts: see NUMBER_KINDS.
+        """
         try:
-            doc = json.loads(text, parse_float=str, parse_int=str)  # numbers keep their digits as written
+            doc = json.loads(text, parse_float=_Number, parse_int=_Number)  # numbers keep their digits as written
         except ValueError:
             return self.text(text, where)
         if not isinstance(doc, dict):
@@ -315,14 +334,36 @@ class Scanner:
         _take_codes(doc, root, self.policy, codes)
         result = ScanResult(rows=1)
         text, leaves = _dump_with_paths(doc, root)
-        for kind, value, start, _ in detect(text, self.known):
-            path = next((p for a, b, p in leaves if a <= start < b), "")
+        starts = [a for a, _, _ in leaves]
+        for kind, value, start, _ in detect(text, known if known is not None else self.known):
+            i = bisect.bisect_right(starts, start) - 1
+            path = leaves[i][2] if i >= 0 and leaves[i][0] <= start < leaves[i][1] else ""
+            if path.endswith("#"):
+                if kind not in NUMBER_KINDS:
+                    result.exempted[("(a number)", kind)] += 1
+                    continue
+                path = path[:-1]
             result.hits.append(Hit(where, kind, mask(value), path))
         for path, exemption, code in codes:
             r = self.code(exemption.system, code, where, path)
             result.hits += r.hits
             result.exempted.update(r.exempted)
         return result
+
+    def with_canaries(self, known: tuple[str, ...]) -> tuple[str, ...]:
+        """A record's known values plus the canaries: one tuple, so the scrubber and record()
+        share the detector's compiled form of it (cached per tuple)."""
+        return tuple(dict.fromkeys((*known, *sorted(self.canaries)))) if self.canaries else known
+
+    def record(self, text: str, known: tuple[str, ...], where: str) -> ScanResult:
+        """A resource about to be published from one source record, with that record's known
+        values (and the canaries: see with_canaries): the quick pass over its JSON, and the
+        structural pass only when the quick one finds something. The pipeline's workers
+        quarantine a row with any hit, so one bad row never blocks a publication."""
+        known = known or tuple(sorted(self.canaries))
+        if not identifiers.find_identifiers(text, known, document=True):
+            return ScanResult(rows=1)
+        return self.resource(text, where, known)
 
     def token(self, token: str, where: str) -> ScanResult:
         """A ``system|code`` value."""

@@ -185,7 +185,7 @@ class InstitutionRun:
         self.writers: dict[str, TableWriter] = {}
         self.publication = Publication.open(region, keys, "run", self.run_id, engine=self.engine)  # scan + manifest
         self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
-        self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers)
+        self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers, self.publication.scanner)
         runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
 
     def writer(self, resource_type: str) -> TableWriter:

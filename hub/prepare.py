@@ -25,6 +25,7 @@ from deid.ruleset import Ruleset
 from hub.fhir.ids import source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
 from hub.lakehouse.tables import effective_time, primary_code
+from hub.leakscan import Hit, Scanner, load_scan_policy
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.mapping.run import map_and_validate
 from hub.mapping.spec import Mapping, load_mapping
@@ -74,9 +75,12 @@ def _patient_ref(resource: dict) -> str | None:
 class Preparer:
     """Prepares batches for one institution under one ruleset and key."""
 
-    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset):
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, scanner: Scanner | None = None):
+        """scanner: the leak scan each prepared resource must pass (the workspace's canaries and
+        the ruleset's code-system exemptions); a row with a finding is quarantined, not published."""
         self.institution, self.keys = institution, keys
         self.deid = Deidentifier(ruleset, keys)
+        self.scanner = scanner or Scanner(frozenset(), load_scan_policy(ruleset.path))
         self._blocks: dict[tuple[str, int], CompiledBlock] = {}
         self._mappings: dict[str, Mapping] = {}
 
@@ -110,12 +114,17 @@ class Preparer:
             if mapped.resource is None:
                 items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
                 continue
+            known = self.scanner.with_canaries(self.known_values(compiled, mapped.resource, row))
             try:
-                clean = self.deid.apply(mapped.resource, known_names=self.known_values(compiled, mapped.resource, row))
+                clean = self.deid.apply(mapped.resource, known_names=known)
             except UnknownModifierExtension as exc:
                 items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
                 continue
             text = dumps(clean)
+            found = self.scanner.record(text, self._must_not_appear(compiled, known, row), block.table)
+            if found.hits:  # an identifier survived de-identification (a code, a number): this row only waits
+                items.append(Rejected([self._leak(compiled, hit) for hit in found.hits], False, compiled.row_label(row), skh))
+                continue
             is_patient = block.resource == "Patient"
             items.append(Ready(
                 id=clean["id"], text=text, hash=content_hash(text), code=primary_code(clean),
@@ -126,6 +135,27 @@ class Preparer:
                 birth_times=compiled.birth_times(clean) if compiled.birth_checked and not is_patient else (),
             ))
         return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop)
+
+    @staticmethod
+    def _must_not_appear(compiled: CompiledBlock, known: tuple[str, ...], row: tuple[Any, ...]) -> tuple[str, ...]:
+        """The known values the leak scan looks for: all but the row's dates (usually the same tuple)."""
+        if not compiled.dates_known:
+            return known
+        dates = set(compiled.known_values(row)) - set(compiled.identifier_values(row))
+        return tuple(v for v in known if v not in dates) if dates else known
+
+    def _leak(self, compiled: CompiledBlock, hit: Hit) -> RowProblem:
+        """The problem of a row whose de-identified resource still holds an identifier (never shown)."""
+        what = {"canary": "a value of the record's own identity (name, MRN, phone, address) or a canary",
+                "resident-id": "a resident ID number", "mobile": "a mobile number", "landline": "a phone number"}.get(hit.kind, hit.kind)
+        element = hit.path or compiled.block.resource
+        return RowProblem(
+            f"{compiled.mapping.path.name}:{compiled.block.line}", element, None,
+            f"the leak scan finds {what} here after de-identification",
+            "no identifier in published data: correct the source value, map the element from another column, "
+            "or, for a code system whose codes look like identifiers, declare it under leak_scan: in "
+            f"{self.deid.ruleset.path.name}", None,
+        )
 
     def _unknown_modifier(self, compiled: CompiledBlock, exc: UnknownModifierExtension) -> RowProblem:
         """The problem of a row refused for a modifierExtension, located at the mapping line that writes it."""
@@ -155,9 +185,9 @@ TASK_ROWS = 1000
 _worker: Preparer | None = None
 
 
-def _init_worker(institution: str, master: bytes, ruleset: Ruleset) -> None:
+def _init_worker(institution: str, master: bytes, ruleset: Ruleset, scanner: Scanner | None) -> None:
     global _worker
-    _worker = Preparer(institution, Keyring(master), ruleset)
+    _worker = Preparer(institution, Keyring(master), ruleset, scanner)
 
 
 def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]]]) -> PreparedBatch:
@@ -176,13 +206,13 @@ def default_workers() -> int:
 class PreparePool:
     """Runs a Preparer's batches in-process (workers <= 1) or in a process pool."""
 
-    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, workers: int):
-        self.local = Preparer(institution, keys, ruleset)
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, workers: int, scanner: Scanner | None = None):
+        self.local = Preparer(institution, keys, ruleset, scanner)
         self.workers = workers
         self._pool = None
         if workers > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset))
+            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset, self.local.scanner))
 
     def map(self, mapping_path: str, block_index: int, batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[PreparedBatch]:
         """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight."""

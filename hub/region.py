@@ -48,6 +48,7 @@ class Region:
     ruleset: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "deid" / "rules" / "default.yaml")
     signing_key_file: Path | None = None  # manifest signing key (private); keep it outside the workspace in production
     trusted_keys_file: Path | None = None  # public keys `hub audit verify` trusts (see hub.lineage.signing)
+    recognition_limits: LineDict | None = None  # region.yaml's `recognition_limits` (read by hub.recognition.limits)
 
     @property
     def key_file(self) -> Path:
@@ -120,6 +121,10 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
         region.recognition_index = _expand(str(doc["recognition_index"]), workspace, f, doc.line_of("recognition_index"), "recognition_index")
     if doc.get("ruleset"):
         region.ruleset = Path(_expand(str(doc["ruleset"]), workspace, f, doc.line_of("ruleset"), "ruleset"))
+    if doc.get("recognition_limits") is not None:
+        if not isinstance(doc["recognition_limits"], LineDict):
+            raise ConfigError(f, doc.line_of("recognition_limits"), "recognition_limits", "is not a mapping", "e.g. {lookups_per_minute: 60, burst: 20, misses_per_hour: 20}")
+        region.recognition_limits = doc["recognition_limits"]
     for key in ("signing_key_file", "trusted_keys_file"):
         if doc.get(key):
             setattr(region, key, Path(_expand(str(doc[key]), workspace, f, doc.line_of(key), key)))

@@ -67,6 +67,7 @@ from hub.lakehouse.tables import (
 from hub.lineage import access
 from hub.lineage.catalog import connect as connect_catalog
 from hub.lineage.catalog import metadata
+from hub.lineage.manifests import release_entry
 from hub.lineage.signing import load_signer
 from hub.region import Region
 
@@ -192,10 +193,13 @@ def build_release(region: Region, keys: Keyring, *, name: str | None = None, k: 
                 report.passed, report.reason = False, f"recount of the written rows failed: {problem}; research tables rolled back"
                 raise ReleaseError(f"release {name!r} failed: {report.reason}", 1)
             _tag(icat, written, name)
-            pub.finish(summary)
+            # logged before the manifest, which then anchors the entry (hub.lineage.access)
+            access.record(engine, "research-release", purpose, {"release": name, "read": f"{region.zone}.*", "rows": rows,
+                                                                 "snapshots": report.snapshots_read})
+            # the hub_releases row as _finish will write it: verify compares the live row with this
+            pub.finish({**summary, "release_record": release_entry(release_id, name, k, "published", ruleset.label,
+                                                                   keys.key_id, report.as_dict(), written)})
         status = "published"
-        access.record(engine, "research-release", purpose, {"release": name, "read": f"{region.zone}.*", "rows": rows,
-                                                             "snapshots": report.snapshots_read})
         return Release(release_id, name, "published", report, rows, written)
     finally:
         _finish(engine, release_id, status, report)

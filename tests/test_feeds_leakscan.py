@@ -28,34 +28,47 @@ def _lis_a(tmp_path, **first_result) -> str:
     return url
 
 
-def test_a_phone_number_that_survives_de_identification_fails_the_check_masked(tmp_path):
-    url = _lis_a(tmp_path, result_value=MOBILE)  # a number is kept as a number: no ruleset scrubs it
+ID_NUMBER = "110101199003074610"
+
+
+def _leak_causes(found) -> list[str]:
+    return [g.example for g in found.causes if "leak scan" in g.cause]
+
+
+def test_an_id_number_that_survives_de_identification_quarantines_its_row_masked(tmp_path):
+    url = _lis_a(tmp_path, result_value=ID_NUMBER)  # a number is kept as a number: no ruleset scrubs it
     result = runner.invoke(app, ["feeds", "check", "--url", url, "--mapping", str(MAPPING)])
-    assert result.exit_code == 1
-    assert "Leak scan would block publication" in result.stdout and "138******00" in result.stdout
-    assert "Observation.valueQuantity.value" in result.stdout and "lab_result(result_id=1000)" in result.stdout
-    assert MOBILE not in result.stdout
-
-    report = json.loads(runner.invoke(app, ["feeds", "check", "--url", url, "--mapping", str(MAPPING), "--json"]).stdout)
-    assert report["would_quarantine"] == 0 and report["leak_scan"]["blocked"] is True
-    assert MOBILE not in json.dumps(report)
+    assert result.exit_code == 1 and ID_NUMBER not in result.stdout
+    found = check_feed(MAPPING, url, "new-institution", default_ruleset_path())
+    (reason,) = _leak_causes(found)
+    assert "Observation.valueQuantity.value" in reason and "a resident ID number" in reason
+    assert "lab_result(result_id=1000)" in reason and found.quarantined == 1
+    assert ID_NUMBER not in json.dumps(found.as_dict())
 
 
-def test_a_code_shaped_like_a_phone_shows_as_a_false_positive_and_a_declared_system_clears_it(tmp_path):
+def test_a_result_that_looks_like_a_phone_number_is_a_number_and_publishes(tmp_path):
+    url = _lis_a(tmp_path, result_value=MOBILE)  # a viral load of 13,800,138,000 IU/mL, say
+    found = check_feed(MAPPING, url, "new-institution", default_ruleset_path())
+    assert found.quarantined == 0 and found.leaks == [] and not found.blocked
+
+
+def test_a_code_shaped_like_a_phone_quarantines_its_row_and_a_declared_system_clears_it(tmp_path):
     url = _lis_a(tmp_path, abnormal_flag=MOBILE)
     found = check_feed(MAPPING, url, "new-institution", default_ruleset_path())
-    assert [(h.kind, h.path) for h in found.leaks] == [("mobile", "Observation.interpretation[0].coding[0].code")]
+    (reason,) = _leak_causes(found)
+    assert "Observation.interpretation[0].coding[0].code" in reason and "a mobile number" in reason
+    assert MOBILE not in reason
 
     rules = yaml.safe_load(default_ruleset_path().read_text(encoding="utf-8"))
     rules["leak_scan"]["exempt_code_systems"].append({"system": LOCAL_FLAGS, "patterns": ["mobile"]})
     declared = tmp_path / "rules.yaml"
     declared.write_text(yaml.safe_dump(rules, allow_unicode=True), encoding="utf-8")
     cleared = check_feed(MAPPING, url, "new-institution", declared)
-    assert cleared.leaks == [] and cleared.exempted == {LOCAL_FLAGS: {"mobile": 1}}
+    assert cleared.quarantined == 0 and cleared.leaks == [] and cleared.exempted == {LOCAL_FLAGS: {"mobile": 1}}
 
 
-def test_a_canary_in_the_sample_is_found(tmp_path):
+def test_a_canary_in_the_sample_quarantines_its_row(tmp_path):
     url = _lis_a(tmp_path, result_value="880123")  # a planted MRN, published as a number
     found = check_feed(MAPPING, url, "new-institution", default_ruleset_path(), canaries=frozenset({"880123"}))
-    assert found.blocked and [h.kind for h in found.leaks] == ["canary"]
-    assert "880123" not in json.dumps(found.as_dict())
+    (reason,) = _leak_causes(found)
+    assert "canary" in reason and "880123" not in json.dumps(found.as_dict())

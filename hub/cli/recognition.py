@@ -1,4 +1,4 @@
-"""Mutual recognition: `hub recognition build-index|token|query`, `hub serve`."""
+"""Mutual recognition: `hub recognition build-index|token|limits|query`, `hub serve`."""
 
 from __future__ import annotations
 
@@ -55,6 +55,36 @@ def recognition_token(
 
         raise NotFound(f"{institution} has no recognition API token to revoke")
     console.print(f"Revoked the recognition API token of {institution}; a running server refuses it from the next request.")
+
+
+@recognition_app.command("limits")
+def recognition_limits(workspace: Path = WorkspaceOpt) -> None:
+    """Each institution's lookup limits and what is left of them; suspended tokens and how to lift them.
+
+    A token is suspended when too many of its lookups by resident ID number found no patient
+    (`hub audit access --action recognition-alert` lists the alerts). Re-issuing the token
+    (`hub recognition token <institution>`) lifts the suspension: the new token starts afresh.
+    """
+    import datetime as dt
+
+    from hub.recognition.api import load_tokens
+    from hub.recognition.index import connect, index_url
+    from hub.recognition.limits import limit_states, load_limits
+    from hub.region import load_region
+
+    region = load_region(workspace)
+    policy = load_limits(region)
+    states = {s["institution"]: s for s in limit_states(connect(index_url(region)), policy, load_tokens(region))}
+    table = Table(title="Recognition API limits per institution (state of the current token, as last written by the server)")
+    for col in ("institution", "lookups / min", "burst", "lookups left", "misses / hour", "misses left", "suspended until"):
+        table.add_column(col)
+    for inst in region.institutions:
+        lim, st = policy.of(inst.id), states.get(inst.id)
+        until = st["suspended_until"] if st else None
+        table.add_row(inst.id, f"{lim.lookups_per_minute:g}", f"{lim.burst:g}", str(st["lookups_left"]) if st else f"{lim.burst:g}",
+                      f"{lim.misses_per_hour:g}", str(st["misses_left"]) if st else f"{lim.misses_per_hour:g}",
+                      f"[red]{dt.datetime.fromtimestamp(until, dt.UTC):%Y-%m-%d %H:%M:%S} UTC[/] (lift: hub recognition token {inst.id})" if until else "")
+    console.print(table)
 
 
 @recognition_app.command("query")

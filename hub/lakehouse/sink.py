@@ -149,6 +149,7 @@ class Publication:
         self.replacements: list[TableReplacement] = []
         self.files: list[StagedFile] = []
         self.stores: dict[str, StoreRecord] = {}
+        self.store_states: dict[str, dict] = {}  # store -> {before, after} whole-content states (manifests.sql_state)
         self.state = "staging"  # staging | committed | finished | aborted
         self.manifest: tuple[int, str] | None = None
 
@@ -264,6 +265,13 @@ class Publication:
             record.digest.update(json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode())
             record.digest.update(b"\n")
 
+    def record_store_state(self, store: str, before: dict, after: dict) -> None:
+        """Record another store's whole content before and after this publication wrote it (``manifests.sql_state``,
+        taken in the store's transaction): verify links each build's before to the last one's after, and
+        compares the live store with the last after."""
+        self._staging()
+        self.store_states[store] = {"before": before, "after": after}
+
     # ---- commit and manifest -------------------------------------------------------------
 
     def commit(self) -> None:
@@ -308,7 +316,7 @@ class Publication:
     @property
     def wrote(self) -> bool:
         return bool(any(w.snapshot_ids for w in self.writers) or any(r.snapshot_ids for r in self.replacements)
-                    or self.files or any(s.rows for s in self.stores.values()))
+                    or self.files or any(s.rows for s in self.stores.values()) or bool(self.store_states))
 
     def finish(self, summary: dict) -> tuple[int, str] | None:
         """Append the publication's one signed manifest; returns (seq, hash), or None if nothing was written."""
@@ -320,6 +328,7 @@ class Publication:
         body = {
             "kind": self.kind, "key_id": self.key_id, **summary,
             "stores": {name: s.entry() for name, s in sorted(self.stores.items())},
+            **({"store_states": self.store_states} if self.store_states else {}),
             "leak_scan": self.scan_report(),
         }
         tables, snapshots = self._snapshots()

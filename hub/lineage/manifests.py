@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -49,6 +49,7 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
+from hub.lineage import access
 from hub.lineage.catalog import metadata
 from hub.lineage.signing import Signer, TrustedKeys, key_id_of
 
@@ -64,7 +65,9 @@ manifests = sa.Table(
     sa.Column("public_key", sa.String(64), nullable=False),  # as claimed by the writer; verify never trusts it
 )
 GENESIS = "0" * 64
-FORMAT = 2
+FORMAT = 3
+#: Format 2 manifests (before table metadata, Iceberg manifest hashes and the access-log head were recorded) still verify.
+READABLE_FORMATS = (2, 3)
 #: A run marked running for longer than this no longer makes its snapshots "in flight".
 IN_FLIGHT_FOR = dt.timedelta(hours=24)
 _APPEND_TRIES = 20
@@ -143,15 +146,59 @@ def _ancestry(table: Table) -> dict[int, Snapshot]:
     return dict(reversed(chain.items()))
 
 
+def _io_sha256(table: Table, path: str) -> str | None:
+    """SHA-256 of a file through the table's FileIO (Iceberg manifest lists and manifests); None if it is gone."""
+    try:
+        with table.io.new_input(path).open() as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _digest(doc) -> str:
+    return hashlib.sha256(_canonical(doc).encode()).hexdigest()
+
+
+def _field_signature(f) -> list:
+    """What a reader of a column depends on: its name, type (nested fields included), requiredness, initial default."""
+    initial = getattr(f, "initial_default", None)
+    return [f.name, str(f.field_type), bool(f.required), None if initial is None else repr(initial)]
+
+
+def table_state(table: Table) -> dict:
+    """The parts of a table's metadata that decide what readers see, beyond its snapshots.
+
+    The current schema field by field (renaming or retyping a column is a metadata-only
+    commit), a digest of every schema in the metadata (time travel reads a snapshot with its
+    own schema), the partition spec, sort order, properties (``schema.name-mapping.default``
+    remaps columns), and the tags and branches other than main.
+    """
+    md = table.metadata
+    schema = table.schema()
+    return {
+        "schema_id": schema.schema_id,
+        "fields": {str(f.field_id): _field_signature(f) for f in schema.fields},
+        "schemas": {str(s.schema_id): _digest(s.model_dump(mode="json")) for s in md.schemas},
+        "spec": _digest(table.spec().model_dump(mode="json")),
+        "sort_order": _digest(table.sort_order().model_dump(mode="json")),
+        "properties": dict(sorted(table.properties.items())),
+        "refs": {name: ref.snapshot_id for name, ref in sorted(md.refs.items()) if name != "main"},
+    }
+
+
 def _record_table(table: Table, snapshots: list[Snapshot]) -> dict:
-    """A manifest's entry for one table: each snapshot's parent and delta, each added file's hash."""
+    """A manifest's entry for one table: each snapshot's parent, delta and Iceberg manifest hashes, each
+    added file's hash, and the table's metadata state (``table_state``) as the publication leaves it."""
     files = _Files(table)
     current = _ancestry(table)
     out_snaps, out_files = [], {}
     for s in sorted(snapshots, key=lambda s: (s.sequence_number or 0, s.timestamp_ms)):
         added, removed = _delta(files, s)
         out_snaps.append({"id": s.snapshot_id, "parent": s.parent_snapshot_id, "operation": _operation(s),
-                          "added": list(added), "removed": removed})
+                          "added": list(added), "removed": removed, "schema_id": s.schema_id,
+                          "manifest_list": _io_sha256(table, s.manifest_list),
+                          "manifests": {mf.manifest_path: _io_sha256(table, mf.manifest_path)
+                                        for mf in s.manifests(table.io) if mf.added_snapshot_id == s.snapshot_id}})
         if s.snapshot_id not in current:  # the publication rolled it back itself (e.g. a release that failed its recount)
             out_snaps[-1]["withdrawn"] = True
         for path, (content, size, rows) in added.items():
@@ -159,7 +206,7 @@ def _record_table(table: Table, snapshots: list[Snapshot]) -> dict:
             if content != "data":
                 entry["content"] = content
             out_files[path] = entry
-    return {"snapshots": out_snaps, "files": [out_files[p] for p in sorted(out_files)]}
+    return {"snapshots": out_snaps, "files": [out_files[p] for p in sorted(out_files)], "state": table_state(table)}
 
 
 def _recorded_by_run(engine: sa.Engine, run_id: str) -> dict[str, set[int]]:
@@ -211,6 +258,8 @@ def adopt(engine: sa.Engine, signer: Signer, table: Table, snapshot_ids: list[in
     """Record snapshots no manifest accounts for (a run died between its commit and its manifest), after review.
 
     The manifest says they were adopted and why; verify lists adopted snapshots in its notes.
+    It also records the table's metadata as it is now (``table_state``): with no snapshot ids,
+    that is all it does, accepting a reviewed metadata change (a property an operator set).
     """
     name = ".".join(table.name())
     with engine.connect() as conn:
@@ -227,6 +276,7 @@ def adopt(engine: sa.Engine, signer: Signer, table: Table, snapshot_ids: list[in
 
 
 def _append(engine: sa.Engine, signer: Signer, run_id: str, content: dict) -> tuple[int, str]:
+    access.ensure_chain(engine)
     for attempt in range(_APPEND_TRIES):
         try:
             with engine.begin() as conn:
@@ -234,7 +284,7 @@ def _append(engine: sa.Engine, signer: Signer, run_id: str, content: dict) -> tu
                 seq, prev = (last.seq + 1, last.hash) if last else (1, GENESIS)
                 now = dt.datetime.now(dt.UTC)
                 body = {"format": FORMAT, "seq": seq, "prev_hash": prev, "created_at": now.isoformat(), "run_id": run_id,
-                        "signer": signer.key_id, **content}
+                        "signer": signer.key_id, "access_log_head": access.head(conn), **content}
                 digest = hashlib.sha256(_canonical(body).encode()).hexdigest()
                 conn.execute(manifests.insert().values(
                     seq=seq, created_at=now, run_id=run_id, key_id=signer.key_id, body=_canonical(body), hash=digest,
@@ -245,6 +295,41 @@ def _append(engine: sa.Engine, signer: Signer, run_id: str, content: dict) -> tu
             if attempt == _APPEND_TRIES - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _cell(value) -> bytes:
+    if value is None:
+        return b"-"
+    if isinstance(value, dt.datetime):  # SQLite gives naive UTC back, PostgreSQL aware: one form for both
+        value = (value.astimezone(dt.UTC) if value.tzinfo else value).replace(tzinfo=None).isoformat(timespec="microseconds")
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    return b"%d:%s" % (len(raw), raw)
+
+
+def sql_state(conn: sa.Connection, tables: Iterable[sa.Table]) -> dict:
+    """{table: {columns, rows, sha256}}: each table's whole content in one pass in primary-key order,
+    every cell length-prefixed (a canonical serialisation: the same rows give the same digest on any backend)."""
+    out = {}
+    for t in tables:
+        h, rows = hashlib.sha256(), 0
+        result = conn.execution_options(yield_per=10_000).execute(sa.select(*t.columns).order_by(*t.primary_key.columns))
+        for part in result.partitions():
+            for row in part:
+                h.update(b"|".join(_cell(v) for v in row))
+                h.update(b"\n")
+            rows += len(part)
+        out[t.name] = {"columns": [c.name for c in t.columns], "rows": rows, "sha256": h.hexdigest()}
+    return out
+
+
+def release_entry(release_id: str, name: str, k: int, status: str, ruleset: str, key_id: str,
+                  risk_report: dict | str, snapshots: dict | str | None) -> dict:
+    """What a release's manifest records of its hub_releases row (and what verify recomputes from the live row)."""
+    def doc(value):
+        return json.loads(value) if isinstance(value, str) else json.loads(json.dumps(value, default=str))
+
+    return {"release_id": release_id, "name": name, "k": k, "status": status, "ruleset": ruleset, "key_id": key_id,
+            "risk_report_sha256": _digest(doc(risk_report)), "snapshots": doc(snapshots or {})}
 
 
 def head(engine: sa.Engine) -> tuple[int, str] | None:
@@ -272,6 +357,9 @@ class VerifyReport:
     breaks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not breaks, but the operator should know
     orphans: list[str] = field(default_factory=list)
+    access_log: dict = field(default_factory=dict)  # entries, anchored, unanchored
+    stores: list[str] = field(default_factory=list)  # other stores whose content was compared (recognition-index)
+    releases: int = 0  # hub_releases rows compared with their manifests
 
     @property
     def ok(self) -> bool:
@@ -280,6 +368,7 @@ class VerifyReport:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "manifests": self.manifests, "tables": self.tables, "snapshots": self.snapshots,
                 "files_rehashed": self.files, "head": f"{self.head[0]}:{self.head[1]}" if self.head else None,
+                "access_log": self.access_log, "stores": self.stores, "releases": self.releases,
                 "breaks": self.breaks, "notes": self.notes, "orphans": self.orphans}
 
 
@@ -320,7 +409,7 @@ def _check_chain(rows, trusted: TrustedKeys, report: VerifyReport) -> list[tuple
             else:
                 report.breaks.append(f"{where}: signature does not verify under any trusted key (it claims key {claimed}; "
                                      f"trusted keys from {trusted.source})")
-        if body.get("format") != FORMAT:
+        if body.get("format") not in READABLE_FORMATS:
             report.breaks.append(f"{where}: written in an older format that records no table state; it cannot vouch for the tables")
             continue
         out.append((row, body))
@@ -355,8 +444,15 @@ def _all_tables(icat: Catalog) -> list[str]:
 
 
 def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse: Path | None = None,
-           last: int | None = None, expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False) -> VerifyReport:
+           last: int | None = None, expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False,
+           stores: dict[str, Callable[[], dict | None]] | None = None) -> VerifyReport:
     """Check the chain against the trusted keys, and every table's live state against the chain.
+
+    Besides the Iceberg tables: each table's metadata (``table_state``) against the last one
+    recorded, the access log's chain against the heads manifests recorded, each release's
+    hub_releases row against its manifest, and each other store's whole content against the
+    state its last build recorded (stores: {name: a function giving its live ``sql_state``,
+    None if the store is gone}).
 
     last: re-hash the files (and compare the historical snapshots' contents) of only the
     last N manifests; the chain, every snapshot's accounting and the current snapshot's
@@ -387,9 +483,12 @@ def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse:
     recorded: dict[str, dict[int, _Recorded]] = {}
     recorded_files: dict[str, dict[str, tuple[int, str, dict]]] = {}
     plain_files: list[tuple[int, str, dict]] = []
+    states: dict[str, list[tuple[int, bool, dict]]] = {}
     for row, body in bodies:
         where = f"manifest {row.seq} (run {row.run_id})"
         for name, entry in body.get("tables", {}).items():
+            if "state" in entry:
+                states.setdefault(name, []).append((row.seq, bool(body.get("adopted")), entry["state"]))
             mine = recorded.setdefault(name, {})
             for snap in entry.get("snapshots", []):
                 seen = mine.get(snap["id"])
@@ -406,7 +505,10 @@ def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse:
     names = sorted(set(_all_tables(icat)) | set(recorded))
     for name in names:
         _check_table(engine, icat, name, recorded.get(name, {}), recorded_files.get(name, {}), check_from,
-                     in_flight, referenced, report)
+                     in_flight, referenced, report, states.get(name, []))
+    _check_access_log(engine, bodies, report)
+    _check_releases(engine, bodies, report)
+    _check_stores(bodies, stores or {}, report)
 
     hashed: set[str] = set()
     for name, by_path in recorded_files.items():
@@ -426,6 +528,178 @@ def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse:
     return report
 
 
+def _state_changes(a: dict, b: dict) -> tuple[list[str], list[str]]:
+    """(changes that alter what readers see, harmless ones) from table state a to b."""
+    bad, fine = [], []
+    fa, fb = a.get("fields", {}), b.get("fields", {})
+    for fid, sig in sorted(fa.items(), key=lambda kv: int(kv[0])):
+        now = fb.get(fid)
+        if now is None:
+            bad.append(f"column {sig[0]} (field {fid}) dropped")
+        elif now[0] != sig[0]:
+            bad.append(f"column {sig[0]} (field {fid}) renamed to {now[0]}")
+        elif now != sig:
+            bad.append(f"column {sig[0]} (field {fid}) changed from {sig[1:]} to {now[1:]}")
+    for fid in sorted(fb.keys() - fa.keys(), key=int):
+        if fb[fid][3] is not None:
+            bad.append(f"column {fb[fid][0]} (field {fid}) added with an initial default (readers see it in old files)")
+        else:
+            fine.append(f"column {fb[fid][0]} (field {fid}) added")
+    for sid, digest in a.get("schemas", {}).items():
+        if sid not in b.get("schemas", {}):
+            bad.append(f"schema {sid} removed from the metadata")
+        elif b["schemas"][sid] != digest:
+            bad.append(f"schema {sid} rewritten in the metadata")
+    for part, label in (("spec", "partition spec"), ("sort_order", "sort order")):
+        if a.get(part) != b.get(part):
+            bad.append(f"{label} changed")
+    pa_, pb = a.get("properties", {}), b.get("properties", {})
+    changed = sorted(k for k in pa_.keys() | pb.keys() if pa_.get(k) != pb.get(k))
+    if changed:
+        bad.append(f"table properties changed: {', '.join(changed)}")
+    for ref, sid in a.get("refs", {}).items():
+        if ref not in b.get("refs", {}):
+            bad.append(f"tag {ref} removed")
+        elif b["refs"][ref] != sid:
+            bad.append(f"tag {ref} moved from snapshot {sid} to {b['refs'][ref]}")
+    return bad, fine
+
+
+def _check_state(name: str, table: Table, states: list[tuple[int, bool, dict]], report: VerifyReport) -> None:
+    """Each recorded metadata state follows from the one before (columns only ever added), and the live
+    metadata is the last one recorded; a change an adopt manifest accepted is a note."""
+    if not states:
+        return
+    chain = [*sorted(states, key=lambda x: x[0]), (None, False, table_state(table))]
+    for (seq_a, _, a), (seq_b, adopted, b) in zip(chain, chain[1:], strict=False):
+        bad, fine = _state_changes(a, b)
+        if seq_b is None:
+            where = f"{name}: live metadata differs from what manifest {seq_a} recorded"
+            cause = "changed outside a publication (e.g. update_schema, set_properties, metadata edited)"
+        else:
+            where = f"{name}: metadata recorded by manifest {seq_b} differs from manifest {seq_a}"
+            cause = "changed outside a publication before it"
+        if bad and adopted:
+            report.notes.append(f"{where}: {'; '.join(bad)}: accepted by adopt manifest {seq_b}")
+        elif bad:
+            report.breaks.append(f"{where}: {'; '.join(bad)} ({cause})")
+        if fine and seq_b is None:
+            report.notes.append(f"{where}: {'; '.join(fine)} outside a publication (older files read it as null)")
+
+
+def _check_manifest_files(name: str, table: Table, snapshot: Snapshot, rec: _Recorded,
+                          created: dict[str, tuple[int, str | None]], hashed: set[str], report: VerifyReport) -> None:
+    """The snapshot's Avro manifest list and manifests are byte for byte what the chain recorded (they hold
+    the file list, row counts, partition values and column bounds readers prune by)."""
+    if "manifest_list" not in rec.snapshot or snapshot.manifest_list in hashed:
+        return
+    hashed.add(snapshot.manifest_list)
+    sid = snapshot.snapshot_id
+    if _io_sha256(table, snapshot.manifest_list) != rec.snapshot["manifest_list"]:
+        report.breaks.append(f"{name}: snapshot {sid}'s manifest list {snapshot.manifest_list} is not the one manifest "
+                             f"{rec.seq} recorded (Iceberg metadata edited or replaced)")
+        return
+    for mf in snapshot.manifests(table.io):
+        if mf.manifest_path in hashed or mf.manifest_path not in created:
+            continue  # made by a snapshot recorded before manifests were hashed (format 2)
+        hashed.add(mf.manifest_path)
+        seq, digest = created[mf.manifest_path]
+        if _io_sha256(table, mf.manifest_path) != digest:
+            report.breaks.append(f"{name}: Iceberg manifest {mf.manifest_path} (read by snapshot {sid}) is not the one "
+                                 f"manifest {seq} recorded (file list, row counts or column bounds edited)")
+
+
+def _check_access_log(engine: sa.Engine, bodies: list[tuple[object, dict]], report: VerifyReport) -> None:
+    heads = [(row.seq, body["access_log_head"]) for row, body in bodies if body.get("access_log_head")]
+    got = access.check(engine, heads)
+    report.breaks.extend(got.breaks)
+    report.access_log = {"entries": got.entries, "anchored": got.entries - got.unanchored, "unanchored": got.unanchored}
+    if got.unchained:
+        report.notes.append(f"access log: {got.unchained} entr(ies) written before the log was chained carry no hash: "
+                            "not tamper-evident")
+    if got.unanchored:
+        report.notes.append(f"access log: {got.unanchored} entr(ies) after the newest head a manifest recorded are not yet "
+                            "anchored (the next publication anchors them); until then they can be removed unseen")
+
+
+def _check_releases(engine: sa.Engine, bodies: list[tuple[object, dict]], report: VerifyReport) -> None:
+    """Every release row a manifest recorded is unchanged; every published release has such a record."""
+    from hub.research import releases
+
+    recorded = {}
+    for row, body in bodies:
+        entry = body.get("summary", {}).get("release_record")
+        if entry:
+            recorded[entry["release_id"]] = (row.seq, entry)
+    manifest_of = {row.run_id: row.seq for row, body in bodies if body.get("summary", {}).get("kind") == "research-release"}
+    with engine.connect() as conn:
+        live = {r.release_id: r for r in conn.execute(sa.select(releases))}
+    for release_id, (seq, entry) in sorted(recorded.items(), key=lambda kv: kv[1][0]):
+        r = live.get(release_id)
+        if r is None:
+            report.breaks.append(f"release {entry['name']} ({release_id}), recorded by manifest {seq}, is gone from hub_releases")
+            continue
+        report.releases += 1
+        now = release_entry(r.release_id, r.name, r.k, r.status, r.ruleset, r.key_id, r.risk_report, r.snapshots)
+        changed = [k for k in entry if entry[k] != now.get(k)]
+        if changed:
+            report.breaks.append(f"release {entry['name']} ({release_id}): {', '.join(changed).replace('_sha256', '')} in "
+                                 f"hub_releases differ from what manifest {seq} recorded (edited)")
+    for release_id, r in sorted(live.items()):
+        if r.status == "published" and release_id not in recorded:
+            if release_id in manifest_of:
+                report.notes.append(f"release {r.name} ({release_id}): its manifest {manifest_of[release_id]} predates "
+                                    "release records; its hub_releases row is not checked")
+            else:
+                report.breaks.append(f"release {r.name} ({release_id}) is marked published in hub_releases but no manifest "
+                                     "records it (inserted or edited outside a release)")
+
+
+def _check_stores(bodies: list[tuple[object, dict]], stores: dict[str, Callable[[], dict | None]],
+                  report: VerifyReport) -> None:
+    """Each store's builds link up (what one left is what the next found) and the live content is what the last left."""
+    recorded: dict[str, list[tuple[int, dict]]] = {}
+    for row, body in bodies:
+        for store, state in body.get("summary", {}).get("store_states", {}).items():
+            recorded.setdefault(store, []).append((row.seq, state))
+    for store, chain in sorted(recorded.items()):
+        for (seq_a, a), (seq_b, b) in zip(chain, chain[1:], strict=False):
+            _compare_store(f"{store}: between build manifests {seq_a} and {seq_b}", a["after"], b["before"],
+                           "changed outside a build", report)
+        first_seq, first = chain[0]
+        if any(t["rows"] for t in first["before"].values()):
+            report.notes.append(f"{store}: held rows before its first recorded build (manifest {first_seq}); "
+                                "those are vouched for only from then on")
+        get = stores.get(store)
+        if get is None:
+            report.notes.append(f"{store}: content recorded by manifest {chain[-1][0]} not compared (no way to read the store here)")
+            continue
+        live = get()
+        if live is None:
+            report.breaks.append(f"{store}: recorded by manifest {chain[-1][0]} but the store is gone")
+            continue
+        report.stores.append(store)
+        _compare_store(f"{store}: live content differs from what build manifest {chain[-1][0]} recorded",
+                       chain[-1][1]["after"], live, "edited outside a build", report)
+
+
+def _compare_store(where: str, recorded: dict, live: dict, cause: str, report: VerifyReport) -> None:
+    diffs = []
+    for table, rec in sorted(recorded.items()):
+        now = live.get(table)
+        if now is None:
+            diffs.append(f"table {table} is gone")
+        elif now["columns"] != rec["columns"]:
+            report.notes.append(f"{where}: table {table} has other columns ({rec['columns']} -> {now['columns']}): "
+                                "a code upgrade; its content is not compared")
+        elif now["rows"] != rec["rows"]:
+            diffs.append(f"table {table} holds {now['rows']} rows, recorded {rec['rows']}")
+        elif now["sha256"] != rec["sha256"]:
+            diffs.append(f"table {table} content differs ({rec['rows']} rows; values edited)")
+    if diffs:
+        report.breaks.append(f"{where}: {'; '.join(diffs)} ({cause})")
+
+
 def _rehash(what: str, path: str, sha256: str, hashed: set[str], report: VerifyReport) -> None:
     if path in hashed:
         return
@@ -440,8 +714,8 @@ def _rehash(what: str, path: str, sha256: str, hashed: set[str], report: VerifyR
 
 def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int, _Recorded],
                  recorded_files: dict[str, tuple[int, str, dict]], check_from: int, in_flight: dict[str, str],
-                 referenced: set[str], report: VerifyReport) -> None:
-    """Compare one table's live history and current files with what the chain records for it."""
+                 referenced: set[str], report: VerifyReport, states: list[tuple[int, bool, dict]]) -> None:
+    """Compare one table's live history, metadata and current files with what the chain records for it."""
     try:
         table = icat.load_table(name)
     except NoSuchTableError:
@@ -456,6 +730,9 @@ def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int
     current = table.current_snapshot()
     on_path = _ancestry(table)
     ancestry = list(on_path.values())
+    _check_state(name, table, states, report)
+    created = {path: (rec.seq, digest) for rec in recorded.values() for path, digest in rec.snapshot.get("manifests", {}).items()}
+    hashed_meta: set[str] = set()
 
     for sid, s in sorted(live.items(), key=lambda kv: kv[1].timestamp_ms):
         report.snapshots += 1
@@ -476,6 +753,11 @@ def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int
             continue
         if rec.adopted:
             report.notes.append(f"{name}: snapshot {sid} was adopted by manifest {rec.seq}")
+        if rec.seq >= check_from or s is current:
+            _check_manifest_files(name, table, s, rec, created, hashed_meta, report)
+        if "schema_id" in rec.snapshot and rec.snapshot["schema_id"] != s.schema_id:
+            report.breaks.append(f"{name}: snapshot {sid} reads with schema {s.schema_id}, manifest {rec.seq} recorded "
+                                 f"schema {rec.snapshot['schema_id']} (metadata edited)")
         if rec.snapshot.get("parent") != s.parent_snapshot_id:
             report.breaks.append(f"{name}: snapshot {sid} has parent {s.parent_snapshot_id} in the table but "
                                  f"{rec.snapshot.get('parent')} in manifest {rec.seq} (history rewritten)")
@@ -521,6 +803,24 @@ def _compare(name: str, snapshot: Snapshot, live: dict, expected: dict[str, int 
                              "records as live (removed outside a publication, or metadata edited)")
 
 
+def _index_state(region) -> dict | None:
+    """The recognition index's live content (``sql_state``), or None if its database or tables are gone."""
+    from hub.recognition import index
+
+    url = sa.engine.make_url(index.index_url(region))
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        return None
+    engine = sa.create_engine(url)
+    try:
+        names = set(sa.inspect(engine).get_table_names())
+        if not {t.name for t in index.DIGESTED} <= names:
+            return None
+        with engine.connect() as conn:
+            return sql_state(conn, index.DIGESTED)
+    finally:
+        engine.dispose()
+
+
 def verify_region(region, trusted: TrustedKeys | None = None, *, last: int | None = None,
                   expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False) -> VerifyReport:
     """verify for a region: its catalogs and warehouse; trusted keys from its configuration unless given."""
@@ -532,7 +832,8 @@ def verify_region(region, trusted: TrustedKeys | None = None, *, last: int | Non
 
     trusted = trusted if trusted is not None else trusted_for(region)
     report = verify(connect(region.catalog_url), trusted, open_catalog(region.catalog_url, region.warehouse),
-                    warehouse=region.warehouse, last=last, expect_head=expect_head, in_flight_ok=in_flight_ok)
+                    warehouse=region.warehouse, last=last, expect_head=expect_head, in_flight_ok=in_flight_ok,
+                    stores={"recognition-index": lambda: _index_state(region)})
     key_file = region.signing_key_file
     if (key_file is not None and not os.environ.get(ENV_SIGNING_KEY) and not os.environ.get(ENV_SIGNING_KEY_FILE)
             and key_file.resolve().is_relative_to(region.workspace.resolve())):

@@ -54,7 +54,8 @@ NOT_SAFE = "not in safe_columns"
 def withheld(column: str | None, value: Any, safe: frozenset[str], phi: bool = False, known: Iterable[str] = ()) -> str | None:
     """Why a source value may not be shown (None: it may). ``column`` is qualified.
 
-    Shown only from a declared safe column, when short and when hub.identifiers finds no
+    Shown only from a declared safe column, when short, code-like (ASCII, at most
+    MAX_SHOWN_DIGITS digits) and when hub.identifiers finds no
     identifier in it (any form it knows: spaced, dashed, full-width ...), nor any of the
     ``known`` identifying values of the same row (its name, when the block maps one).
     """
@@ -65,9 +66,18 @@ def withheld(column: str | None, value: Any, safe: frozenset[str], phi: bool = F
     text = str(value)
     if len(text) > SHOW_MAX:
         return "too long to show"
+    if not _CODE_LIKE.fullmatch(text) or sum(c.isdigit() for c in text) > MAX_SHOWN_DIGITS:
+        return "not code-like"
     if find_identifiers(text, known):
         return "looks identifying"
     return None
+
+
+#: What a shown value may look like: a code (ASCII letters, digits and the punctuation codes use).
+#: Anything else (CJK text, which a name is; separators a number can hide behind) is withheld.
+_CODE_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._\-/+%^]*")
+#: A shown value holds at most this many digits: fewer than any phone or ID number has.
+MAX_SHOWN_DIGITS = 10
 
 
 @dataclass(frozen=True)
@@ -198,7 +208,7 @@ class CompiledBlock:
         )
         # the row's identifying values (phi lines), looked for in anything a reason would show
         # (phi lines, and the keys of references to a Patient: MRNs identify the person too)
-        self._phi_getters = [self._col(c) for el in block.elements
+        self._phi_getters = [(self._col(c), el.options.get("type") in ("date", "dateTime", "instant")) for el in block.elements
                              if el.options.get("phi") or (el.kind == "reference" and el.source == "Patient")
                              for c in element_columns(el)]
         # Repeating elements fed by data (not only constants): dropped whole when no data arrives,
@@ -598,7 +608,17 @@ class CompiledBlock:
 
     def known_values(self, row: Sequence[Any]) -> list[str]:
         """The row's values from identifying (phi) columns: never shown, looked for in what is."""
-        return [str(v) for v in (g(row) for g in self._phi_getters) if not _blank(v)]
+        return [str(v) for v in (g(row) for g, _ in self._phi_getters) if not _blank(v)]
+
+    @property
+    def dates_known(self) -> bool:
+        """True when a phi line of this block is a date (a Patient's birth date)."""
+        return any(is_date for _, is_date in self._phi_getters)
+
+    def identifier_values(self, row: Sequence[Any]) -> list[str]:
+        """known_values less the dates (a birth date is a quasi-identifier its rule decides on,
+        published as such in the recognition zone): what must never appear in published data."""
+        return [str(v) for v in (g(row) for g, is_date in self._phi_getters if not is_date) if not _blank(v)]
 
     def row_label(self, row: Sequence[Any]) -> str:
         """How a quarantine reason names the row: its key columns, or a keyed hash of the key

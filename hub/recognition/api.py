@@ -13,6 +13,12 @@ changes, so issuing and revoking take effect on a running server. Every query, d
 and refusal goes to the access log; the patient identifier is turned into a pseudonym and
 never stored or logged (the server runs without uvicorn's access log, which would print
 query strings, and request validation errors are answered without echoing the input).
+
+Limits (``hub.recognition.limits``, configured in region.yaml): each token's lookups are
+rate-limited (429 throttled with Retry-After), and lookups by resident ID number that find
+no patient draw on a much smaller miss budget; exceeding it suspends the token and writes a
+``recognition-alert`` entry to the access log. A miss answers exactly as a known person with
+nothing to show does: the same empty Bundle, after the same queries.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import logging
 import os
 import secrets
 import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -37,11 +46,13 @@ from hub.lineage import access
 from hub.lineage import catalog as runcat
 from hub.recognition.catalog import Catalog
 from hub.recognition.index import decisions
+from hub.recognition.limits import Limiter, Refusal, load_limits
 from hub.recognition.query import (
     ID_CARD_SYSTEMS,
     RESOURCE_TYPES,
     VERDICTS,
     IdentifierRefused,
+    known_patient,
     mrn_system,
     patient_for,
     query,
@@ -155,9 +166,26 @@ class Decision(BaseModel):
     reason: str | None = None  # a code from recognition/reasons.yaml, required for retest
 
 
-def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog, tokens: dict[str, str] | None = None) -> FastAPI:
-    """The API over an index. Without ``tokens``, the region's token file is followed live."""
-    app = FastAPI(title="hub recognition API", version="1", description=__doc__)
+def _bearer(request: Request) -> str:
+    return request.headers.get("authorization", "")[7:].strip()
+
+
+def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog, tokens: dict[str, str] | None = None,
+               clock: Callable[[], float] = time.time) -> FastAPI:
+    """The API over an index. Without ``tokens``, the region's token file is followed live.
+
+    The limits are region.yaml's ``recognition_limits``; their state is kept in the index
+    database and written through on shutdown. ``clock`` (epoch seconds) is for tests.
+    """
+    limiter = Limiter(load_limits(region), index, clock)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        limiter.flush()
+
+    app = FastAPI(title="hub recognition API", version="1", description=__doc__, lifespan=lifespan)
+    app.state.limiter = limiter
     audit = runcat.connect(region.catalog_url)
     store = TokenStore(token_file(region)) if tokens is None else None
 
@@ -167,11 +195,16 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         log.info("recognition %s refused (%s) for %s", action.removeprefix("recognition-"), status, who)
         return outcome(status, code, text)
 
+    def throttle(refusal: Refusal, who: str, action: str, what: dict) -> JSONResponse:
+        response = refuse(429, "throttled", refusal.text, who, action, {**what, "refused": refusal.cause})
+        response.headers["Retry-After"] = str(refusal.retry_after)
+        return response
+
     def token_owner(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return None
-        token = auth[7:].strip()
+        token = _bearer(request)
         return store.institution(token) if store is not None else tokens.get(token_hash(token))
 
     def caller(request: Request, action: str) -> str | JSONResponse:
@@ -194,6 +227,10 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         params = request.query_params
         requester = params.get("requester", who)
         what = {"requester": requester if requester in institutions else "(other)", "resource": resource_type}
+        bearer = token_hash(_bearer(request))
+        limited = limiter.admit(bearer, who)
+        if limited is not None:
+            return throttle(limited, who, action, what)
         if requester != who:
             return refuse(403, "forbidden", f"this token belongs to {who}; it cannot query as {requester}", who, action,
                           {**what, "refused": "another institution's id"})
@@ -219,7 +256,21 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         except IdentifierRefused as exc:
             shown = system if system in loggable_systems else "(other)"
             return refuse(exc.status, exc.code, str(exc), who, action, {**what, "system": shown, "refused": exc.cause})
-        verdicts = query(index, catalog, patient, requester, codes, since=since, resource_type=resource_type) if patient else []
+        by_id = system in ID_CARD_SYSTEMS
+        # both queries run for every lookup, known person or not: a miss must not answer faster
+        known = known_patient(index, patient or "")
+        verdicts = query(index, catalog, patient or "", requester, codes, since=since, resource_type=resource_type)
+        if by_id and not known:
+            until = limiter.miss(bearer, who)
+            if until is not None:
+                limits = limiter.policy.of(who)
+                access.record(audit, "recognition-alert", "recognition", {
+                    "alert": "miss budget exceeded: lookups by resident ID number that found no patient (possible enumeration)",
+                    "misses_per_hour": limits.misses_per_hour, "suspended_minutes": limits.suspend_minutes,
+                    "suspended_until": dt.datetime.fromtimestamp(until, dt.UTC).isoformat(timespec="seconds"),
+                    "lift": f"hub recognition token {who}"}, "refused", who=who)
+                log.warning("recognition: token of %s suspended until %s after too many lookups that found no patient",
+                            who, dt.datetime.fromtimestamp(until, dt.UTC).isoformat(timespec="seconds"))
         entries = []
         for v in verdicts:
             resource = dict(v.observation)
@@ -236,7 +287,8 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         counts: dict[str, int] = {}
         for v in verdicts:
             counts[v.code] = counts.get(v.code, 0) + 1
-        access.record(audit, action, "recognition", {**what, "codes": codes, "results": len(verdicts), "verdicts": counts}, who=who)
+        found = {"patient_known": known} if by_id else {}
+        access.record(audit, action, "recognition", {**what, **found, "codes": codes, "results": len(verdicts), "verdicts": counts}, who=who)
         log.info("recognition query by %s: %s results", who, len(verdicts))
         return JSONResponse(media_type=FHIR_JSON, content={"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})
 
@@ -254,6 +306,9 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         who = caller(request, action)
         if isinstance(who, JSONResponse):
             return who
+        suspended = limiter.admit(token_hash(_bearer(request)), who, take=False)
+        if suspended is not None:
+            return throttle(suspended, who, action, {"refused": suspended.cause})
         rtype, _, rid = body.resource.partition("/")
         if rtype not in RESOURCE_TYPES or not rid or "/" in rid:
             return refuse(400, "invalid", "resource must be Observation/<id> or DiagnosticReport/<id>, as the search returned it",

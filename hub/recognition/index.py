@@ -8,7 +8,10 @@ can ask by institution + MRN.
 
 A build is a publication through the sink (``hub.lakehouse.sink``): every row is
 leak-scanned before it is written (a finding rolls the whole build back), and a build that
-wrote rows appends one signed manifest with the row count and digest per index table.
+wrote rows appends one signed manifest with the row count and digest per index table, and
+the digest of the index's whole content (``DIGESTED``) before and after the build, taken in
+the build's transaction: `hub audit verify` recomputes it. Anything else that writes these
+tables must do the same, or verify reports the change as tampering.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pyiceberg.expressions import AlwaysTrue, GreaterThan
 from deid.keys import Keyring
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
+from hub.lineage.manifests import sql_state
 from hub.region import Region
 
 LOINC = "http://loinc.org"
@@ -51,6 +55,9 @@ builds = sa.Table(
     sa.Column("up_to", sa.DateTime(timezone=True), nullable=False),  # published_at of the newest row read
     sa.Column("rows_read", sa.Integer, nullable=False),
 )
+#: Written only by builds, so their whole content is recorded in each build's manifest (decisions are not:
+#: hospitals add them through the API at any time).
+DIGESTED = (results, patient_ids, builds)
 decisions = sa.Table(
     "recognition_decisions", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -100,6 +107,7 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
     read, newest = 0, since
     with Publication.open(region, keys, "recognition-index") as pub:
         with engine.begin() as conn:  # a LeakBlocked below rolls the whole build back
+            before = sql_state(conn, DIGESTED)
             for batch in pat.scan(row_filter=flt, selected_fields=("patient", "resource", "published_at")).to_arrow_batch_reader():
                 rows = []
                 for r in batch.to_pylist():
@@ -126,6 +134,9 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
                     _upsert_results(conn, list(best.values()))
             if newest is not None and read:
                 conn.execute(builds.insert().values(built_at=dt.datetime.now(dt.UTC), up_to=newest, rows_read=read))
+            after = sql_state(conn, DIGESTED)
+            if after != before:
+                pub.record_store_state("recognition-index", before, after)
         pub.commit()
         pub.finish({"index": engine.url.render_as_string(hide_password=True), "zone": region.zone, "rows_read": read,
                     "up_to": newest.isoformat() if newest else None})

@@ -120,6 +120,12 @@ def patient_for(engine: sa.Engine, keys: Keyring, system: str, value: str, reque
             patient_ids.c.identifier == pseudonym(keys, "identifier", value, system))).scalar()
 
 
+def known_patient(engine: sa.Engine, patient: str) -> bool:
+    """Whether the index holds any result of this patient (a lookup that finds none is a miss)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(results.c.patient).where(results.c.patient == patient).limit(1)).first() is not None
+
+
 def result_exists(engine: sa.Engine, resource_type: str, resource_id: str) -> bool:
     """Whether the index holds this result (the only ones a decision may be recorded on)."""
     with engine.connect() as conn:

@@ -122,8 +122,8 @@ def test_a_hostile_row_leaves_no_value_in_reasons_labels_or_the_unmapped_summary
     assert find_identifiers(text, [C.name, C.id_number, C.phone]) == []
     assert label.startswith("lab_result(key#")  # the key is hashed, not shown
     assert "column result_time (value withheld: not in safe_columns)" in text
-    assert "column item_code (value withheld: looks identifying)" in text
-    assert ("units", "(value withheld: unit looks identifying)") in compiled.unmapped
+    assert "column item_code (value withheld: not code-like)" in text  # 18 digits: more than a code shows
+    assert ("units", "(value withheld: unit not code-like)") in compiled.unmapped
 
 
 def test_codes_from_safe_columns_stay_visible(keys):
@@ -147,3 +147,13 @@ def test_a_patients_own_name_in_a_safe_column_is_withheld(tmp_path, keys):
     by_column = {"patient.patient_id": C.name, "patient.mrn": "M0000001", "patient.name": C.name, "patient.sex": "M"}
     row = tuple(by_column.get(c) for c in compiled.columns)
     assert C.name not in compiled.row_label(row)  # a key that equals the row's own name is hashed
+
+
+def test_a_safe_column_shows_codes_only():
+    from hub.mapping.compile import withheld
+
+    safe = frozenset({"t.status"})
+    for code in ("2001", "E11.9", "4548-4", "HBA1C", "mmol/L", "10^9/L", "N"):
+        assert withheld("t.status", code, safe) is None, code
+    for hostile in ("赵秀兰 191~8745~2685", "M1000001 幺九一八七四五二六八五", "138 0013 8000", "Zhang~138~0013~8000", "阴性"):
+        assert withheld("t.status", hostile, safe) in ("not code-like", "looks identifying"), hostile
