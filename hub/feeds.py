@@ -150,3 +150,66 @@ def spread_sample(engine: sa.Engine, select: sa.Select, limit: int) -> tuple[sa.
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
+
+
+def check_ndjson_feed(
+    feed, institution: str, ruleset_path: Path, zone: str = "recognition", keys: Keyring | None = None,
+    limit: int = 1000, rows_per_cause: int = 5, canaries: frozenset[str] = frozenset(),
+) -> FeedCheck:
+    """Check an NDJSON feed (hub.region.Feed of kind ndjson) on at most limit lines per file, spread
+    over each file: parse, validate, key ids, de-identify and leak-scan exactly as a run does;
+    nothing is published or stored and no position moves. References to patients are not
+    checked (a sample rarely holds both ends)."""
+    import datetime as dt
+
+    from deid.engine import Deidentifier
+    from hub.resources import ResourcePreparer
+    from hub.sources import ndjson
+
+    ruleset = load_ruleset(ruleset_path, zone)
+    scanner = Scanner(canaries, load_scan_policy(ruleset_path))
+    deid = Deidentifier(ruleset, keys or Keyring(os.urandom(32)))
+    prep = ResourcePreparer(institution, deid.keys, deid, scanner, feed.name, ndjson.feed_timezone(feed) if feed.timezone else dt.UTC)
+    blocks, groups = [], {}
+    scanned = ScanResult()
+    for sf in ndjson.discover(feed.path):
+        total = _count_lines(sf.path)
+        step = max(1, -(-total // limit))
+        check = BlockCheck(sf.resource_type or "(mixed)", sf.rel,
+                           sample=f"all {total:,} lines" if step == 1 else f"every {_ordinal(step)} of {total:,} lines")
+        blocks.append(check)
+        for batch in ndjson.LineReader(sf.path, None).batches(2000):
+            picked = [(n, t) for n, t in batch if (n - 1) % step == 0]
+            done = prep.prepare(sf.rel, picked, sf.resource_type)
+            ready = [p for p in done if not isinstance(p.item, Rejected)]
+            scanned.add(scanner.columns({"resource": [p.item.text for p in ready], "code": [p.item.code for p in ready]},
+                                        f"{sf.rel}→{check.resource}", ids=[f"line {p.line}" for p in ready]))
+            for p in done:
+                check.rows += 1
+                if not isinstance(p.item, Rejected):
+                    check.would_publish += 1
+                    continue
+                check.would_quarantine += 1
+                for prob in p.item.problems:
+                    cause = f"{prob.element}: {prob.problem}"
+                    group = groups.setdefault(cause, CauseGroup(cause, example=prob.reason(p.item.label)))
+                    group.count += 1
+                    if len(group.rows) < rows_per_cause:
+                        group.rows.append(f"{sf.rel}:{p.line}")
+    return FeedCheck(
+        mapping=f"ndjson:{feed.name} ({feed.path.name})", blocks=blocks,
+        causes=sorted(groups.values(), key=lambda g: -g.count), unmapped=[],
+        uncovered=deid.stats.uncovered.most_common(), leaks=scanned.hits, exempted=scanned.exemptions(),
+    )
+
+
+def _count_lines(path: Path) -> int:
+    """Lines of a (possibly gzip) file, counted in chunks without holding it."""
+    from hub.sources.ndjson import _open
+
+    n, last = 0, b"\n"
+    with _open(path) as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")

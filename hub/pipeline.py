@@ -81,6 +81,7 @@ class RunReport:
     #: per feed:table, rows whose watermark column is NULL: an incremental pull cannot see them; --full reads them
     unwatermarked: dict[str, int] = field(default_factory=dict)
     leak_scan: dict = field(default_factory=dict)  # rows scanned and code-system exemptions used
+    sources: dict = field(default_factory=dict)  # per file feed: files read from/to which line, references outside the export
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -108,6 +109,7 @@ class RunReport:
             "abandoned_runs": self.abandoned_runs, "orphan_files_removed": self.orphans_removed,
             "rows_without_watermark": self.unwatermarked,
             "leak_scan": self.leak_scan,
+            "sources": self.sources,
         }
 
 
@@ -143,6 +145,8 @@ def feed_blocks(inst: Institution) -> list[BlockWork]:
     """Every mapping block of every feed of an institution; patients and visits first."""
     out = []
     for feed in inst.feeds:
+        if feed.kind != "sql":  # file sources (hub.sources.ndjson) run after the mapped blocks
+            continue
         mapping = load_mapping(feed.mapping)
         engine = tolerant_engine(feed.url)
         schema = SourceSchema(engine)
@@ -194,11 +198,15 @@ class InstitutionRun:
             self.writers[resource_type] = self.publication.table_writer(table, self.inst.id, self.keys.key_id)
         return self.writers[resource_type]
 
-    def publish(self, work: BlockWork, batches: Iterable[list[tuple]]) -> BlockResult:
+    def publish(self, work: BlockWork, batches: Iterable[list[tuple]], *, reuse_unchanged: bool = True) -> BlockResult:
         """Prepare, then stage for publication or quarantine every row of batches.
 
         Nothing is visible until commit(). Returns the block's counts, the last watermark
         value read and the source-key hashes seen (for deletion detection on full pulls).
+        reuse_unchanged: a row whose source row hash (its values with the mapping, rules and
+        key labels) equals the one its published version was made from is counted as
+        published and unchanged without being mapped again (``hub publish --full`` turns
+        this off and re-derives every row).
         """
         block, mapping = work.block, work.mapping
         compiled = self.pool.local.compiled(str(mapping.path), work.index)
@@ -212,11 +220,43 @@ class InstitutionRun:
         seen: set[str] = set()
         reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
         screen = RowScreen(compiled, self.keys, self.inst.id, wm_index)
+        published_rows = w.row_hashes(block.table) if reuse_unchanged else {}
+        row_hash_of: dict[str, str] = {}  # source-key hash -> source row hash, for the rows sent to the workers
+        config = f"{mapping.label}|{self.ruleset.label}|{self.keys.key_id}|{hub.__version__}"
+        screened_keys: set[str] = set()
+        reused = 0
+
+        def unchanged(rows: list[tuple]) -> list[tuple]:
+            """The rows to map: those not published before from exactly this content and configuration."""
+            nonlocal reused
+            out, resolved = [], []
+            for row in rows:
+                skh = screen.key_hash(row)
+                rh = self.keys.hmac_hex("source-key", f"{config}|{row!r}")
+                if published_rows.get(skh) == rh and skh not in screened_keys:
+                    resolved.append(skh)
+                else:
+                    row_hash_of[skh] = rh
+                    out.append(row)
+                screened_keys.add(skh)
+            if resolved:
+                reused += len(resolved)
+                count.rows_read += len(resolved)
+                count.published += len(resolved)
+                seen.update(resolved)
+                if reopened:
+                    quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, resolved, self.run_id)
+                self.progress.advance(len(resolved))
+            return out
 
         def screened() -> Iterator[list[tuple]]:
             """Rows a mapping can read go on to the workers; the others are quarantined here."""
+            nonlocal last_wm
             for rows in batches:
                 good, bad = screen.split(rows)
+                if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
+                    last_wm = next((r[wm_index] for r in reversed(good) if r[wm_index] is not None), last_wm)
+                good = unchanged(good)
                 if bad:
                     count.rows_read += len(bad)
                     count.quarantined += len(bad)
@@ -282,22 +322,20 @@ class InstitutionRun:
                     "source_system": mapping.system, "source_table": block.table,
                     "source_key_hash": item.source_key_hash, "run_id": self.run_id, "mapping_version": mapping.label,
                     "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
-                    "source_updated_at": item.source_updated_at,
+                    "source_updated_at": item.source_updated_at, "source_row_hash": row_hash_of.pop(item.source_key_hash, None),
                 })
                 count.published += 1
                 published_hashes.append(item.source_key_hash)
             quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
             if reopened and published_hashes:
                 quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, published_hashes, self.run_id)
-            if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
-                last_wm = next((r[wm_index] for r in reversed(batch.rows) if r[wm_index] is not None), last_wm)
             self.progress.advance(len(batch.rows))
             self.heartbeat()
             if w.pending >= self.flush_rows:
                 w.flush()
         before_s = w.stale
         w.flush()
-        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u + (w.stale - before_s)
+        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u + (w.stale - before_s) + reused
         if count.rows_read != count.published + count.quarantined:
             raise AssertionError(f"{block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
         return BlockResult(count, last_wm, seen)
@@ -394,18 +432,22 @@ def run_institution(
             run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
             compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
             select = block_select(compiled, work.schema, since, incremental=not full)
-            result = run.publish(work, iter_batches(work.engine, select, batch_size))
+            result = run.publish(work, iter_batches(work.engine, select, batch_size), reuse_unchanged=not full)
             if work.block.watermark is not None and result.last_watermark is not None:
                 advances.append((work, result.last_watermark))
             if full:  # a complete pull: what is no longer at the source was deleted there
                 gone = run.writer(work.block.resource).stage_deletions(work.block.table, result.seen_source_keys)
                 deletions.extend((work, rid, skh) for rid, skh in gone)
+        from hub.sources import ndjson
+
+        positions = [p for feed in inst.feeds if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
         if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
             run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
         run.commit()
         record_deletions(run.engine, run.run_id, inst.id, deletions)
         for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
             watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, work.block.watermark.kind, value, run.run_id)
+        ndjson.advance(run.engine, inst.id, positions, run.run_id)  # file positions, likewise only after the commit
         run.report.deleted = dict(Counter(w.block.resource for w, _, _ in deletions))
         status = "succeeded"
     finally:

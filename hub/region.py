@@ -23,9 +23,15 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 @dataclass(frozen=True)
 class Feed:
+    """One source of an institution. kind "sql": a database read through mapping; kind
+    "ndjson": FHIR NDJSON files (a folder or a bulk-export manifest) at path, no mapping."""
+
     name: str
-    mapping: Path
+    mapping: Path | None
     url: str
+    kind: str = "sql"
+    path: Path | None = None  # ndjson: the folder or manifest JSON
+    timezone: str = "+08:00"  # ndjson: the offset of date-only values (effective_time)
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,23 @@ def _mapping_path(name: str, region_file: Path, mappings_dir: Path) -> Path:
     return (mappings_dir / p).resolve()
 
 
+def _ndjson_feed(fnode: LineDict, workspace: Path, region_file: Path, iid: str) -> Feed:
+    """A `kind: ndjson` feed: `path` is a folder of NDJSON files or a bulk-export manifest."""
+    f = str(region_file)
+    if not fnode.get("name"):
+        raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.name", "is missing", "the feed's name")
+    where = f"institutions[{iid}].feeds[{fnode['name']}]"
+    if not fnode.get("path"):
+        raise ConfigError(f, fnode.line, f"{where}.path", "is missing", "a folder of .ndjson/.ndjson.gz files or a bulk-export manifest JSON")
+    path = Path(_expand(str(fnode["path"]), workspace, f, fnode.line_of("path"), f"{where}.path"))
+    if not path.is_absolute():
+        path = (region_file.parent / path).resolve()
+    tz = str(fnode.get("timezone", "+08:00"))
+    if not re.fullmatch(r"[+-](0\d|1[0-4]):[0-5]\d", tz):
+        raise ConfigError(f, fnode.line_of("timezone"), f"{where}.timezone", f"{tz!r} is not a UTC offset", "an offset like +08:00")
+    return Feed(str(fnode["name"]), None, "", kind="ndjson", path=path, timezone=tz)
+
+
 def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
     """Load ``<workspace>/region.yaml``; errors name file, line and field."""
     workspace = Path(workspace)
@@ -105,6 +128,11 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
         seen.add(iid)
         feeds = []
         for fnode in node.get("feeds") or []:
+            if fnode.get("kind", "sql") == "ndjson":
+                feeds.append(_ndjson_feed(fnode, workspace, path, iid))
+                continue
+            if fnode.get("kind", "sql") != "sql":
+                raise ConfigError(f, fnode.line_of("kind"), f"institutions[{iid}].feeds.kind", f"{fnode['kind']!r} is not a feed kind", "sql (the default) or ndjson")
             for req in ("name", "mapping", "url"):
                 if not fnode.get(req):
                     raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.{req}", "is missing", f"the feed's {req}")

@@ -24,7 +24,10 @@ def feeds_list(workspace: Path = WorkspaceOpt) -> None:
         table.add_column(col)
     for inst in region.institutions:
         for feed in inst.feeds:
-            table.add_row(f"{inst.id}/{feed.name}", inst.name, feed.mapping.name, _safe_url(feed.url))
+            if feed.kind == "ndjson":
+                table.add_row(f"{inst.id}/{feed.name}", inst.name, "(FHIR NDJSON: no mapping)", str(feed.path))
+            else:
+                table.add_row(f"{inst.id}/{feed.name}", inst.name, feed.mapping.name, _safe_url(feed.url))
     console.print(table)
 
 
@@ -86,7 +89,12 @@ def feeds_check(
             keys = Keyring.load(region.key_file)
         except MasterKeyError:
             keys = None  # a throwaway key: nothing is stored
-    result = check_feed(mapping, source, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
+    if not url and found.kind == "ndjson":
+        from hub.feeds import check_ndjson_feed
+
+        result = check_ndjson_feed(found, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
+    else:
+        result = check_feed(mapping, source, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
     failed = bool(result.quarantined or result.blocked)
     if as_json:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))

@@ -58,7 +58,10 @@ def recognition_token(
 
 
 @recognition_app.command("limits")
-def recognition_limits(workspace: Path = WorkspaceOpt) -> None:
+def recognition_limits(
+    workspace: Path = WorkspaceOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per institution) instead of a table."),
+) -> None:
     """Each institution's lookup limits and what is left of them; suspended tokens and how to lift them.
 
     A token is suspended when too many of its lookups by resident ID number found no patient
@@ -66,6 +69,7 @@ def recognition_limits(workspace: Path = WorkspaceOpt) -> None:
     (`hub recognition token <institution>`) lifts the suspension: the new token starts afresh.
     """
     import datetime as dt
+    import json
 
     from hub.recognition.api import load_tokens
     from hub.recognition.index import connect, index_url
@@ -75,16 +79,27 @@ def recognition_limits(workspace: Path = WorkspaceOpt) -> None:
     region = load_region(workspace)
     policy = load_limits(region)
     states = {s["institution"]: s for s in limit_states(connect(index_url(region)), policy, load_tokens(region))}
-    table = Table(title="Recognition API limits per institution (state of the current token, as last written by the server)")
-    for col in ("institution", "lookups / min", "burst", "lookups left", "misses / hour", "misses left", "suspended until"):
-        table.add_column(col)
+    rows = []
     for inst in region.institutions:
-        lim, st = policy.of(inst.id), states.get(inst.id)
-        until = st["suspended_until"] if st else None
-        table.add_row(inst.id, f"{lim.lookups_per_minute:g}", f"{lim.burst:g}", str(st["lookups_left"]) if st else f"{lim.burst:g}",
-                      f"{lim.misses_per_hour:g}", str(st["misses_left"]) if st else f"{lim.misses_per_hour:g}",
-                      f"[red]{dt.datetime.fromtimestamp(until, dt.UTC):%Y-%m-%d %H:%M:%S} UTC[/] (lift: hub recognition token {inst.id})" if until else "")
+        lim, st = policy.of(inst.id), states.get(inst.id, {})
+        until = st.get("suspended_until")
+        rows.append({"institution": inst.id, "lookups_per_minute": lim.lookups_per_minute, "burst": lim.burst,
+                     "lookups_left": st.get("lookups_left", int(lim.burst)), "misses_per_hour": lim.misses_per_hour,
+                     "misses_left": st.get("misses_left", int(lim.misses_per_hour)), "suspend_minutes": lim.suspend_minutes,
+                     "suspended_until": f"{dt.datetime.fromtimestamp(until, dt.UTC):%Y-%m-%d %H:%M:%S}" if until else None})
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    table = Table(title="Recognition API limits (each institution's current token, as the server last wrote it)")
+    for col in ("institution", "lookups/min", "burst", "left", "misses/hour", "left", "suspended until (UTC)"):
+        table.add_column(col, no_wrap=col == "institution")
+    for r in rows:
+        table.add_row(r["institution"], f"{r['lookups_per_minute']:g}", f"{r['burst']:g}", str(r["lookups_left"]),
+                      f"{r['misses_per_hour']:g}", str(r["misses_left"]), f"[red]{r['suspended_until']}[/]" if r["suspended_until"] else "")
     console.print(table)
+    for r in rows:
+        if r["suspended_until"]:
+            console.print(f"{r['institution']} is suspended; lift it with `hub recognition token {r['institution']}` (a new token).", highlight=False)
 
 
 @recognition_app.command("query")

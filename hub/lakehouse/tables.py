@@ -46,6 +46,8 @@ _FIELDS = [
     ("key_id", StringType(), True, "fingerprint of the key the pseudonyms were made with"),
     ("published_at", TimestamptzType(), True, "when this version was published"),
     ("source_updated_at", TimestamptzType(), False, "the source's update time of this version (orders versions)"),
+    ("source_row_hash", StringType(), False,
+     "keyed hash of the source row with the mapping, rules and key that made this version: an unchanged row is not mapped again"),
 ]
 
 SCHEMA = Schema(*[

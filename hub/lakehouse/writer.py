@@ -47,12 +47,18 @@ class TableWriter:
         return {"hub.run-id": self.run_id, "hub.institution": self.institution}
 
     def _load_existing(self) -> dict[str, tuple[str, dt.datetime | None, str, str, str]]:
-        """id -> (content hash, source update time, source-key hash, source table, key id) of what is published."""
+        """id -> (content hash, source update time, source-key hash, source table, key id, source row hash) of what is published."""
         if self._existing is None:
-            cols = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id")
+            cols = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id", "source_row_hash")
             scan = self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=cols).to_arrow()
             self._existing = {rid: rest for rid, *rest in zip(*(scan.column(c).to_pylist() for c in cols), strict=True)}
         return self._existing
+
+    def row_hashes(self, source_table: str) -> dict[str, str]:
+        """source-key hash -> source row hash of what this table holds from source_table under this key:
+        a row read again with the same hash would make the same resource, so it need not be mapped again."""
+        return {skh: rh for _, _, skh, st, kid, rh in self._load_existing().values()
+                if st == source_table and kid == self.key_id and rh is not None}
 
     def _transaction(self) -> Transaction:
         if self._tx is None:
@@ -94,7 +100,8 @@ class TableWriter:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
         tx.append(data, snapshot_properties=self.props)
         for row in rows:
-            existing[row["id"]] = (row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"], row["key_id"])
+            existing[row["id"]] = (row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
+                                   row["key_id"], row.get("source_row_hash"))
         self.written += len(rows)
 
     def stage_deletions(self, source_table: str, seen_source_keys: set[str]) -> list[tuple[str, str]]:
@@ -105,7 +112,7 @@ class TableWriter:
         Returns (resource id, source-key hash) of each, for the caller to record.
         """
         existing = self._load_existing()
-        gone = [(rid, skh) for rid, (_, _, skh, st, kid) in existing.items()
+        gone = [(rid, skh) for rid, (_, _, skh, st, kid, _) in existing.items()
                 if st == source_table and kid == self.key_id and skh not in seen_source_keys]
         if gone:
             ids = [rid for rid, _ in gone]
@@ -122,7 +129,7 @@ class TableWriter:
         rows arrive, so no reader ever sees a person twice or not at all. Returns how many.
         """
         existing = self._load_existing()
-        old = [rid for rid, (*_, kid) in existing.items() if kid != self.key_id]
+        old = [rid for rid, (*_, kid, _) in existing.items() if kid != self.key_id]
         if old:
             self._transaction().delete(And(EqualTo("institution", self.institution), NotEqualTo("key_id", self.key_id)), snapshot_properties=self.props)
             for rid in old:

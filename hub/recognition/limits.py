@@ -191,6 +191,7 @@ class Limiter:
         now = self.clock()
         limits = self.policy.of(institution)
         with self._lock:
+            self._maybe_sync(now)  # before deciding: what other workers spent counts
             b = self._bucket(token, institution, now)
             refusal = None
             if b.suspended_until is not None and now < b.suspended_until:
@@ -209,7 +210,8 @@ class Limiter:
                 b.lookups -= 1
                 b.spent_lookups += 1
                 b.dirty = True
-            self._maybe_sync(now)
+            if self.policy.sync_seconds == 0:
+                self._sync(now)
             return refusal
 
     def miss(self, token: str, institution: str) -> float | None:
@@ -221,13 +223,13 @@ class Limiter:
         now = self.clock()
         limits = self.policy.of(institution)
         with self._lock:
+            self._maybe_sync(now)
             b = self._bucket(token, institution, now)
             b.dirty = True
             if b.misses >= 1:
                 b.misses -= 1
                 b.spent_misses += 1
-                self._maybe_sync(now)
-                return None
+                return None  # written by the next sync: no extra write that would make a miss answer slower
             b.spent_misses += b.misses
             b.misses = 0.0
             b.suspended_until = max(b.suspended_until or 0.0, now + limits.suspend_minutes * 60)

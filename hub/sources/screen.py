@@ -109,6 +109,11 @@ class RowScreen:
     def label(self, row: tuple) -> str:
         return self.compiled.row_label(storable(row))
 
+    def key_hash(self, row: tuple) -> str:
+        """The row's keyed source-key hash (as the workers compute it)."""
+        mapping, block = self.compiled.mapping, self.compiled.block
+        return source_key_hash(self.keys, self.institution, mapping.system, block.table, self.compiled.source_key(row))
+
     def _key_hash(self, row: tuple) -> str:
         mapping, block = self.compiled.mapping, self.compiled.block
         return source_key_hash(self.keys, self.institution, mapping.system, block.table, self.compiled.source_key(storable(row)))

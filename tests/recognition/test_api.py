@@ -21,6 +21,7 @@ from hub.lineage import catalog as runcat
 from hub.recognition.api import create_app, issue_token, revoke_token
 from hub.recognition.catalog import load_catalog
 from hub.recognition.index import build, connect, index_url
+from hub.region import load_region
 from tests.conftest import publish_region
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,9 @@ ID = "urn:oid:2.16.156.10011.1.3"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, keys):
     region, _, _ = publish_region(tmp_path_factory.mktemp("recognition"), keys, 20)
+    with (region.workspace / "region.yaml").open("a", encoding="utf-8") as fh:  # limits are tried in test_limits.py
+        fh.write("recognition_limits: {lookups_per_minute: 6000, burst: 1000, misses_per_hour: 1000}\n")
+    region = load_region(region.workspace)
     index = connect(index_url(region))
     build(region, index)
     tokens = {inst.id: issue_token(region, inst.id) for inst in region.institutions}

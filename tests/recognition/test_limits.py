@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -49,7 +50,7 @@ class Clock:
     """Epoch seconds the test moves by hand."""
 
     def __init__(self) -> None:
-        self.t = NOW.timestamp()
+        self.t = time.time()
 
     def __call__(self) -> float:
         return self.t
@@ -172,8 +173,10 @@ def test_the_miss_budget_suspends_the_token_and_raises_an_alert(tmp_path, keys):
     (event,) = [json.loads(line) for line in found.stdout.splitlines()]
     assert event["agent"][0]["who"]["display"] == "beishan-chc" and "enumeration" in event["entity"][0]["what"]["display"]
     client.app.state.limiter.flush()
-    shown = runner.invoke(cli, ["recognition", "limits", "--workspace", str(tmp_path)], env={"COLUMNS": "250"})
-    assert shown.exit_code == 0 and "hub recognition token beishan-chc" in shown.stdout
+    shown = runner.invoke(cli, ["recognition", "limits", "--json", "--workspace", str(tmp_path)])
+    state = {r["institution"]: r for r in json.loads(shown.stdout)}
+    assert state["beishan-chc"]["suspended_until"] and state["beishan-chc"]["misses_left"] == 0
+    assert state["city-first"]["suspended_until"] is None
 
     fresh = issue_token(region, "beishan-chc")  # re-issuing the token lifts the suspension
     assert lookup(client, fresh, KNOWN[1]).status_code == 200
