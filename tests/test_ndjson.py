@@ -248,3 +248,13 @@ def test_feeds_check_samples_an_ndjson_feed(region, keys):
     assert any("is not valid JSON" in g.cause for g in result.causes)
     engine = runcat.connect(region.catalog_url)
     assert ndjson.get_position(engine, INST, FEED, "Observation.ndjson") is None  # a check stores nothing
+
+
+def test_lineage_trace_names_the_file_and_line(region, keys):
+    from hub.lineage.trace import trace
+
+    run_institution(region, INST, keys)
+    (report,) = _rows(region, "DiagnosticReport")
+    out = trace(region, keys, f"DiagnosticReport/{report['id']}")
+    assert out["source_line"]["file"] == "DiagnosticReport.ndjson" and out["source_line"]["line"] == 1
+    assert out["mapping"]["file"] is None and out["manifest"]["data_file_intact"] is True

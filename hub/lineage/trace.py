@@ -68,6 +68,10 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
                 now = file_sha256(local_path(f["path"])) if local_path(f["path"]).exists() else None
                 out["manifest"] = {"seq": m.seq, "hash": m.hash, "signed_with_key": m.key_id, "data_file": f["path"],
                                    "data_file_intact": now == f["sha256"]}
+    if zone == region.zone and str(row["source_system"]).startswith("ndjson:"):
+        from hub.sources.ndjson import line_of
+
+        out["source_line"] = line_of(engine, row["institution"], rid)  # file, line number, keyed line hash, run
     if source_key is not None and zone == region.zone:
         system = row["source_system"]
         out["source_key_matches"] = source_key_hash(keys, row["institution"], system, row["source_table"], source_key) == row["source_key_hash"]
@@ -82,9 +86,11 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
 def _mapping_state(region: Region, institution: str, feed: str, label: str) -> dict:
     try:
         f = next(f for f in region.institution(institution).feeds if f.name == feed)
-        current = load_mapping(f.mapping).label
     except (KeyError, StopIteration):
         return {"recorded": label, "current": None, "file": None, "unchanged": False}
+    if f.mapping is None:  # a file feed (NDJSON): resources arrive made, there is no mapping
+        return {"recorded": label, "current": None, "file": None, "unchanged": None}
+    current = load_mapping(f.mapping).label
     return {"recorded": label, "current": current, "file": str(f.mapping), "unchanged": current == label}
 
 
