@@ -19,7 +19,7 @@ def audit_verify(
     trusted_keys: Path = typer.Option(None, "--trusted-keys", help="Trusted signing keys file (YAML; keep your copy outside the workspace). Default: HUB_TRUSTED_KEYS_FILE, else trusted_keys_file in region.yaml."),
     public_key: list[str] = typer.Option(None, "--public-key", help="A trusted signing public key (64 hex, `hub keys signing-public`), valid for every manifest; repeatable. Overrides --trusted-keys."),
     expect_head: str = typer.Option(None, "--expect-head", help="SEQ:HASH of the chain head you recorded earlier: the chain must still hold it (catches truncation and rewrites)."),
-    last: int = typer.Option(None, "--last", min=1, help="Re-hash the files of only the last N manifests (the chain, every snapshot's accounting and the current files are always checked in full)."),
+    last: int = typer.Option(None, "--last", min=1, help="Re-hash the files and Iceberg manifests of only the last N manifests (the chain, every snapshot's accounting, the current files and manifests, table metadata, the index, the access log and release records are always checked in full)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Verify the publication history and the live tables against it.
@@ -27,9 +27,13 @@ def audit_verify(
     Checks manifest hashes, chain links and Ed25519 signatures against the TRUSTED public
     keys (never the key a manifest row carries); that every snapshot of every table is
     recorded by a manifest, that each table's current snapshot is the newest the chain
-    records and reads exactly the data files the chain says are live; and re-hashes every
-    recorded file. Prints the chain head as SEQ:HASH: record it outside the workspace and
-    pass it back with --expect-head.
+    records and reads exactly the data files the chain says are live, through the Iceberg
+    manifests the chain recorded; that each table's schema, partition spec, sort order,
+    properties and tags are the last recorded; and re-hashes every recorded file. Also
+    compares the recognition index's whole content with its last build's record, re-walks
+    the access log's hash chain against the heads manifests recorded, and compares each
+    release's hub_releases row with its manifest. Prints the chain head as SEQ:HASH: record
+    it outside the workspace and pass it back with --expect-head.
 
     Exits 1 and names the table, snapshot, manifest and file of every break.
     """
@@ -56,6 +60,9 @@ def audit_verify(
         for o in report.orphans[:10]:
             console.print(f"  orphan {o}", highlight=False, soft_wrap=True)
         verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.breaks)} break(s)[/]"
+        log = report.access_log
+        console.print(f"access log: {log.get('entries', 0)} entries, {log.get('anchored', 0)} anchored by a manifest; "
+                      f"releases checked: {report.releases}; stores compared: {', '.join(report.stores) or 'none'}", highlight=False)
         head = f"{report.head[0]}:{report.head[1]}" if report.head else "none (empty chain)"
         console.print(f"{report.manifests} manifests, {report.tables} tables, {report.snapshots} snapshots, "
                       f"{report.files} files re-hashed, signatures checked against {trusted.source}: {verdict}", highlight=False)
@@ -67,14 +74,16 @@ def audit_verify(
 @audit_app.command("adopt")
 def audit_adopt(
     table: str = typer.Argument(..., help="Table, e.g. recognition.observation."),
-    snapshots: list[int] = typer.Argument(..., help="Snapshot ids `hub audit verify` reports as in no manifest."),
+    snapshots: list[int] = typer.Argument(None, help="Snapshot ids `hub audit verify` reports as in no manifest; none to accept only a reviewed metadata change."),
     reason: str = typer.Option(..., "--reason", help="Why these snapshots are legitimate (recorded in the signed manifest)."),
     workspace: Path = WorkspaceOpt,
 ) -> None:
     """Record snapshots no manifest accounts for, after you reviewed them (a run killed between its commit and its manifest).
 
     Needs the signing key. The manifest says the snapshots were adopted and why, with their
-    files' hashes as they are now; verify lists adopted snapshots in its notes.
+    files' hashes as they are now, and the table's metadata (schema, spec, sort order,
+    properties, tags) as it is now: with no snapshot ids, it only accepts a metadata change
+    you reviewed (a property an operator set). verify lists adoptions in its notes.
     """
     from pyiceberg.exceptions import NoSuchTableError
 
@@ -92,10 +101,11 @@ def audit_adopt(
     except NoSuchTableError:
         raise NotFound(f"no table {table} in the catalog of {workspace}") from None
     try:
-        seq, digest = adopt(runcat.connect(region.catalog_url), signer, target, snapshots, reason)
+        seq, digest = adopt(runcat.connect(region.catalog_url), signer, target, snapshots or [], reason)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    console.print(f"Adopted {len(snapshots)} snapshot(s) of {table} in manifest {seq}; chain head {seq}:{digest}", highlight=False, soft_wrap=True)
+    console.print(f"Adopted {len(snapshots or [])} snapshot(s) and the current metadata of {table} in manifest {seq}; "
+                  f"chain head {seq}:{digest}", highlight=False, soft_wrap=True)
 
 
 @audit_app.command("access")

@@ -121,7 +121,7 @@ def check(engine: sa.Engine, heads: list[tuple[int, dict]]) -> LogCheck:
     by_id: dict[int, str | None] = {}
     prev, prev_id = None, None
     with engine.connect() as conn:
-        rows = conn.execution_options(yield_per=5000).execute(sa.select(access_log).order_by(access_log.c.id))
+        rows = conn.execute(sa.select(access_log).order_by(access_log.c.id).execution_options(yield_per=5000))
         for r in rows:
             out.entries += 1
             by_id[r.id] = r.hash

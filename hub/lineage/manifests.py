@@ -20,7 +20,18 @@ table in the Iceberg catalog against it:
 - the live data files of the current snapshot are exactly those the chain says are live:
   the recorded snapshots' added minus removed files, folded along the parent links (an
   ``add_files`` injection or a file taken out by editing metadata is a break);
-- every recorded file still has its recorded SHA-256.
+- every recorded file still has its recorded SHA-256;
+- the Iceberg manifest list and manifests a recorded snapshot reads are byte for byte those
+  recorded (row counts, partition values and column bounds that readers prune by);
+- each table's metadata (``table_state``: schema, spec, sort order, properties, tags) is the
+  last one recorded, and each recorded state follows from the one before (columns are only
+  ever added; anything else is a break unless an ``adopt`` manifest accepted it).
+
+Beyond the tables: every manifest records the access log's head, and verify re-walks the
+log's hash chain against those heads (``hub.lineage.access``); a release's manifest records
+its ``hub_releases`` row (``release_entry``), compared with the live row; another store's
+build (the recognition index) records the digest of its whole content before and after it
+wrote (``sql_state``), and the live store must be what the last build left.
 
 Manifests may be appended in another order than their commits (runs of different
 institutions commit to the same tables concurrently): the check follows parent links, not
@@ -312,7 +323,7 @@ def sql_state(conn: sa.Connection, tables: Iterable[sa.Table]) -> dict:
     out = {}
     for t in tables:
         h, rows = hashlib.sha256(), 0
-        result = conn.execution_options(yield_per=10_000).execute(sa.select(*t.columns).order_by(*t.primary_key.columns))
+        result = conn.execute(sa.select(*t.columns).order_by(*t.primary_key.columns).execution_options(yield_per=10_000))
         for part in result.partitions():
             for row in part:
                 h.update(b"|".join(_cell(v) for v in row))
@@ -662,7 +673,8 @@ def _check_stores(bodies: list[tuple[object, dict]], stores: dict[str, Callable[
     for row, body in bodies:
         for store, state in body.get("summary", {}).get("store_states", {}).items():
             recorded.setdefault(store, []).append((row.seq, state))
-    for store, chain in sorted(recorded.items()):
+    for store, appended in sorted(recorded.items()):
+        chain = _build_order(appended)
         for (seq_a, a), (seq_b, b) in zip(chain, chain[1:], strict=False):
             _compare_store(f"{store}: between build manifests {seq_a} and {seq_b}", a["after"], b["before"],
                            "changed outside a build", report)
@@ -681,6 +693,19 @@ def _check_stores(bodies: list[tuple[object, dict]], stores: dict[str, Callable[
         report.stores.append(store)
         _compare_store(f"{store}: live content differs from what build manifest {chain[-1][0]} recorded",
                        chain[-1][1]["after"], live, "edited outside a build", report)
+
+
+def _build_order(states: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """Builds in the order they wrote: each next is the one that found what the last left (two builds may
+    append their manifests in the other order); chain order where nothing links (a break to report)."""
+    pending = sorted(states, key=lambda x: x[0])
+    afters = [st["after"] for _, st in pending]
+    start = next((i for i, (_, st) in enumerate(pending) if st["before"] not in afters), 0)
+    ordered = [pending.pop(start)]
+    while pending:
+        last = ordered[-1][1]["after"]
+        ordered.append(pending.pop(next((i for i, (_, st) in enumerate(pending) if st["before"] == last), 0)))
+    return ordered
 
 
 def _compare_store(where: str, recorded: dict, live: dict, cause: str, report: VerifyReport) -> None:
