@@ -158,3 +158,38 @@ def test_cli_publish_after_rotation_exits_nonzero_with_one_line(rotated):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"`hub keys repseudonymize {INST}`" in lines[0]
     assert old.key_id in lines[0] and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_the_recognition_index_holds_each_person_once_after_rekeying(tmp_path, monkeypatch):
+    import sqlalchemy as sa
+
+    from hub.recognition.index import build, connect, index_url, results
+
+    monkeypatch.delenv("HUB_MASTER_KEY", raising=False)
+    monkeypatch.delenv("HUB_KEY_FILE", raising=False)
+    generate_region(tmp_path, patients=15)
+    region = load_region(tmp_path)
+    create_key_file(region.key_file)
+    old = Keyring.load(region.key_file)
+    for inst in region.institutions:
+        run_institution(region, inst.id, old)
+    index = connect(index_url(region))
+    build(region, index, old)
+
+    def people_and_rows() -> tuple[int, int]:
+        with index.connect() as conn:
+            return (conn.execute(sa.select(sa.func.count(sa.distinct(results.c.patient)))).scalar_one(),
+                    conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one())
+
+    before = people_and_rows()
+    rotate(region.key_file)
+    new = Keyring.load(region.key_file)
+    for inst in region.institutions:
+        repseudonymize(region, inst.id, new)
+    build(region, index, new)
+    assert people_and_rows() == before  # the same people and results, under the new key only
+    with index.connect() as conn:
+        patients = set(conn.execute(sa.select(results.c.patient)).scalars())
+    published = set(open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation")
+                    .scan(selected_fields=("patient",)).to_arrow().column("patient").to_pylist())
+    assert patients <= published

@@ -58,6 +58,13 @@ builds = sa.Table(
 #: Written only by builds, so their whole content is recorded in each build's manifest (decisions are not:
 #: hospitals add them through the API at any time).
 DIGESTED = (results, patient_ids, builds)
+#: What the index was last built under: the master key id (re-keyed rows leave the lakehouse,
+#: so a new key means a full rebuild). Not digested: a tampered value only forces a rebuild.
+state = sa.Table(
+    "recognition_state", metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)
 decisions = sa.Table(
     "recognition_decisions", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -93,11 +100,18 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
 
     The build's manifest is signed with the region's signing key; keys, if given, names the
     master key in it. Raises LeakBlocked (nothing written, no manifest) if a row carries an
-    identifier.
+    identifier. Rows only ever leave the lakehouse by re-keying (`hub keys repseudonymize`)
+    or as deletions a full pull found at the source; after either, the index is rebuilt from
+    scratch in the same transaction, so no reader sees a person twice or a deleted result.
     """
     icat = open_catalog(region.catalog_url, region.warehouse)
     with engine.connect() as conn:
         since = _utc(conn.execute(sa.select(sa.func.max(builds.c.up_to))).scalar())
+        built_key = conn.execute(sa.select(state.c.value).where(state.c.name == "key_id")).scalar()
+    rebuild = since is not None and ((keys is not None and built_key not in (None, keys.key_id))
+                                     or _deleted_since(region, since))
+    if rebuild:
+        since = None
     try:
         pat = icat.load_table(f"{region.zone}.patient")
         sources = [(t, icat.load_table(f"{region.zone}.{t.lower()}")) for t in ("Observation", "DiagnosticReport")]
@@ -108,6 +122,12 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
     with Publication.open(region, keys, "recognition-index") as pub:
         with engine.begin() as conn:  # a LeakBlocked below rolls the whole build back
             before = sql_state(conn, DIGESTED)
+            if rebuild:
+                for t in DIGESTED:
+                    conn.execute(t.delete())
+            if keys is not None:
+                conn.execute(state.delete().where(state.c.name == "key_id"))
+                conn.execute(state.insert().values(name="key_id", value=keys.key_id))
             for batch in pat.scan(row_filter=flt, selected_fields=("patient", "resource", "published_at")).to_arrow_batch_reader():
                 rows = []
                 for r in batch.to_pylist():
@@ -144,6 +164,16 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
 
 
 _MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _deleted_since(region: Region, since: dt.datetime) -> bool:
+    """True when a full pull removed rows deleted at the source after the last build."""
+    from hub.lineage import catalog as runcat
+    from hub.pipeline import deletions
+
+    with runcat.connect(region.catalog_url).connect() as conn:
+        latest = conn.execute(sa.select(sa.func.max(deletions.c.detected_at))).scalar()
+    return latest is not None and _utc(latest) > since
 
 
 def _upsert_ids(conn, rows: list[dict]) -> None:
