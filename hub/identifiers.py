@@ -19,20 +19,21 @@ other byte (a "×10⁹/L" stays as it is, never its NFKC form).
 Separators inside a number come in two strengths. Tight ones (up to 4 of whitespace, dashes,
 underscores, slashes, parentheses, middle dots) may cut a number anywhere, as they always did.
 Wide ones (longer whitespace runs; ``~ * | : 、 + # < >``, brackets of every kind; the words
-``转``, ``分机``, ``ext`` and ``x``) join numbers only in the shapes people write: a mobile cut
-3-4-4, 3-8, 7-4 or 4-4-3 (after an optional 86/0086 prefix), a landline cut between area code
-and subscriber number (and the subscriber 3-4 or 4-4), a 15-digit ID cut 6-6-3, and an
-18-character ID made of whole groups, cut anywhere (its check digit, birth date and division
-code keep chance matches out). So times ("08:30:00"), ratios, ranges ("1~3"), blood pressures
-and lists of codes do not run together into a phone number.
+``转``, ``分机``, ``ext`` and ``x``) join digit groups only in the shapes people write: a mobile
+cut 3-4-4, 3-8, 7-4 or 4-4-3 (after an optional 86/0086 prefix), a landline cut between area
+code and subscriber number (and the subscriber 3-4 or 4-4), a 15-digit ID cut 6-6-3, an
+18-character ID cut 6-8-4 (the date also 4-2-2), 6-4-4-4, 3-3-4-4-4 or 4-4-4-4-2, with its
+check character apart or not. So times ("08:30:00"), ratios ("1:10000"), ranges ("1~3"), blood
+pressures and lists of codes next to each other do not run together into a number.
 
 Known limits (what this does not promise): digits separated by '.' or ',' are separate numbers
 (they are decimal points and thousands separators in every clinical value, and "1.3812345678"
 must stay a number), nor are numbers cut by other letters ("191a8745b2685") or written with
 look-alike letters ("l9l...", "O571...") found; a landline without its area code, or a number
-with extra digits glued on, is found only as a known value of the record; a landline or 15-digit
-ID cut so that a part reads as a date (2024-05-12) and a number cut into a list of LOINC codes
-with valid check digits are not reported; in document mode, a mobile glued into a 16+ character
+with extra digits glued on, is found only as a known value of the record; a mobile, landline or
+15-digit ID cut so that a part reads as a date (2024-05-12) or as a LOINC code with a valid check
+digit ("13812-3 45678") is not reported, nor one cut by wide separators in another shape than
+those above ("1~3~8~1~2~3~4~5~6~7~8"); in document mode, a mobile glued into a 16+ character
 lower-case hex token is not reported (an 18-character ID is).
 
 Libraries: landlines are validated with ``phonenumbers`` (Google's libphonenumber metadata: real
@@ -72,17 +73,22 @@ _SEP = r"[\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb]"
 # Wide separators join numbers only in the shapes people write them in (see the module docstring).
 _WIDE_CHARS = (r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb"
                r"~\u301c\u223c*|:\u3001+#<>\[\]{}\u3008-\u3011\u3014-\u3017")
-_GAP = rf"(?:[{_WIDE_CHARS}]|ext|x|转|轉|分机|分機)+"
 # Between the characters of a known value, also dots, commas and apostrophes ("Zhang, San").
 _KNOWN_SEP_CHARS = (r"\s\-_/\\()\u00b7\u2010-\u2015\u2027\u2043\u2212\u30fb.,:'\u2018\u2019+"
                     r"~\u301c\u223c*|\u3001#<>\[\]{}\u3008-\u3011\u3014-\u3017")
 _KNOWN_SEP = f"[{_KNOWN_SEP_CHARS}]"
-_RUN_RE = re.compile(rf"[0-9](?:(?:{_GAP})?[0-9])*(?:{_SEP}{{0,4}}x)?")
+# A run of digits and separators holding at least 11 digits (the shortest number found without a
+# known value): shorter ones fail inside the regex engine, which keeps documents cheap. The
+# words ext and 分机 are first written as "~~~" and "~~" (the same length, so positions hold).
+_RUN_RE = re.compile(rf"[0-9](?:[{_WIDE_CHARS}x转轉]*+[0-9]){{10,}}+(?:[{_WIDE_CHARS}转轉]{{0,16}}x)?")
+_WORD_SEPS = (("ext", "~~~"), ("分机", "~~"), ("分機", "~~"))
 _GROUP_RE = re.compile(r"[0-9]+")
 _TIGHT_GAP = re.compile(rf"{_SEP}{{1,4}}")
-_CHECK_X = re.compile(rf"{_SEP}{{0,4}}x")  # an ID's check character after its 17 digits
-_SEVEN_DIGITS = re.compile(r"[0-9](?:[^0-9]*[0-9]){6}")
+_CHECK_X = re.compile(rf"[{_WIDE_CHARS}转轉]{{0,16}}x")  # an ID's check character after its 17 digits
+_ELEVEN_DIGITS = re.compile(r"[0-9](?:[^0-9]*[0-9]){10}")
 _DATE_GROUPS_RE = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2})([-/])([0-9]{1,2})\2([0-9]{1,2})(?![0-9])")
+_NOT_DIGIT = re.compile(r"[^0-9]+")
+_THREE_DIGITS = re.compile(rf"[0-9](?:{_SEP}{{0,4}}[0-9]){{2}}")
 _LOINC_RE = re.compile(r"(?<![0-9\-])([0-9]{3,5})-([0-9])(?![0-9\-])")
 _MOBILE_DIGITS = re.compile(r"(?:0086|86)?(1[3-9][0-9]{9})")
 _KNOWN_STRIP = re.compile(_KNOWN_SEP)
@@ -271,6 +277,7 @@ _HANZI_DIGITS = {
     **{c: str(i) for i, c in enumerate("零壹贰叁肆伍陆柒捌玖")},
     "幺": "1", "两": "2", "兩": "2", "貳": "2", "參": "3", "叄": "3", "陸": "6", "○": "0",
 }
+_HANZI_DIGIT_RE = re.compile("[" + "".join(_HANZI_DIGITS) + "]")
 _RESIZING: set[str] = set()  # characters that fold to none or several
 _TABLE = _FoldTable({c: chr(c).lower() for c in range(128)})
 
@@ -477,27 +484,40 @@ _NO_KNOWN = KnownValues()
 def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, document: bool = False) -> list[Found]:
     """Every identifier in text, as non-overlapping spans of the original text, in order.
 
-    Numbers may carry separators between their digits (whitespace, dashes, underscores,
-    slashes, parentheses, invisible characters; never '.') and any letters around them
-    (``SFZ``, ``tel``, ``ID:``). An 18-character ID number is found in any window of a digit
-    run (it has a check digit and a birth date); 15-digit IDs, mobiles and landlines only on
-    the boundaries of the run's digit groups, and never through a date written YYYY-MM-DD.
-    ``document=True`` is for whole JSON documents: a digit group inside a lower-case
-    hexadecimal token of 16+ characters (pseudonyms, hashes, resource ids) is no 15-digit ID,
-    mobile or landline there (18-character IDs are still looked for)."""
+    Numbers may carry separators between their digits (tight ones anywhere, wide ones in the
+    shapes people write; never '.' or ',': see the module docstring), invisible characters, and
+    any letters around them (``SFZ``, ``tel``, ``ID:``). An 18-character ID number is found in
+    any window of a digit run (it has a check digit and a birth date), across wide separators
+    when made of whole digit groups; 15-digit IDs, mobiles and landlines only on the boundaries
+    of the run's digit groups, and never through a date written YYYY-MM-DD. Digits glued to a
+    known value of the record are read again without it, so "M1000001138 1234 5678" yields the
+    MRN and the mobile. ``document=True`` is for whole JSON documents: a digit group inside a
+    lower-case hexadecimal token of 16+ characters (pseudonyms, hashes, resource ids) is no
+    15-digit ID, mobile or landline there (18-character IDs are still looked for)."""
     if not isinstance(known, KnownValues):
         known = _known_values(known if isinstance(known, tuple) else tuple(known)) if known else _NO_KNOWN
     folded = _fold(text)
-    digits = _SEVEN_DIGITS.search(folded) is not None
+    digits = _ELEVEN_DIGITS.search(folded) is not None
+    known_spans = known.spans(folded)
     spans: list[tuple[int, int, int, str, str]] = [  # start, end, priority, kind, value
-        (start, end, 0, "known", value) for start, end, value in known.spans(folded)
+        (start, end, 0, "known", value) for start, end, value in known_spans
     ]
     if not digits and not spans:
         return []
+    origin = _Origin(text, folded)
     if digits:
-        for run in _RUN_RE.finditer(folded):
-            if run.end() - run.start() >= _MIN_RUN_DIGITS:
-                _numbers_in_run(text, folded, run, document, spans)
+        _numbers(text, folded, document, origin, spans)
+        if known_spans:
+            pieces, pos = [], 0
+            for start, end, _value in sorted(known_spans):
+                if start >= pos:
+                    pieces += (folded[pos:start], "\0" * (end - start))
+                    pos = end
+                elif end > pos:
+                    pieces.append("\0" * (end - pos))
+                    pos = end
+            pieces.append(folded[pos:])
+            _numbers(text, "".join(pieces), document, origin, spans)
     if not spans:
         return []
     # Overlapping candidates become one span covering them all (no digit of any survives),
@@ -516,82 +536,193 @@ def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, docu
             last[1] = max(last[1], end)
         else:
             merged.append([start, end, kind, value, priority, detected])
-    smap = _span_map(text, folded)
-
-    def found(start: int, end: int, kind: str, value: str, _priority: int, detected: str | None) -> Found:
-        if smap is not None:
-            start, end = smap.original(start), smap.original(end - 1) + 1
-        return Found(kind, start, end, value, detected if kind == "known" else None)
-
-    return [found(*m) for m in merged]
+    return [Found(kind, origin(start), _marks_after(text, origin(end - 1) + 1), value, detected if kind == "known" else None)
+            for start, end, kind, value, _priority, detected in merged]
 
 
-def _numbers_in_run(text: str, folded: str, run: re.Match[str], document: bool, out: list) -> None:
+def _marks_after(text: str, end: int) -> int:
+    """end moved past the combining and enclosing marks on the last character ("5\ufe0f\u20e3"
+    is a keycap 5: no mark is left to decorate what follows)."""
+    while end < len(text) and not text[end].isascii() and unicodedata.category(text[end]) in ("Mn", "Me"):
+        end += 1
+    return end
+
+
+def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list) -> None:
+    for word, seps in _WORD_SEPS:
+        folded = folded.replace(word, seps)
+    for run in _RUN_RE.finditer(folded):
+        _numbers_in_run(text, folded, run, document, origin, out)
+
+
+def _numbers_in_run(text: str, folded: str, run: re.Match[str], document: bool, origin: _Origin, out: list) -> None:
     base = run.start()
     chunk = run.group()
-    groups = [(m.start() + base, m.end() + base, m.group()) for m in _GROUP_RE.finditer(chunk)]
-    units = "".join(g[2] for g in groups)
-    if len(units) < _MIN_RUN_DIGITS:
+    # Most runs are dates and times: leave them cheaply. A number needs 11 digits outside dates
+    # (or 17 for an ID), and a part of 3 digits or more not cut by a wide separator.
+    total = len(_NOT_DIGIT.sub("", chunk))
+    dates = [m for m in _DATE_GROUPS_RE.finditer(chunk)
+             if 1 <= int(m.group(3)) <= 12 and 1 <= int(m.group(4)) <= 31 and 1900 <= int(m.group(1)) <= 2100]
+    if (total < 17 and total - sum(m.end() - m.start() - 2 for m in dates) < _MIN_RUN_DIGITS) or not _THREE_DIGITS.search(chunk):
         return
-    positions = [p for s, e, _ in groups for p in range(s, e)]
-    check_x = chunk.endswith("x")
-    if check_x:
-        units += "x"
-        positions.append(run.end() - 1)
+    groups = [(m.start(), m.end(), m.group()) for m in _GROUP_RE.finditer(folded, base, run.end())]
+    if not text.isascii():
+        groups = _split_scripts(text, groups, origin)
+    n = len(groups)
 
-    # 18-character ID numbers: every window (the check digit and the date make chance rare).
-    for k in range(len(units) - 17):
-        window = units[k:k + 18]
-        if window[17] in "0123456789x" and window[:17].isdigit() and _resident_id_18(window):
-            out.append((positions[k], positions[k + 17] + 1, 1, "resident-id", window.upper()))
+    # Mobiles, landlines and 15-digit IDs: only on group boundaries, never through a list of
+    # LOINC codes, the decimals of a number, a date ("Na 138 2024-03-05" holds a mobile's digits,
+    # "2024-05-12 2024-03-06" a valid Suzhou number, 0512 20240306) or (in documents) a hex token.
+    starts = [g[0] for g in groups]
 
-    # Mobiles, landlines and 15-digit IDs: only on group boundaries, never through a list of LOINC codes,
-    # the decimals of a number or (in documents) a hex token. Landlines and 15-digit IDs never
-    # through a date either: "2024-05-12 2024-03-06" holds a valid Suzhou number, 0512 20240306.
-    blocked = [False] * len(groups)
-    dated = [False] * len(groups)
-    for m in _DATE_GROUPS_RE.finditer(chunk):
-        year, month, day = int(m.group(1)), int(m.group(3)), int(m.group(4))
-        if 1 <= month <= 12 and 1 <= day <= 31 and 1900 <= year <= 2100:
-            for i, (s, e, _) in enumerate(groups):
-                if s < m.end() + base and e > m.start() + base:
-                    dated[i] = True
-    loinc = [m for m in _LOINC_RE.finditer(chunk) if _luhn_check_digit(m.group(1)) == m.group(2)]
-    if len(loinc) >= 2:  # a list of LOINC codes ("1558-6 17856-6" would read as a mobile)
-        for m in loinc:
-            for i, (s, e, _) in enumerate(groups):
-                if s < m.end() + base and e > m.start() + base:
-                    blocked[i] = True
+    def overlapped(m: re.Match[str]) -> range:
+        return range(max(bisect.bisect_right(starts, m.start() + base) - 1, 0),
+                     bisect.bisect_left(starts, m.end() + base))
+
+    blocked = [False] * n
+    for m in dates:
+        for i in overlapped(m):
+            blocked[i] = True
+    for m in _LOINC_RE.finditer(chunk):  # "1558-6 17856-6", "17856-6 60/100" read as mobiles
+        if _luhn_check_digit(m.group(1)) == m.group(2):
+            for i in overlapped(m):
+                blocked[i] = True
     if base >= 2 and folded[base - 1] == "." and folded[base - 2].isdigit():
         blocked[0] = True  # the decimals of a number ("0.13812345678")
+    stretch = longest = 0
+    for (_s, _e, group), no in zip(groups, blocked, strict=True):
+        stretch = 0 if no else stretch + len(group)
+        longest = max(longest, stretch)
+    if longest < _MIN_RUN_DIGITS and total < 17:
+        return  # "2024-03-05 08:30:00": nothing left around the date
+
+    # What lies between groups: 0 nothing (a change of script), 1 a tight separator, 2 a wide one.
+    gaps = []
+    segment = longest_segment = len(groups[0][2])
+    for g in range(n - 1):
+        between = folded[groups[g][1]:groups[g + 1][0]]
+        kind = 0 if not between else 1 if _TIGHT_GAP.fullmatch(between) else 2
+        gaps.append(kind)
+        segment = len(groups[g + 1][2]) + (segment if kind < 2 else 0)
+        longest_segment = max(longest_segment, segment)
+    if longest_segment < 3:
+        return  # "08:00|12:00|18:00": no number has only 1- and 2-digit parts
+    wide_before = [0]  # wide gaps before each group
+    for kind in gaps:
+        wide_before.append(wide_before[-1] + (kind == 2))
+    if total >= 17:
+        _ids_18(folded, run.end(), groups, gaps, wide_before, out)
+    if longest < _MIN_RUN_DIGITS:
+        return
     if document:
         for i, (s, e, _) in enumerate(groups):
-            blocked[i] = blocked[i] or _in_hex_token(text, folded, s, e)
-    for i in range(len(groups)):
+            blocked[i] = blocked[i] or _in_hex_token(text, origin(s), origin(e - 1) + 1)
+    for i in range(n):
         digits = ""
-        through_date = False
-        for j in range(i, len(groups)):
+        for j in range(i, n):
             if blocked[j]:
                 break
             digits += groups[j][2]
-            through_date = through_date or dated[j]
             if len(digits) > _MAX_ALIGNED:
                 break
             if len(digits) < _MIN_RUN_DIGITS:
                 continue
             start, end = groups[i][0], groups[j][1]
+            wide = wide_before[j] != wide_before[i]
             mobile = _MOBILE_DIGITS.fullmatch(digits)
             if mobile:
-                out.append((_with_prefix(folded, start, end, digits), end, 2, "mobile", mobile.group(1)))
-                continue
-            if through_date:
+                if not wide or _shaped(_cuts(groups, gaps, i, j), len(digits) - 11, ({3, 7}, {4, 8})):
+                    out.append((_with_prefix(folded, start, end, digits), end, 2, "mobile", mobile.group(1)))
                 continue
             if len(digits) == 15 and is_valid_legacy_resident_id(digits):
-                out.append((start, end, 1, "resident-id", digits))
+                if not wide or _shaped(_cuts(groups, gaps, i, j), 0, ({6, 12},)):
+                    out.append((start, end, 1, "resident-id", digits))
                 continue
+            cuts = _cuts(groups, gaps, i, j) if wide else set()
+            if wide and not any(_shaped(cuts, trunk, ({area, area + 3}, {area, area + 4}))
+                                for trunk in _TRUNKS.get(digits[:4], _TRUNKS.get(digits[:2], _TRUNKS.get(digits[:1], ())))
+                                for area in (2, 3)):
+                continue  # no landline has this shape (and asking phonenumbers is dear)
             landline = _landline(digits)
             if landline:
-                out.append((_with_prefix(folded, start, end, digits), end, 3, "landline", landline))
+                area = len(_landline_parts(landline)[0]) - 1
+                if not wide or _shaped(cuts, len(digits) - len(landline) + 1, ({area, area + 3}, {area, area + 4})):
+                    out.append((_with_prefix(folded, start, end, digits), end, 3, "landline", landline))
+
+
+# How many digits come before a landline's area code, by how the number starts: 0086 (0)571...,
+# 86 (0)571..., 0571...
+_TRUNKS = {"0086": (4, 5), "86": (2, 3), "0": (1,)}
+# Where an 18-character ID may be cut by wide separators: 6-8-4 (with its date written 4-2-2),
+# 6-4-4-4, 3-3-4-4-4, 4-4-4-4-2, each with the check character apart.
+_ID_SHAPES = ({3, 6, 10, 14, 17}, {6, 10, 12, 14, 17}, {4, 8, 12, 16, 17})
+
+
+def _ids_18(folded: str, run_end: int, groups: list[tuple[int, int, str]], gaps: list[int],
+            wide_before: list[int], out: list) -> None:
+    """18-character ID numbers in a run: in every window (the check digit and the date make
+    chance rare), across a wide separator only when the window is made of whole groups cut in
+    one of the ID's shapes ("1:10000 1999-04-08 01:00" is none)."""
+    units = "".join(g[2] for g in groups)
+    positions = [p for s, e, _ in groups for p in range(s, e)]
+    unit_group = [g for g, (s, e, _) in enumerate(groups) for _ in range(s, e)]
+
+    def aligned(k: int, last: int) -> bool:
+        first, end = unit_group[k], unit_group[last]
+        if wide_before[end] == wide_before[first]:
+            return True
+        if (k > 0 and unit_group[k - 1] == first) or (last + 1 < len(units) and unit_group[last + 1] == end):
+            return False
+        cuts = {u - k for u in range(k + 1, last + 1) if unit_group[u] != unit_group[u - 1] and gaps[unit_group[u - 1]]}
+        return any(cuts <= shape for shape in _ID_SHAPES)
+
+    for k in range(len(units) - 17):
+        window = units[k:k + 18]
+        if _resident_id_18(window) and aligned(k, k + 17):
+            out.append((positions[k], positions[k + 17] + 1, 1, "resident-id", window))
+    digit_end = 0  # ... and ending in a check character x after its 17 digits
+    for g, (_s, e, group) in enumerate(groups):
+        digit_end += len(group)
+        after = folded[e:groups[g + 1][0]] if g + 1 < len(groups) else folded[e:run_end]
+        if digit_end >= 17 and "x" in after and (x := _CHECK_X.match(after)):
+            window = units[digit_end - 17:digit_end] + "x"
+            if _resident_id_18(window) and aligned(digit_end - 17, digit_end - 1):
+                out.append((positions[digit_end - 17], e + x.end(), 1, "resident-id", window.upper()))
+
+
+def _split_scripts(text: str, groups: list[tuple[int, int, str]], origin: _Origin) -> list[tuple[int, int, str]]:
+    """Groups cut where Chinese numerals meet other digits, so a number is also found with a
+    numeral glued on ("第一13812345678", "两13812345678")."""
+    if not _HANZI_DIGIT_RE.search(text, origin(groups[0][0]), origin(groups[-1][1] - 1) + 1):
+        return groups
+    out = []
+    for s, e, group in groups:
+        cut = s
+        hanzi = text[origin(s)] in _HANZI_DIGITS
+        for p in range(s + 1, e):
+            if (text[origin(p)] in _HANZI_DIGITS) != hanzi:
+                out.append((cut, p, group[cut - s:p - s]))
+                cut, hanzi = p, not hanzi
+        out.append((cut, e, group[cut - s:]))
+    return out
+
+
+def _cuts(groups: list[tuple[int, int, str]], gaps: list[int], i: int, j: int) -> set[int]:
+    """Where separators cut the digits of groups i..j (digit counts from the first)."""
+    cuts = set()
+    count = 0
+    for g in range(i, j):
+        count += len(groups[g][2])
+        if gaps[g]:
+            cuts.add(count)
+    return cuts
+
+
+def _shaped(cuts: set[int], prefix: int, shapes: tuple[set[int], ...]) -> bool:
+    """True when the cuts after the first `prefix` digits (a country code, a trunk 0) are all
+    those of one of the shapes; cuts inside the prefix are free."""
+    rel = {c - prefix for c in cuts if c > prefix}
+    return any(rel <= shape for shape in shapes)
 
 
 def _luhn_check_digit(digits: str) -> str:
@@ -613,13 +744,9 @@ def _with_prefix(folded: str, start: int, end: int, digits: str) -> int:
     return start
 
 
-def _in_hex_token(text: str, folded: str, start: int, end: int) -> bool:
-    """True when folded[start:end] lies in a token of 16+ lower-case hex characters of the
-    original text (upper case is not ours, so it does not count)."""
-    if len(folded) != len(text):  # a character expanded: compare on the original via the map
-        smap = _span_map(text, folded)
-        assert smap is not None
-        start, end = smap.original(start), smap.original(end - 1) + 1
+def _in_hex_token(text: str, start: int, end: int) -> bool:
+    """True when text[start:end] lies in a token of 16+ lower-case hex characters (upper case is
+    not ours, so it does not count)."""
     left = start
     while left > 0 and text[left - 1] in _HEX:
         left -= 1

@@ -4,6 +4,7 @@ known values, in every evasive form we know of, and no false positives on clinic
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 import unicodedata
@@ -236,11 +237,142 @@ def test_a_landline_needs_a_real_area_code_and_subscriber_length():
 def test_property_planted_mobiles_are_found(second, rest, seps, prefix, before, after):
     number = "1" + second + rest
     written = prefix + "".join(d + s for d, s in zip(number, seps + [""], strict=True))
-    # Known limit: a number cut into two LOINC-shaped codes with valid check digits
-    # ("1701-2 0000-0") reads as a list of LOINC codes.
-    assume(len(LOINC_CODES.findall(written)) < 2 or not all(luhn(a) == b for a, b in LOINC_CODES.findall(written)))
+    # Known limit: a number cut into a LOINC-shaped code with a valid check digit ("1420-9 000000")
+    # reads as a LOINC code.
+    assume(not any(luhn(a) == b for a, b in LOINC_CODES.findall(written.replace("\u200b", ""))))
     text = f"{before}：{written}。{after}"
     assert redact_identifiers(text) == f"{before}：[phone]。{after}"
+
+
+# ---- invisible characters, Chinese numerals, wide separators ------------------------------
+
+INVISIBLE = [chr(cp) for cp in range(0x110000) if unicodedata.category(chr(cp)) in ("Cf", "Mn", "Me")]
+NAMED_INVISIBLE = [
+    "\ufe0e", "\ufe0f", "\ufe00", "\U000e0100", "\u034f", "\u3164", "\u115f", "\u1160", "\uffa0", "\u180e",
+    "\u2060", "\u2061", "\u2062", "\u2063", "\u2064", "\ufeff", "\u200b", "\u200c", "\u200d", "\u200e",
+    "\u200f", "\u00ad", "\u2800", "\u20e3", "\u202e",
+]
+
+
+@pytest.mark.parametrize("c", NAMED_INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+def test_invisible_characters_inside_a_number_are_ignored(c):
+    mobile = c.join("13812345678")
+    assert kinds(f"电话{mobile}。") == [("mobile", mobile, "13812345678")]
+    spaced = f"138{c}{c} 1234{c}5678"  # invisible characters next to a separator, too
+    assert kinds(f"电话{spaced}。") == [("mobile", spaced, "13812345678")]
+    id_number = c.join(ID)
+    assert kinds(f"证{id_number}号") == [("resident-id", id_number, ID)]
+    assert redact_identifiers(f"证{id_number}号", RECORD) == "证[id-number]号"
+    assert redact_identifiers(f"患者张{c}三", RECORD) == "患者[identifier]"
+
+
+def test_every_format_combining_and_enclosing_mark_is_ignored_between_digits():
+    find_identifiers("".join(INVISIBLE))  # fold them all once, so the test is quick
+    missed = []
+    for c in INVISIBLE:
+        text = f"tel 1{c}38{c}1234{c}{c}5678{c}。"
+        found = find_identifiers(text)
+        written = text[4:-1] if unicodedata.category(c) in ("Mn", "Me") else text[4:-2]  # a mark on the last digit goes with it
+        if [(f.kind, f.value, text[f.start:f.end]) for f in found] != [("mobile", "13812345678", written)]:
+            missed.append(f"U+{ord(c):04X}")
+    assert missed == []
+    assert len(INVISIBLE) > 2000
+
+
+def test_keycap_emoji_digits_are_digits():
+    keycaps = "".join(d + "\ufe0f\u20e3" for d in "19187452685")
+    assert kinds(f"call {keycaps}!") == [("mobile", keycaps, "19187452685")]
+
+
+def test_spans_map_back_through_characters_that_fold_to_nothing_and_to_several():
+    text = "①\u200b⑩℃\ufe0f 电话\u200b1\u200b3\ufe0f8 ⑫\u034f34 5678\u0301\u200b，×10⁹/L\u3164"
+    [f] = find_identifiers(text)
+    assert text[f.start:f.end] == "1\u200b3\ufe0f8 ⑫\u034f34 5678\u0301"  # with the mark on its last digit
+    assert redact_identifiers(text) == "①\u200b⑩℃\ufe0f 电话\u200b[phone]\u200b，×10⁹/L\u3164"
+
+
+CHINESE_DIGITS = {
+    "零": "0", "〇": "0", "○": "0", "一": "1", "幺": "1", "壹": "1", "二": "2", "两": "2", "兩": "2", "贰": "2",
+    "貳": "2", "三": "3", "叁": "3", "參": "3", "叄": "3", "四": "4", "肆": "4", "五": "5", "伍": "5", "六": "6",
+    "陆": "6", "陸": "6", "七": "7", "柒": "7", "八": "8", "捌": "8", "九": "9", "玖": "9",
+}
+
+
+@pytest.mark.parametrize("numeral,digit", CHINESE_DIGITS.items())
+def test_every_chinese_numeral_is_a_digit(numeral, digit):
+    text = f"电话一三{numeral * 9}。"
+    assert kinds(text) == [("mobile", text[2:-1], "13" + digit * 9)]
+
+
+@pytest.mark.parametrize("form", [
+    "幺九幺八七四五二六八五", "一九一八七四五两六八五", "幺玖幺捌柒肆伍贰陆捌伍", "壹玖壹捌柒肆伍貳陸捌伍", "一九一 八七四五 二六八五",
+    "幺九幺-8745-两六八五",
+])
+def test_spoken_and_financial_numerals_are_found(form):
+    assert kinds(f"手机{form}") == [("mobile", form, "19187452685")]
+
+
+@pytest.mark.parametrize("glued", ["第一", "两", "〇", "三"])
+def test_a_numeral_glued_to_a_number_in_other_digits_does_not_hide_it(glued):
+    assert kinds(f"联系人{glued}13812345678") == [("mobile", "13812345678", "13812345678")]
+    assert kinds(f"{glued}{ID}") == [("resident-id", ID, ID)]
+
+
+WIDE = ["~", "～", "〜", "*", "＊", "|", "｜", ":", "：", "、", "+", "＋", "#", "＃", "/", "\\", "[", "]", "【", "】", "（", "）",
+        "［", "］", "《", "》", "<", ">", "{", "「", "』", "〔", "     ", "\xa0" * 5, "\u3000" * 6, " \n\n\t ", "转", "轉",
+        "ext", " ext ", "EXT", "分机", "x", " x ", "~~", " | ", "】【", "\u200b:\u200b"]
+
+
+@pytest.mark.parametrize("sep", WIDE)
+def test_wide_separators_join_the_groups_of_a_mobile(sep):
+    for written in (f"191{sep}8745{sep}2685", f"191{sep}87452685", f"1918745{sep}2685", f"1918{sep}7452{sep}685",
+                    f"+86{sep}191{sep}8745{sep}2685", f"0086{sep}19187452685"):
+        assert kinds(f"电话：{written}。") == [("mobile", written, "19187452685")], written
+
+
+@pytest.mark.parametrize("sep", WIDE)
+def test_wide_separators_join_the_groups_of_an_id_number(sep):
+    for written in (f"430102{sep}19560719{sep}7083", f"4301{sep}0219{sep}5607{sep}1970{sep}83",
+                    f"430102{sep}1956{sep}0719{sep}7083", f"43010219560719708{sep}3"):
+        assert kinds(f"身份证：{written}。") == [("resident-id", written, "430102195607197083")], written
+    legacy = f"430102{sep}560719{sep}708"
+    assert kinds(f"身份证：{legacy}。") == [("resident-id", legacy, "430102560719708")]
+    with_x = f"110101{sep}19900307{sep}002x"
+    assert kinds(f"证件{with_x}。") == [("resident-id", with_x, ID_X)]
+
+
+@pytest.mark.parametrize("sep", WIDE)
+def test_wide_separators_join_area_code_and_subscriber_of_a_landline(sep):
+    for written in (f"0571{sep}87654321", f"0571{sep}8765{sep}4321", f"+86{sep}571{sep}87654321", f"010{sep}6234{sep}5678"):
+        found = kinds(f"座机：{written}。")
+        assert [(k, w) for k, w, _ in found] == [("landline", written)], written
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0571-87654321转803", "[phone]转803"),
+    ("0571-87654321 ext 803", "[phone] ext 803"),
+    ("13812345678转8031", "[phone]转8031"),
+    ("138 1234 5678 x12", "[phone] x12"),
+    ("[191]8745[2685]", "[[phone]]"),
+    ("【191】8745【2685】", "【[phone]】"),
+    ("(0571) 8765 4321", "[phone]"),
+])
+def test_an_extension_or_a_bracket_stays_and_the_number_goes(text, expected):
+    assert redact_identifiers(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "1~3~8~1~2~3~4~5~6~7~8",  # wide separators only between groups of the shapes people write
+    "13:45 2024-5-12", "13:45:12 2024/5/1", "1|38|1234|5678", "191:87:45:26:85",
+])
+def test_wide_separators_do_not_join_numbers_in_other_shapes(text):
+    assert find_identifiers(text) == []
+
+
+@pytest.mark.parametrize("text", ["191.8745.2685", "191．8745．2685", "191,8745,2685", "430102.19560719.7083"])
+def test_decimal_points_and_commas_are_not_separators(text):
+    # Known limit: '.' and ',' cut every clinical value ("1.3812345678", "13,812"), so they end a number.
+    assert find_identifiers(text) == []
 
 
 # ---- known values of the record -----------------------------------------------------------
@@ -281,12 +413,26 @@ def test_a_known_id_number_is_found_in_its_legacy_form_and_reported_as_known():
 
 
 @pytest.mark.parametrize("text", [
-    "linagliptin 5 mg", "zhangsanfeng", "MRN001234", "0.0012345", "21002345", "1234 mg", "李", "李先生",
+    "linagliptin 5 mg", "zhangsanfeng", "0.0012345", "1234 mg", "李", "李先生", "1650 mL",
     "Hemoglobin [Mass/volume] in Blood",
 ])
-def test_known_values_do_not_match_inside_other_words_or_numbers_and_tiny_values_are_ignored(text):
-    record = KnownValues(["Li Na", "Zhang San", "MRN-00123", "002345", "1234", "李"])
+def test_known_words_do_not_match_inside_other_words_and_tiny_values_are_ignored(text):
+    record = KnownValues(["Li Na", "Zhang San", "MRN-00123", "002345", "1234", "李", "陆伍"])
     assert redact_identifiers(text, record) == text
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("M1000001191~8745~2685", "[identifier][phone]"),  # the MRN, and the mobile glued on is read again
+    ("M10000011918", "[identifier]1918"),
+    ("99M1000001", "99[identifier]"),
+    ("MRN001234", "[identifier]4"),  # a longer number holding the MRN: over-redaction, by choice
+    ("21002345", "21[identifier]"),  # a 6-digit numeric value is found glued to digits too
+    ("0.1002345", "0.1[identifier]"),
+    ("m1000001abc", "[identifier]abc"),
+])
+def test_a_known_value_glued_to_digits_is_still_found(text, expected):
+    record = KnownValues(["M1000001", "MRN-00123", "002345"])
+    assert redact_identifiers(text, record) == expected
 
 
 def test_known_values_repr_and_found_repr_never_show_the_values():
@@ -316,7 +462,7 @@ def test_property_text_around_an_identifier_is_kept_exactly(before, after):
     out = redact_identifiers(text)
     assert "[phone]" in out
     # digits touching the number may belong to it (a country code 86, a longer run)
-    assume(not re.search(r"\d\W*$", unicodedata.normalize("NFKC", before)))
+    assume(not re.search(r"\d(?:\W|ext|x|分[机機])*$", unicodedata.normalize("NFKC", before).casefold()))
     assume(not re.match(r"^\W*\d", unicodedata.normalize("NFKC", after)))
     if not find_identifiers(before + " ") and not find_identifiers(" " + after):
         assert out == f"{before} [phone] {after}"
@@ -334,6 +480,11 @@ CLEAN = [
     "snapshot 3993693139205449212", "3055729675574597004", "8744736658048236929",
     "Hemoglobin [Mass/volume] in Blood", "血红蛋白", "体温36.5℃", "一般情况良好，二十三岁，第一次住院",
     "NDC 0002-8215-01", "version 1.2.3.4", "192.168.10.254",
+    "120/80 mmHg", "Na 140 K 4.1 Cl 101", "ref 3.5-5.5", "4548-4, 2345-7", "4548-4、2345-7、2951-2", "13:45:12 18:30:00",
+    "2024-03-05 13:45:12+08:00 2024-03-06 18:30:00+08:00", "08:00|12:00|18:00|22:00", "每日1~3次，每次1~2片", "1:100 1:1000 1:10000",
+    "BP 138/88 mmHg | HR 72 | RR 18 | SpO2 98%", "[1] [2] [3] [4] [5] [6] [7] [8] [9] [10] [11]", "《2024》第3版", "13:45 2024-5-12",
+    "10*9/L 10*12/L", "第1、2、3、4、5、6、7、8、9、10、11、12次", "2024年3月5日 13:45", "2024-03-05 08:30:00 ~ 2024-03-06 08:30:00",
+    "1:10000 1999-04-08 01:00", "Na 138 2024-03-05", "1990-1-10 60/30 mmHg", "17856-6 60/100 mmHg",
 ]
 
 
@@ -342,6 +493,103 @@ CLEAN = [
 def test_clinical_numbers_are_not_identifiers(text, document):
     assert find_identifiers(text, document=document) == []
     assert redact_identifiers(text) == text
+
+
+OBSERVATION = json.dumps({
+    "resourceType": "Observation", "id": "3f9a1c2b7e4d5a6f8b9c0d1e2f3a4b5c",
+    "meta": {"versionId": "1", "lastUpdated": "2024-03-05T08:30:00+08:00"}, "status": "final",
+    "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7", "display": "Glucose [Moles/volume] in Serum or Plasma"}]},
+    "subject": {"reference": "Patient/9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e"}, "effectiveDateTime": "2024-03-05 08:30:00",
+    "issued": "2024-03-05T13:45:12.123+08:00", "valueQuantity": {"value": 5.6, "unit": "mmol/L", "code": "mmol/L"},
+    "referenceRange": [{"low": {"value": 3.9}, "high": {"value": 6.1}, "text": "3.9~6.1"}],
+    "component": [{"code": {"text": "4548-4, 2345-7、2951-2"}, "valueString": "120/80 mmHg | Na 140 K 4.1 Cl 101 | ref 3.5-5.5"}],
+    "note": [{"text": "08:00|12:00|18:00 各1~2片，1:100稀释 [1] [2] 《2024》"}],
+}, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_fhir_observation_document_holds_no_identifier(indent):
+    doc = json.dumps(json.loads(OBSERVATION), ensure_ascii=False, indent=indent)
+    assert find_identifiers(doc, document=True) == []
+    assert find_identifiers(doc) == []
+
+
+def _value(draw, digits: int) -> str:
+    return str(draw(st.integers(0, 10**digits - 1)))
+
+
+@st.composite
+def clinical_items(draw):
+    """One piece of ordinary clinical text: a number with its unit, a date, a time, a range, a
+    blood pressure, a ratio, a code."""
+    year = draw(st.integers(1990, 2030))
+    month, day = draw(st.integers(1, 12)), draw(st.integers(1, 28))
+    hh, mm, ss = draw(st.integers(0, 23)), draw(st.integers(0, 59)), draw(st.integers(0, 59))
+    decimal = f"{draw(st.integers(0, 999))}.{draw(st.integers(0, 99))}"
+    pad = draw(st.sampled_from(["{:02d}", "{}"]))
+    date = draw(st.sampled_from(["-", "/", "."])).join([str(year), pad.format(month), pad.format(day)])
+    time_ = f"{hh:02d}:{mm:02d}" + draw(st.sampled_from(["", f":{ss:02d}", f":{ss:02d}+08:00", f":{ss:02d}.{draw(st.integers(0, 999)):03d}Z"]))
+    loinc = draw(st.sampled_from(["2345-7", "4548-4", "2951-2", "2823-3", "17856-6", "1558-6", "33914-3"]))
+    return draw(st.sampled_from([
+        f"{draw(st.sampled_from(['Na', 'K', 'Cl', 'Glu', 'HbA1c', 'WBC', '血红蛋白', '肌酐']))} {draw(st.sampled_from([_value(draw, 3), decimal]))}"
+        f"{draw(st.sampled_from([' mmol/L', ' g/L', '%', ' ×10⁹/L', ' umol/L', ' mg/dL', ' 10*9/L', '次/分']))}",
+        f"{draw(st.integers(60, 220))}/{draw(st.integers(30, 130))} mmHg", date, time_, f"{date} {time_}", f"{date}T{time_}",
+        f"{decimal}-{decimal}", f"{draw(st.integers(1, 9))}~{draw(st.integers(1, 20))}次", f"1:{draw(st.sampled_from(['10', '100', '1000', '10000']))}",
+        f"ref {decimal}~{decimal}", f"({decimal}-{decimal})", loinc, f"{loinc}、{loinc}", "E11.9", "I10", f"第{draw(st.integers(1, 30))}天",
+        f"Q{draw(st.integers(4, 12))}H", f"{draw(st.integers(1, 99))}岁", f"{draw(st.integers(100, 9999))} mL",
+    ]))
+
+
+clinical_seps = st.sampled_from([" ", "  ", "，", "、", "; ", " | ", "|", "\n", ": ", " ~ ", "\t", "；", "，\n", " / "])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(clinical_items(), clinical_seps), min_size=1, max_size=12), st.booleans())
+def test_property_ordinary_clinical_text_holds_no_identifier(items, document):
+    text = "".join(item + sep for item, sep in items)
+    assert find_identifiers(text, document=document) == []
+
+
+@SETTINGS
+@given(st.uuids(), st.uuids(), st.lists(clinical_items(), min_size=1, max_size=4), st.floats(0, 1000, allow_nan=False),
+       st.datetimes(min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2030, 12, 31)), st.booleans())
+def test_property_fhir_observations_hold_no_identifier(rid, pid, texts, value, when, indent):
+    doc = json.loads(OBSERVATION)
+    doc["id"], doc["subject"]["reference"] = rid.hex, f"Patient/{pid.hex}"
+    doc["effectiveDateTime"], doc["issued"] = when.isoformat(), f"{when:%Y-%m-%d %H:%M:%S}"
+    doc["valueQuantity"]["value"] = value
+    doc["component"][0]["valueString"] = " | ".join(texts)
+    assert find_identifiers(json.dumps(doc, ensure_ascii=False, indent=2 if indent else None), document=True) == []
+
+
+MOBILE_SHAPES = [(11,), (3, 8), (3, 4, 4), (7, 4), (4, 4, 3)]
+ID_SHAPES = [(18,), (6, 8, 4), (6, 4, 4, 4), (4, 4, 4, 4, 2), (6, 12), (17, 1), (3, 3, 4, 4, 4)]
+new_seps = st.sampled_from(WIDE + ["-", " ", "\u3000", "\u200b", "", "\ufe0f", "(", ")", "_"])
+
+
+def _written(draw, number: str, shape: tuple[int, ...]) -> str:
+    cuts = [sum(shape[:k]) for k in range(len(shape) + 1)]
+    return "".join(number[a:b] + (draw(new_seps) if b < len(number) else "") for a, b in zip(cuts, cuts[1:], strict=False))
+
+
+@SETTINGS
+@given(st.data(), st.sampled_from(["", "+86 ", "0086", "+86~", "(+86)"]), noise, noise)
+def test_property_planted_mobiles_with_wide_separators_are_found(data, prefix, before, after):
+    number = "1" + data.draw(st.sampled_from("3456789")) + data.draw(st.text(alphabet="0123456789", min_size=9, max_size=9))
+    written = prefix + _written(data.draw, number, data.draw(st.sampled_from(MOBILE_SHAPES)))
+    text = f"{before}，{written}。{after}"
+    assert redact_identifiers(text) == f"{before}，[phone]。{after}"
+    assert [f.value for f in find_identifiers(text) if f.kind == "mobile"] == [number]
+
+
+@SETTINGS
+@given(st.data(), evasive_ids(), noise, noise)
+def test_property_planted_ids_with_wide_separators_are_found(data, planted, before, after):
+    number = planted[0]
+    written = _written(data.draw, number, data.draw(st.sampled_from(ID_SHAPES)))
+    text = f"{before}，{written}。{after}"
+    assert redact_identifiers(text) == f"{before}，[id-number]。{after}"
+    assert [f.value for f in find_identifiers(text)] == [number]
 
 
 def test_random_19_digit_snapshot_ids_are_not_ids():

@@ -29,6 +29,13 @@ RECORD = ("李娜", "Li Na", "MRN-0012345", "13800138000", "0571-87654321", "110
     ("旧证号110101900307461", "旧证号[id-number]"),
     ("联系 一三八〇〇一三八〇〇〇", "联系 [phone]"),
     ("李\u200b娜 1380013\u200b8000", "[identifier] [phone]"),
+    ("李\ufe0f娜 1\ufe0e3\u034f8\u3164001\u200d38000", "[identifier] [phone]"),  # invisible characters
+    ("联系 幺三八〇〇幺三八〇〇〇", "联系 [phone]"),  # 幺, the spoken 1
+    ("MRN-0012345191~8745~2685", "[identifier][phone]"),  # a mobile glued to the MRN is still a mobile
+    ("mrn0012345 99", "[identifier] 99"),
+    ("身份证 110101【19900307】4610，手机 138|0013|8000", "身份证 [id-number]，手机 [phone]"),
+    ("座机 0571转87654321，0571 ~ 8765 ~ 4321", "座机 [phone]，[phone]"),
+    ("李|娜 (MRN~0012345)", "[identifier] ([identifier])"),
 ])
 def test_scrub_removes_the_records_identifiers_in_evasive_forms(text, expected):
     assert scrub(text, RECORD) == expected
@@ -48,7 +55,7 @@ def test_scrub_keeps_clinical_text_byte_identical(text):
 
 
 hanzi = st.text(alphabet=st.characters(min_codepoint=0x4E00, max_codepoint=0x9FA5), min_size=2, max_size=3)
-separators = st.sampled_from(["", "", " ", "-", "\u3000", "\u200b", "·", "_"])
+separators = st.sampled_from(["", "", " ", "-", "\u3000", "\u200b", "·", "_", "~", "|", "\ufe0f", "\u3164", "、", "  \n  "])
 
 
 @st.composite
@@ -75,7 +82,7 @@ def planted(draw):
 def test_property_no_planted_value_survives_scrub(case):
     record, text, secret = case
     out = unicodedata.normalize("NFKC", scrub(text, record))
-    projected = re.sub(r"\D", "", out) if secret.isdigit() else re.sub(r"[\s\-_·\u200b]", "", out)
+    projected = re.sub(r"\D", "", out) if secret.isdigit() else re.sub(r"[\s\-_·\u200b~|\ufe0f\u3164\u1160、]", "", out)
     assert secret not in projected
 
 
