@@ -18,14 +18,21 @@ pytestmark = pytest.mark.slow
 INST = "city-first"
 
 
-def test_rotation_keeps_old_data_readable_and_repseudonymizes(tmp_path, monkeypatch):
+def _region_with_key_file(tmp_path, monkeypatch, institutions: tuple[str, ...] = (INST,)):
+    """A 15-person region whose master key is a key file (so it can be rotated), published under it."""
     monkeypatch.delenv("HUB_MASTER_KEY", raising=False)
     monkeypatch.delenv("HUB_KEY_FILE", raising=False)
     generate_region(tmp_path, patients=15)
     region = load_region(tmp_path)
     create_key_file(region.key_file)
     old = Keyring.load(region.key_file)
-    run_institution(region, INST, old)
+    for inst in institutions or [i.id for i in region.institutions]:
+        run_institution(region, inst, old)
+    return region, old
+
+
+def test_rotation_keeps_old_data_readable_and_repseudonymizes(tmp_path, monkeypatch):
+    region, old = _region_with_key_file(tmp_path, monkeypatch)
     sealed = encrypt(old, {"deterministic": True}, "M0000001")
     catalog = open_catalog(region.catalog_url, region.warehouse)
     published_before = sum(catalog.load_table(t).scan().to_arrow().num_rows for t in catalog.list_tables("recognition"))
@@ -165,14 +172,7 @@ def test_the_recognition_index_holds_each_person_once_after_rekeying(tmp_path, m
 
     from hub.recognition.index import build, connect, index_url, results
 
-    monkeypatch.delenv("HUB_MASTER_KEY", raising=False)
-    monkeypatch.delenv("HUB_KEY_FILE", raising=False)
-    generate_region(tmp_path, patients=15)
-    region = load_region(tmp_path)
-    create_key_file(region.key_file)
-    old = Keyring.load(region.key_file)
-    for inst in region.institutions:
-        run_institution(region, inst.id, old)
+    region, old = _region_with_key_file(tmp_path, monkeypatch, institutions=())
     index = connect(index_url(region))
     build(region, index, old)
 

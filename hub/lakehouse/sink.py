@@ -64,14 +64,6 @@ def new_publication_id(kind: str) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{kind}-{secrets.token_hex(3)}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class StagedFile:
     path: Path  # final location
@@ -247,7 +239,7 @@ class Publication:
         return self._add_file(path, staged, None)
 
     def _add_file(self, path: Path, staged: Path, rows: int | None) -> StagedFile:
-        entry = StagedFile(Path(path), staged, _sha256(staged), staged.stat().st_size, rows)
+        entry = StagedFile(Path(path), staged, manifests.file_sha256(staged), staged.stat().st_size, rows)
         self.files = [f for f in self.files if f.path != entry.path] + [entry]
         return entry
 
