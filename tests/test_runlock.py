@@ -141,3 +141,23 @@ def test_kill_minus_9_after_writing_data_files_leaves_no_orphan_and_no_lost_row(
     assert {rt: c["published"] for rt, c in report.by_resource().items()} == {rt: c["published"] for rt, c in expected.items()}
     obs = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation").scan().to_arrow()
     assert pc.count_distinct(obs.column("id")).as_py() == obs.num_rows == expected["Observation"]["published"]
+
+
+def test_processes_opening_a_new_catalog_at_once_all_succeed(tmp_path):
+    """The first publishes of a region (one process per institution) all create the catalog's tables."""
+    url, warehouse = f"sqlite:///{tmp_path / 'catalog.db'}", tmp_path / "warehouse"
+    code = f"""
+        import sys, time
+        from pathlib import Path
+        from hub.lakehouse.tables import ensure_table, open_catalog
+        from hub.lineage import catalog as runcat
+        time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # start together
+        runcat.connect({url!r})
+        ensure_table(open_catalog({url!r}, Path({str(warehouse)!r})), "recognition", "Observation")
+    """
+    start = str(time.time() + 3)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), start], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [o[1][-600:] for o in outs if o[1]]

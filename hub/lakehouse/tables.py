@@ -7,18 +7,24 @@ lineage columns naming where the row came from and under which mapping, rules an
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import (
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import NestedField, StringType, TimestamptzType
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from hub.errors import CommandFailed
 
@@ -76,7 +82,14 @@ def open_catalog(catalog_url: str, warehouse: Path) -> Catalog:
     """
     warehouse.mkdir(parents=True, exist_ok=True)
     uri = warehouse.resolve().as_uri()
-    catalog = SqlCatalog("hub", uri=catalog_url, warehouse=uri)
+    for attempt in range(5):  # a new catalog database opened by several processes at once
+        try:
+            catalog = SqlCatalog("hub", uri=catalog_url, warehouse=uri)
+            break
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     _check_warehouse(catalog, uri)
     return catalog
 
@@ -120,7 +133,10 @@ def ensure_table(catalog: Catalog, zone: str, resource_type: str) -> Table:
     try:
         table = catalog.load_table(name)
     except NoSuchTableError:
-        return catalog.create_table(name, schema=SCHEMA, partition_spec=PARTITION_SPEC, sort_order=SORT_ORDER, properties=TABLE_PROPERTIES)
+        try:
+            return catalog.create_table(name, schema=SCHEMA, partition_spec=PARTITION_SPEC, sort_order=SORT_ORDER, properties=TABLE_PROPERTIES)
+        except TableAlreadyExistsError:  # another institution's run created it meanwhile
+            table = catalog.load_table(name)
     missing = [f.name for f in SCHEMA.fields if f.name not in {c.name for c in table.schema().fields}]
     if missing:
         with table.update_schema() as update:

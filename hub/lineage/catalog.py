@@ -81,8 +81,24 @@ def connect(url: str) -> sa.Engine:
     import hub.watermarks  # noqa: F401
 
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
+    create_all_concurrently(metadata, engine)
     return engine
+
+
+def create_all_concurrently(md: sa.MetaData, engine: sa.Engine, tables: list[sa.Table] | None = None, attempts: int = 5) -> None:
+    """metadata.create_all, safe when several processes open a new database at once.
+
+    create_all checks, then creates: a second process can create a table in between, and
+    the loser's CREATE fails ("already exists"). Trying again sees the table and skips it.
+    """
+    for attempt in range(attempts):
+        try:
+            md.create_all(engine, tables=tables)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+            if "exist" not in str(exc.orig).lower() and "duplicate" not in str(exc.orig).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def start_run(engine: sa.Engine, run_id: str, institution: str, key_id: str, ruleset: str, code_version: str) -> None:

@@ -26,6 +26,7 @@ from pyiceberg.expressions import AlwaysTrue, GreaterThan
 from deid.keys import Keyring
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
+from hub.lineage.catalog import create_all_concurrently
 from hub.lineage.manifests import sql_state
 from hub.region import Region
 
@@ -83,7 +84,7 @@ def index_url(region: Region) -> str:
 
 def connect(url: str) -> sa.Engine:
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
+    create_all_concurrently(metadata, engine)
     for index in results.indexes:  # also on an index database made before the index existed
         index.create(engine, checkfirst=True)
     return engine

@@ -221,7 +221,9 @@ class LineReader:
 # ---- positions ---------------------------------------------------------------------------
 
 def _ensure_tables(engine: sa.Engine) -> None:
-    metadata.create_all(engine, tables=[positions, lines])
+    from hub.lineage.catalog import create_all_concurrently
+
+    create_all_concurrently(metadata, engine, tables=[positions, lines])
 
 
 def get_position(engine: sa.Engine, institution: str, feed: str, file: str) -> Position | None:
