@@ -27,7 +27,7 @@ from dagster_project.resources import HubResource
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.lakehouse.tables import open_catalog, table_name
 from hub.leakscan import Scanner, load_canaries, load_scan_policy, published_files
-from hub.lineage.manifests import verify_region
+from hub.lineage.audit import verify_region
 from hub.pipeline import run_institution
 from hub.progress import reporter
 from hub.recognition.index import build as build_index

@@ -170,6 +170,7 @@ def check_ndjson_feed(
     scanner = Scanner(canaries, load_scan_policy(ruleset_path))
     deid = Deidentifier(ruleset, keys or Keyring(os.urandom(32)))
     prep = ResourcePreparer(institution, deid.keys, deid, scanner, feed.name, ndjson.feed_timezone(feed) if feed.timezone else dt.UTC)
+    prep.line_limit = ndjson.MAX_LINE_BYTES
     blocks, groups = [], {}
     scanned = ScanResult()
     for sf in ndjson.discover(feed.path):

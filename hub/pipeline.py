@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -30,12 +30,14 @@ from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import catalog as runcat
+from hub.lineage.schema import deletions
 from hub.mapping.compile import RowProblem, before_birth
 from hub.mapping.run import block_select
 from hub.mapping.spec import Block, Mapping, load_mapping
-from hub.prepare import PreparePool, Ready, Rejected, default_workers
+from hub.prepare import PreparePool, Ready, Rejected, default_workers, identity_conflict
 from hub.progress import NoProgress, Progress
 from hub.region import Feed, Institution, Region
+from hub.runreport import BlockCount, RunReport
 from hub.sources.screen import RowScreen, storable, tolerant_engine
 from hub.sources.sql import SourceSchema, block_source, iter_batches
 
@@ -43,74 +45,6 @@ from hub.sources.sql import SourceSchema, block_source, iter_batches
 PARALLEL_FROM_ROWS = 50_000
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
-
-
-@dataclass
-class BlockCount:
-    feed: str
-    mapping: str
-    source_table: str
-    resource_type: str
-    rows_read: int = 0
-    published: int = 0
-    quarantined: int = 0
-    failed_validation: int = 0
-    written: int = 0
-    unchanged: int = 0
-
-
-@dataclass
-class RunReport:
-    """What one run did for one institution; safe to print and to attach as metadata."""
-
-    run_id: str
-    institution: str
-    key_id: str
-    ruleset: str
-    counts: list[BlockCount] = field(default_factory=list)
-    causes: Counter = field(default_factory=Counter)
-    uncovered: Counter = field(default_factory=Counter)
-    dropped_by_rule: Counter = field(default_factory=Counter)
-    snapshots: dict[str, int] = field(default_factory=dict)
-    warehouse: str = ""
-    manifest: tuple[int, str] | None = None  # (sequence number, hash) of the signed manifest
-    deleted: dict[str, int] = field(default_factory=dict)  # rows removed because the source deleted them
-    removed_old_key: dict[str, int] = field(default_factory=dict)  # rows made with an older key, removed by re-keying
-    abandoned_runs: list[str] = field(default_factory=list)  # earlier runs found killed, now marked failed
-    orphans_removed: int = 0  # data files those (or failed) runs wrote but never committed
-    #: per feed:table, rows whose watermark column is NULL: an incremental pull cannot see them; --full reads them
-    unwatermarked: dict[str, int] = field(default_factory=dict)
-    leak_scan: dict = field(default_factory=dict)  # rows scanned and code-system exemptions used
-    sources: dict = field(default_factory=dict)  # per file feed: files read from/to which line, references outside the export
-
-    def by_resource(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for c in self.counts:
-            agg = out.setdefault(c.resource_type, {"read": 0, "published": 0, "quarantined": 0, "failed_validation": 0, "written": 0, "unchanged": 0})
-            agg["read"] += c.rows_read
-            agg["published"] += c.published
-            agg["quarantined"] += c.quarantined
-            agg["failed_validation"] += c.failed_validation
-            agg["written"] += c.written
-            agg["unchanged"] += c.unchanged
-        return out
-
-    def as_dict(self) -> dict:
-        return {
-            "run_id": self.run_id, "institution": self.institution, "key_id": self.key_id,
-            "ruleset": self.ruleset, "by_resource": self.by_resource(),
-            "counts": [c.__dict__ for c in self.counts],
-            "quarantine_causes": dict(self.causes.most_common()),
-            "uncovered_elements_dropped": dict(self.uncovered.most_common()),
-            "elements_dropped_by_rule": dict(self.dropped_by_rule.most_common()),
-            "snapshots": self.snapshots, "warehouse": self.warehouse,
-            "manifest": {"seq": self.manifest[0], "hash": self.manifest[1]} if self.manifest else None,
-            "deleted_at_source": self.deleted, "removed_old_key": self.removed_old_key,
-            "abandoned_runs": self.abandoned_runs, "orphan_files_removed": self.orphans_removed,
-            "rows_without_watermark": self.unwatermarked,
-            "leak_scan": self.leak_scan,
-            "sources": self.sources,
-        }
 
 
 def new_run_id(institution: str) -> str:
@@ -286,7 +220,7 @@ class InstitutionRun:
                 seen.add(item.source_key_hash)
                 if isinstance(item, Ready):
                     if block.resource == "Patient":
-                        conflict = _identity_conflict(self.patients.get(item.id), item)
+                        conflict = identity_conflict(self.patients.get(item.id), item)
                         if conflict is not None:
                             item = Rejected([conflict(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
                             pseudonym = None
@@ -455,17 +389,6 @@ def run_institution(
     return report
 
 
-deletions = sa.Table(
-    "hub_deletions", runcat.metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(80), nullable=False, index=True),
-    sa.Column("institution", sa.String(64), nullable=False),
-    sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("resource_id", sa.String(64), nullable=False, index=True),
-    sa.Column("source_table", sa.String(128), nullable=False),
-    sa.Column("source_key_hash", sa.String(64), nullable=False),
-    sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False),
-)
 
 
 def _remove_orphans(region: Region, institution: str) -> int:
@@ -512,32 +435,6 @@ def _load_patient_index(icat, zone: str, institution: str) -> dict[str, tuple[st
     data = table.scan(row_filter=EqualTo("institution", institution), selected_fields=cols).to_arrow()
     ids, people, births = (data.column(c).to_pylist() for c in cols)
     return {i: (p, b) for i, p, b in zip(ids, people, births, strict=True)}
-
-
-def _identity_conflict(known: tuple[str | None, dt.datetime | None] | None, item: Ready):
-    """A problem maker when a Patient's source key already belongs to another person, else None.
-
-    Same source key (MRN), different resident ID (so a different linkage pseudonym) or a
-    different birth date: the source reused a key, and publishing would overwrite one
-    person's record with another's. IT resolves it at the source; the row waits in quarantine.
-    """
-    if known is None:
-        return None
-    person, born = known
-    what = []
-    if person is not None and item.pseudonym is not None and person != item.pseudonym:
-        what.append("resident ID number")
-    if born is not None and item.effective_time is not None and born != item.effective_time:  # both aware: one instant
-        what.append("birth date")
-    if not what:
-        return None
-
-    def problem(file: str, block: Block) -> RowProblem:
-        return RowProblem(
-            f"{file}:{block.line}", "Patient.identifier", ", ".join(block.key),
-            f"this source key is already published for a patient with a different {' and '.join(what)} (the key was reused for another person, or the identity was changed)",
-            "one person per source key: correct the record at the source, then `hub quarantine replay`", None)
-    return problem
 
 
 def _duplicate_key(file: str, block: Block) -> RowProblem:

@@ -28,7 +28,7 @@ from hub.lakehouse.tables import effective_time, primary_code
 from hub.leakscan import Hit, Scanner, load_scan_policy
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.mapping.run import map_and_validate
-from hub.mapping.spec import Mapping, load_mapping
+from hub.mapping.spec import Block, Mapping, load_mapping
 from hub.mapping.values import ValueProblem, parse_datetime
 
 
@@ -234,3 +234,29 @@ class PreparePool:
             self._pool.close()
             self._pool.join()
             self._pool = None
+
+
+def identity_conflict(known: tuple[str | None, dt.datetime | None] | None, item: Ready):
+    """A problem maker when a Patient's source key already belongs to another person, else None.
+
+    Same source key (MRN), different resident ID (so a different linkage pseudonym) or a
+    different birth date: the source reused a key, and publishing would overwrite one
+    person's record with another's. IT resolves it at the source; the row waits in quarantine.
+    """
+    if known is None:
+        return None
+    person, born = known
+    what = []
+    if person is not None and item.pseudonym is not None and person != item.pseudonym:
+        what.append("resident ID number")
+    if born is not None and item.effective_time is not None and born != item.effective_time:  # both aware: one instant
+        what.append("birth date")
+    if not what:
+        return None
+
+    def problem(file: str, block: Block) -> RowProblem:
+        return RowProblem(
+            f"{file}:{block.line}", "Patient.identifier", ", ".join(block.key),
+            f"this source key is already published for a patient with a different {' and '.join(what)} (the key was reused for another person, or the identity was changed)",
+            "one person per source key: correct the record at the source, then `hub quarantine replay`", None)
+    return problem

@@ -22,30 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from deid.keys import Keyring
 from hub.errors import NotFound
 from hub.identifiers import redact_identifiers
-from hub.lineage.catalog import metadata
-
-quarantine = sa.Table(
-    "hub_quarantine", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(40), nullable=False, index=True),
-    sa.Column("institution", sa.String(64), nullable=False),
-    sa.Column("feed", sa.String(64), nullable=False),
-    sa.Column("mapping", sa.String(128), nullable=False),
-    sa.Column("source_table", sa.String(128), nullable=False),
-    sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("source_key_hash", sa.String(64), nullable=False, index=True),
-    sa.Column("cause", sa.String(256), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("key_id", sa.String(32), nullable=False),
-    sa.Column("nonce", sa.LargeBinary, nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    # open: the row is not published (a run that rejects it again updates this entry in place).
-    # resolved: a later run published it. superseded: a state of entries made before one
-    # entry per source row was kept. closed_by: the run that closed the entry.
-    sa.Column("status", sa.String(16), nullable=False, default="open", index=True),
-    sa.Column("closed_by", sa.String(80)),
-)
+from hub.lineage.schema import quarantine
 
 
 @dataclass(frozen=True)

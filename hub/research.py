@@ -66,34 +66,15 @@ from hub.lakehouse.tables import (
 )
 from hub.lineage import access
 from hub.lineage.catalog import connect as connect_catalog
-from hub.lineage.catalog import metadata
 from hub.lineage.manifests import release_entry
+from hub.lineage.schema import LIVE, NAME_INDEX, releases
 from hub.lineage.signing import load_signer
 from hub.region import Region
 
 CST = dt.timezone(dt.timedelta(hours=8))
 LINKAGE_SYSTEM = PSEUDONYM_SYSTEM + "patient-linkage"
-#: a release in these states holds its name: no other release may take it
-LIVE = ("building", "published")
 CHUNK_ROWS = 50_000
 
-releases = sa.Table(
-    "hub_releases", metadata,
-    sa.Column("release_id", sa.String(80), primary_key=True),
-    sa.Column("name", sa.String(120), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # building | published | refused | failed
-    sa.Column("k", sa.Integer, nullable=False),
-    sa.Column("ruleset", sa.String(128), nullable=False),
-    sa.Column("key_id", sa.String(32), nullable=False),
-    sa.Column("risk_report", sa.Text, nullable=False),
-    sa.Column("snapshots", sa.Text),  # research tables written: {resource type: snapshot id}
-)
-# One live release per name, enforced by the database (a refused or failed attempt frees it).
-NAME_INDEX = sa.Index(
-    "ux_hub_releases_live_name", releases.c.name, unique=True,
-    sqlite_where=releases.c.status.in_(LIVE), postgresql_where=releases.c.status.in_(LIVE),
-)
 
 
 class ReleaseError(CommandFailed):

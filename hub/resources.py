@@ -57,6 +57,7 @@ class ResourcePreparer:
         self.namespace = f"ndjson:{feed}"  # never a mapping namespace (those have no colon)
         self.system = f"ndjson:{feed}"
         self.timezone = timezone
+        self.line_limit: int | None = None  # bytes; the reader sets it, and leaves out longer lines
         self._ids: dict[tuple[str, str], str] = {}
         self.patient_values: dict[str, tuple[str, ...]] = {}  # keyed Patient id -> its identifying values
 
@@ -87,10 +88,9 @@ class ResourcePreparer:
     def _one(self, file: str, lineno: int, text: str | None, declared: str | None) -> Prepared:
         fallback = declared or "(unknown)"
         by_line = ("line", str(lineno))
-        if text is None:
-            from hub.sources.ndjson import MAX_LINE_BYTES
-
-            return self._reject(file, lineno, fallback, by_line, fallback, f"the line is longer than {MAX_LINE_BYTES:,} bytes",
+        if text is None:  # the reader left out a line over its size limit
+            limit = f"{self.line_limit:,} bytes" if self.line_limit else "the size limit for one resource"
+            return self._reject(file, lineno, fallback, by_line, fallback, f"the line is longer than {limit}",
                                 "one resource per line within the size limit (split the export or attach large data by URL)")
         try:
             resource = json.loads(text, parse_float=Decimal)

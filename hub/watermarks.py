@@ -11,18 +11,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from hub.lineage.catalog import metadata
-
-watermarks = sa.Table(
-    "hub_watermarks", metadata,
-    sa.Column("institution", sa.String(64), primary_key=True),
-    sa.Column("feed", sa.String(64), primary_key=True),
-    sa.Column("block", sa.String(200), primary_key=True),
-    sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("value", sa.String(200), nullable=False),
-    sa.Column("run_id", sa.String(80), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
+from hub.lineage.schema import watermarks
 
 
 def get(engine: sa.Engine, institution: str, feed: str, block: str) -> str | None:

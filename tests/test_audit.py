@@ -21,7 +21,8 @@ from pyiceberg.expressions import EqualTo
 from hub.lakehouse.tables import ARROW_SCHEMA, open_catalog
 from hub.lineage import catalog as runcat
 from hub.lineage import manifests as mf
-from hub.lineage.manifests import adopt, head, manifests, verify_region
+from hub.lineage.audit import verify_region
+from hub.lineage.manifests import adopt, head, manifests
 from hub.lineage.signing import (
     Signer,
     add_trusted,

@@ -22,7 +22,8 @@ from pyiceberg.types import StringType
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import access
 from hub.lineage import catalog as runcat
-from hub.lineage.manifests import append, local_path, manifests, verify_region
+from hub.lineage.audit import verify_region
+from hub.lineage.manifests import append, local_path, manifests
 from hub.lineage.signing import load_signer, trusted_for
 from hub.recognition import index
 from hub.research import build_release, releases

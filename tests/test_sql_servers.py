@@ -125,7 +125,7 @@ def pg_catalog_db(servers):
 def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
     from hub.demo.generator import generate_region
     from hub.lineage import catalog as runcat
-    from hub.lineage.manifests import verify_region
+    from hub.lineage.audit import verify_region
 
     generate_region(tmp_path, patients=15)
     doc = yaml.safe_load((tmp_path / "region.yaml").read_text(encoding="utf-8"))

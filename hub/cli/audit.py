@@ -39,7 +39,8 @@ def audit_verify(
     """
     import json
 
-    from hub.lineage.manifests import parse_head, verify_region
+    from hub.lineage.audit import verify_region
+    from hub.lineage.manifests import parse_head
     from hub.lineage.signing import trusted_for
     from hub.region import load_region
 

@@ -23,21 +23,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from hub.lineage.catalog import metadata
+from hub.lineage.schema import PREV_INDEX, access_log
 
-access_log = sa.Table(
-    "hub_access_log", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("who", sa.String(120), nullable=False, index=True),
-    sa.Column("action", sa.String(64), nullable=False),  # research-release, quarantine-show, lineage-trace ...
-    sa.Column("purpose", sa.String(200), nullable=False),
-    sa.Column("what", sa.Text, nullable=False),  # JSON: tables, snapshots, rows, entry ids
-    sa.Column("outcome", sa.String(16), nullable=False),  # success | refused | failure
-    sa.Column("prev_hash", sa.String(64)),  # hash of the entry before (GENESIS for the first)
-    sa.Column("hash", sa.String(64)),  # entry_hash of this entry; NULL only in logs written before the chain existed
-)
-PREV_INDEX = sa.Index("ux_hub_access_log_prev", access_log.c.prev_hash, unique=True)  # two entries never share a predecessor
 GENESIS = "0" * 64
 _APPEND_TRIES = 20
 _chained: set[str] = set()

@@ -23,47 +23,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from hub.errors import CommandFailed
-
-metadata = sa.MetaData()
-
-runs = sa.Table(
-    "hub_runs", metadata,
-    sa.Column("run_id", sa.String(40), primary_key=True),
-    sa.Column("institution", sa.String(64), nullable=False),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("key_id", sa.String(32)),
-    sa.Column("ruleset", sa.String(128)),
-    sa.Column("code_version", sa.String(32)),
-    sa.Column("report", sa.Text),
-)
-
-run_counts = sa.Table(
-    "hub_run_counts", metadata,
-    sa.Column("run_id", sa.String(40), nullable=False, index=True),
-    sa.Column("institution", sa.String(64), nullable=False),
-    sa.Column("feed", sa.String(64), nullable=False),
-    sa.Column("mapping", sa.String(128), nullable=False),
-    sa.Column("source_table", sa.String(128), nullable=False),
-    sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("rows_read", sa.Integer, nullable=False),
-    sa.Column("published", sa.Integer, nullable=False),
-    sa.Column("quarantined", sa.Integer, nullable=False),
-    sa.Column("written", sa.Integer, nullable=False),
-    sa.Column("unchanged", sa.Integer, nullable=False),
-)
-
-
-run_locks = sa.Table(
-    "hub_run_locks", metadata,
-    sa.Column("institution", sa.String(64), primary_key=True),
-    sa.Column("run_id", sa.String(80), nullable=False),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("process", sa.String(64), nullable=False),  # "<pid>:<start time>", so a reused pid is not mistaken for the holder
-    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
-)
+from hub.lineage.schema import metadata, run_counts, run_locks, runs  # noqa: F401 - metadata: re-exported
 
 #: A lock held from another host is stale when its heartbeat is older than this.
 STALE_AFTER = dt.timedelta(minutes=10)
@@ -73,13 +33,6 @@ HEARTBEAT_EVERY = 30.0
 
 def connect(url: str) -> sa.Engine:
     """Engine for the catalog database, with hub's tables created if missing."""
-    import hub.lineage.access  # noqa: F401  - every hub_* table registers on `metadata`
-    import hub.lineage.manifests  # noqa: F401
-    import hub.pipeline  # noqa: F401
-    import hub.quarantine  # noqa: F401
-    import hub.research  # noqa: F401
-    import hub.watermarks  # noqa: F401
-
     engine = sa.create_engine(url)
     create_all_concurrently(metadata, engine)
     return engine

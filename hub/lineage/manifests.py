@@ -61,20 +61,9 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from hub.lineage import access
-from hub.lineage.catalog import metadata
+from hub.lineage.schema import manifests
 from hub.lineage.signing import Signer, TrustedKeys, key_id_of
 
-manifests = sa.Table(
-    "hub_manifests", metadata,
-    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("run_id", sa.String(80), nullable=False, index=True),
-    sa.Column("key_id", sa.String(32), nullable=False),  # id of the signing key (signing.key_id_of)
-    sa.Column("body", sa.Text, nullable=False),  # canonical JSON, includes prev_hash
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.Column("signature", sa.String(128), nullable=False),
-    sa.Column("public_key", sa.String(64), nullable=False),  # as claimed by the writer; verify never trusts it
-)
 GENESIS = "0" * 64
 FORMAT = 3
 #: Format 2 manifests (before table metadata, Iceberg manifest hashes and the access-log head were recorded) still verify.
@@ -635,7 +624,7 @@ def _check_access_log(engine: sa.Engine, bodies: list[tuple[object, dict]], repo
 
 def _check_releases(engine: sa.Engine, bodies: list[tuple[object, dict]], report: VerifyReport) -> None:
     """Every release row a manifest recorded is unchanged; every published release has such a record."""
-    from hub.research import releases
+    from hub.lineage.schema import releases
 
     recorded = {}
     for row, body in bodies:
@@ -826,42 +815,3 @@ def _compare(name: str, snapshot: Snapshot, live: dict, expected: dict[str, int 
         seq = expected[p] if expected[p] is not None else recorded_files.get(p, (None,))[0]
         report.breaks.append(f"{name}: snapshot {sid} no longer reads data file {local_path(p)}, which manifest {seq} "
                              "records as live (removed outside a publication, or metadata edited)")
-
-
-def _index_state(region) -> dict | None:
-    """The recognition index's live content (``sql_state``), or None if its database or tables are gone."""
-    from hub.recognition import index
-
-    url = sa.engine.make_url(index.index_url(region))
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
-        return None
-    engine = sa.create_engine(url)
-    try:
-        names = set(sa.inspect(engine).get_table_names())
-        if not {t.name for t in index.DIGESTED} <= names:
-            return None
-        with engine.connect() as conn:
-            return sql_state(conn, index.DIGESTED)
-    finally:
-        engine.dispose()
-
-
-def verify_region(region, trusted: TrustedKeys | None = None, *, last: int | None = None,
-                  expect_head: tuple[int, str] | None = None, in_flight_ok: bool = False) -> VerifyReport:
-    """verify for a region: its catalogs and warehouse; trusted keys from its configuration unless given."""
-    import os
-
-    from hub.lakehouse.tables import open_catalog
-    from hub.lineage.catalog import connect
-    from hub.lineage.signing import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, trusted_for
-
-    trusted = trusted if trusted is not None else trusted_for(region)
-    report = verify(connect(region.catalog_url), trusted, open_catalog(region.catalog_url, region.warehouse),
-                    warehouse=region.warehouse, last=last, expect_head=expect_head, in_flight_ok=in_flight_ok,
-                    stores={"recognition-index": lambda: _index_state(region)})
-    key_file = region.signing_key_file
-    if (key_file is not None and not os.environ.get(ENV_SIGNING_KEY) and not os.environ.get(ENV_SIGNING_KEY_FILE)
-            and key_file.resolve().is_relative_to(region.workspace.resolve())):
-        report.notes.append(f"the private signing key {key_file} is inside the workspace (demo set-up): whoever can write "
-                            "the workspace can sign a rewritten history; keep it elsewhere (docs/lakehouse.md)")
-    return report

@@ -170,7 +170,7 @@ _MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
 def _deleted_since(region: Region, since: dt.datetime) -> bool:
     """True when a full pull removed rows deleted at the source after the last build."""
     from hub.lineage import catalog as runcat
-    from hub.pipeline import deletions
+    from hub.lineage.schema import deletions
 
     with runcat.connect(region.catalog_url).connect() as conn:
         latest = conn.execute(sa.select(sa.func.max(deletions.c.detected_at))).scalar()

@@ -40,11 +40,12 @@ from hub import quarantine
 from hub.errors import CommandFailed
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.lakehouse.tables import table_name
-from hub.lineage.catalog import metadata
+from hub.lineage.schema import lines, metadata, positions
 from hub.mapping.compile import RowProblem
-from hub.prepare import Ready, Rejected
+from hub.prepare import Ready, Rejected, identity_conflict
 from hub.region import Feed
 from hub.resources import ResourcePreparer
+from hub.runreport import BlockCount
 
 #: The largest line read as a resource. FHIR sets no resource size; its strings stop at 1 MiB
 #: (hub.sources.screen.MAX_STRING), and a resource of a few of them is already unusual.
@@ -56,32 +57,7 @@ TYPE_ORDER = ("Organization", "Patient", "Encounter", "Specimen", "ServiceReques
 _SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 _TYPE_RE = re.compile(r"[A-Z][A-Za-z]+")
 
-positions = sa.Table(
-    "hub_ndjson_positions", metadata,
-    sa.Column("institution", sa.String(64), primary_key=True),
-    sa.Column("feed", sa.String(64), primary_key=True),
-    sa.Column("file", sa.String(512), primary_key=True),
-    sa.Column("line", sa.Integer, nullable=False),  # lines read (the next line to read is line + 1)
-    sa.Column("offset", sa.BigInteger, nullable=False),  # bytes read, of the decompressed text for gzip
-    sa.Column("size", sa.BigInteger, nullable=False),  # the file's size on disk when read
-    sa.Column("mtime", sa.Float, nullable=False),
-    sa.Column("prefix", sa.String(64), nullable=False),  # SHA-256 of its first min(size, PREFIX_BYTES) bytes
-    sa.Column("run_id", sa.String(80), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
 
-lines = sa.Table(
-    "hub_ndjson_lines", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(80), nullable=False, index=True),
-    sa.Column("institution", sa.String(64), nullable=False),
-    sa.Column("feed", sa.String(64), nullable=False),
-    sa.Column("file", sa.String(512), nullable=False),
-    sa.Column("line", sa.Integer, nullable=False),
-    sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("resource_id", sa.String(64), nullable=False, index=True),
-    sa.Column("line_hash", sa.String(64), nullable=False),  # keyed: recomputable by the hub only
-)
 
 
 class NdjsonSourceError(CommandFailed):
@@ -296,11 +272,11 @@ def feed_timezone(feed: Feed) -> dt.timezone:
 def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000) -> list[Advance]:
     """Stage every new line of an NDJSON feed into run (an InstitutionRun); returns the positions
     to record with advance() after run.commit(). full: read every file from the start."""
-    from hub.pipeline import BlockCount, _identity_conflict
 
     _ensure_tables(run.engine)
     local = run.pool.local
     prep = ResourcePreparer(run.inst.id, run.keys, local.deid, local.scanner, feed.name, feed_timezone(feed))
+    prep.line_limit = MAX_LINE_BYTES
     config = f"ndjson|{run.ruleset.label}|{run.keys.key_id}|{hub.__version__}"
     label = f"ndjson:{feed.name}"
     info = run.report.sources.setdefault(feed.name, {"kind": "ndjson", "files": {}, "references_outside_export": 0})
@@ -334,7 +310,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
                 count.rows_read += 1
                 if isinstance(item, Ready):
                     if rtype == "Patient":
-                        conflict = _identity_conflict(run.patients.get(item.id), item)
+                        conflict = identity_conflict(run.patients.get(item.id), item)
                         if conflict is not None:
                             item = _rejected(item, f"{sf.rel}:{p.line}", "Patient.identifier", p.line,
                                              "this resource id is already published for a patient with a different resident ID number or birth date",
