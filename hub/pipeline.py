@@ -237,6 +237,7 @@ class InstitutionRun:
                             if early is not None:
                                 item = Rejected([early], False, compiled.row_label(row), item.source_key_hash)
                 if isinstance(item, Rejected):
+                    row_hash_of.pop(item.source_key_hash, None)
                     count.quarantined += 1
                     count.failed_validation += item.failed_validation
                     for p in item.problems:

@@ -103,20 +103,17 @@ class RowScreen:
             if problem is None:
                 good.append(row)
             else:
-                bad.append((row, self._key_hash(row), problem))
+                bad.append((row, self.key_hash(storable(row)), problem))  # undecodable text hashed as its bytes
         return good, bad
 
     def label(self, row: tuple) -> str:
         return self.compiled.row_label(storable(row))
 
-    def key_hash(self, row: tuple) -> str:
+    def key_hash(self, row: Sequence[Any]) -> str:
         """The row's keyed source-key hash (as the workers compute it)."""
         mapping, block = self.compiled.mapping, self.compiled.block
         return source_key_hash(self.keys, self.institution, mapping.system, block.table, self.compiled.source_key(row))
 
-    def _key_hash(self, row: tuple) -> str:
-        mapping, block = self.compiled.mapping, self.compiled.block
-        return source_key_hash(self.keys, self.institution, mapping.system, block.table, self.compiled.source_key(storable(row)))
 
     def _problem(self, row: tuple) -> RowProblem | None:
         resource = self.compiled.block.resource
