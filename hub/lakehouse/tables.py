@@ -127,7 +127,7 @@ def ensure_table(catalog: Catalog, zone: str, resource_type: str) -> Table:
     """
     try:
         catalog.create_namespace(zone)
-    except NamespaceAlreadyExistsError:
+    except (NamespaceAlreadyExistsError, IntegrityError):  # IntegrityError: another process created it meanwhile
         pass
     name = table_name(zone, resource_type)
     try:
