@@ -24,7 +24,7 @@ from hub.lakehouse.tables import open_catalog
 from hub.pipeline import run_institution
 from hub.prepare import default_workers
 from hub.region import REPO_ROOT, load_region
-from hub.trainset.views import run_over_table
+from hub.views.runner import run_over_table
 
 
 def main() -> None:

@@ -1,1 +1,1 @@
-"""Dagster wiring for hub: assets per published table, partitioned by institution. No logic here."""
+"""Dagster wiring for hub, one folder per domain under defs/ (publish, serving, indicators), merged in definitions.py; no logic here, only calls into hub."""

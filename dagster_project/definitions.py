@@ -1,4 +1,4 @@
-"""All Dagster definitions of hub, composed from one module per concern.
+"""All Dagster definitions of hub: one folder per domain under defs/, merged here with the shared resource.
 
 Run ``dagster dev -m dagster_project.definitions`` with HUB_WORKSPACE pointing at a
 workspace (default ``.hub``, as ``make demo`` creates) to see the asset graph.
@@ -8,23 +8,15 @@ import os
 
 from dagster import Definitions
 
-from dagster_project.assets import (
-    SOURCES,
-    outcome_indicators,
-    recognition_index,
-    recognition_tables,
-)
-from dagster_project.jobs import publish_recognition
+from dagster_project.defs.indicators.definitions import defs as indicators
+from dagster_project.defs.publish.definitions import defs as publish
+from dagster_project.defs.serving.definitions import defs as serving
 from dagster_project.partitions import workspace
 from dagster_project.resources import HubResource
-from dagster_project.sensors import hourly_pull, new_institutions
 
 os.umask(0o077)  # as the `hub` command does: files the code location writes are their owner's alone
 
-defs = Definitions(
-    assets=[*SOURCES, recognition_tables, recognition_index, outcome_indicators],
-    jobs=[publish_recognition],
-    sensors=[new_institutions],
-    schedules=[hourly_pull],
-    resources={"hub": HubResource(workspace=str(workspace()))},
+defs = Definitions.merge(
+    publish, serving, indicators,
+    Definitions(resources={"hub": HubResource(workspace=str(workspace()))}),
 )

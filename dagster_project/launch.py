@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dagster import DagsterExecutionStepExecutionError, DagsterInstance, materialize
 
-from dagster_project.assets import SOURCES, recognition_tables
+from dagster_project.defs.publish.assets import SOURCES, recognition_tables
 from dagster_project.partitions import INSTITUTIONS
 from dagster_project.resources import HubResource
 

@@ -1,6 +1,6 @@
-"""Institution partitions: dynamic, so registering an institution in region.yaml needs no code.
+"""Institution partitions (shared by every domain): dynamic, so registering an institution in region.yaml needs no code.
 
-The ``new_institutions`` sensor (sensors.py) adds a partition for each institution that
+The ``new_institutions`` sensor (defs/publish/sensors.py) adds a partition for each institution that
 appears in region.yaml and requests its first run.
 """
 

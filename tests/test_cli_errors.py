@@ -57,7 +57,7 @@ def test_an_unexpected_error_says_how_to_see_more(capsys):
     from hub.cli.errors import report
 
     assert report(RuntimeError("boom"), debug=False) == EXIT_CANNOT_RUN
-    assert capsys.readouterr().err == "error: RuntimeError: boom (hub --debug ... shows the traceback)\n"
+    assert capsys.readouterr().err == "error: internal error: RuntimeError: boom (run with --debug for the traceback)\n"
 
 
 def test_debug_shows_the_traceback(broken_workspace, tmp_path):
@@ -79,12 +79,56 @@ def test_exit_codes_tell_problems_found_from_could_not_run():
     assert describe(CommandFailed("3 rows would be quarantined", EXIT_PROBLEMS))[1] == EXIT_PROBLEMS
     assert describe(NotFound("no tag 'x'"))[:2] == ("no tag 'x'", EXIT_CANNOT_RUN)
     message, code, expected = describe(KeyError("resourceType"))  # a bug, not a user error
-    assert code == EXIT_CANNOT_RUN and not expected and message == "KeyError: 'resourceType'"
+    assert code == EXIT_CANNOT_RUN and not expected and message == "internal error: KeyError: 'resourceType'"
 
 
 def test_error_messages_never_carry_an_identifier_and_stay_one_line():
     exc = ValueError("could not parse '110101199003074610'\nnear 13812345678 in row 7")
     message, _, _ = describe(exc)
     assert "110101199003074610" not in message and "13812345678" not in message
-    assert "\n" not in message and message.startswith("ValueError: could not parse")
+    assert "\n" not in message and message.startswith("internal error: ValueError: could not parse")
     assert len(one_line("x" * 10_000)) <= 400
+
+
+def _main(monkeypatch, *args: str) -> int:
+    """Run the `hub` entry point in-process, as the console script does; return its exit code."""
+    from hub.cli import main
+    from hub.cli.base import debug
+
+    monkeypatch.setattr(sys, "argv", ["hub", *args])
+    monkeypatch.setitem(debug, "on", False)
+    with pytest.raises(SystemExit) as ended:
+        main()
+    return ended.value.code
+
+
+def _view_and_patients(tmp_path: Path, view: dict) -> tuple[Path, Path]:
+    import json
+
+    (tmp_path / "view.json").write_text(json.dumps(view), encoding="utf-8")
+    (tmp_path / "patients.ndjson").write_text(json.dumps({"resourceType": "Patient", "id": "p1", "gender": "female", "name": [{"family": "A"}, {"family": "B"}]}) + "\n", encoding="utf-8")
+    return tmp_path / "view.json", tmp_path / "patients.ndjson"
+
+
+def test_a_keyerror_from_a_bug_is_an_internal_error_not_a_user_error(tmp_path, monkeypatch, capsys):
+    import hub.views.runner
+
+    def buggy_run_view(view, resources):
+        return {}["gender"]  # a lookup the code got wrong: the user can do nothing about it
+
+    monkeypatch.setattr(hub.views.runner, "run_view", buggy_run_view)
+    view, patients = _view_and_patients(tmp_path, {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]})
+    assert _main(monkeypatch, "views", "run", str(view), "--ndjson", str(patients)) == EXIT_CANNOT_RUN
+    err = capsys.readouterr().err
+    assert err == "error: internal error: KeyError: 'gender' (run with --debug for the traceback)\n"
+
+
+def test_a_mistake_in_the_users_view_is_a_user_error_naming_the_file(tmp_path, monkeypatch, capsys):
+    view, patients = _view_and_patients(tmp_path, {"resource": "Patient", "where": [{"expression": "gender = 'female'"}],
+                                                   "select": [{"column": [{"name": "g", "path": "gender"}]}]})
+    assert _main(monkeypatch, "views", "run", str(view), "--ndjson", str(patients)) == EXIT_CANNOT_RUN
+    assert capsys.readouterr().err == f"error: {view}: a where needs a path (a FHIRPath string)\n"
+
+    view, _ = _view_and_patients(tmp_path, {"resource": "Patient", "select": [{"column": [{"name": "n", "path": "name.family"}]}]})
+    assert _main(monkeypatch, "views", "run", str(view), "--ndjson", str(patients)) == EXIT_CANNOT_RUN  # found while running
+    assert capsys.readouterr().err == f"error: {view}: column 'n' returned 2 values; set collection: true\n"

@@ -7,8 +7,8 @@ import json
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
-from dagster_project.assets import SOURCES, recognition_tables
 from dagster_project.definitions import defs
+from dagster_project.defs.publish.assets import SOURCES, recognition_tables
 from dagster_project.partitions import INSTITUTIONS
 from dagster_project.resources import HubResource
 from tests.conftest import DATA
@@ -70,7 +70,7 @@ def test_one_institution_partition_materializes(tmp_path, monkeypatch, keys):
 def test_sensor_registers_newly_configured_institutions(tmp_path):
     import yaml
 
-    from dagster_project.sensors import new_institutions
+    from dagster_project.defs.publish.sensors import new_institutions
 
     (tmp_path / "region.yaml").write_text(yaml.safe_dump({"region": "r", "institutions": [
         {"id": "old-hospital", "feeds": []}, {"id": "new-clinic", "feeds": []},

@@ -7,7 +7,11 @@ Exit codes (documented in `hub --help`):
   broken audit chain, a refused release);
 - 2: the command could not run (bad configuration, missing key or file, an unexpected error).
 
-Tracebacks are shown only with ``hub --debug ...``. The one-line message never carries a
+Only errors hub raises on purpose are user errors, printed as their message: hub.errors
+(NotFound, CommandFailed and its kinds), configuration and key errors, a blocked leak, a
+missing file. Anything else, a plain KeyError included, is a bug or an unforeseen library
+failure: it is printed as ``internal error: <type>: <message>`` with a hint to run with
+``--debug``, which shows the traceback. The one-line message never carries a
 source value: exception texts pass through the identifier scrubber and are cut to one line,
 because an exception raised deep in a library may quote the data it choked on.
 """
@@ -19,7 +23,6 @@ import traceback
 
 from hub.errors import CommandFailed
 
-EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_CANNOT_RUN = 2
 MAX_MESSAGE = 400
@@ -49,7 +52,7 @@ def describe(exc: BaseException) -> tuple[str, int, bool]:
         return one_line(str(exc)), EXIT_PROBLEMS, True
     if isinstance(exc, ConfigError | MasterKeyError | FileNotFoundError | NotFound):
         return one_line(str(exc)), EXIT_CANNOT_RUN, True
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = f"internal error: {type(exc).__name__}: {exc}" if str(exc) else f"internal error: {type(exc).__name__}"
     return one_line(text), EXIT_CANNOT_RUN, False
 
 
@@ -58,6 +61,6 @@ def report(exc: BaseException, debug: bool) -> int:
     message, code, expected = describe(exc)
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
-    hint = "" if expected or debug else " (hub --debug ... shows the traceback)"
+    hint = "" if expected or debug else " (run with --debug for the traceback)"
     print(f"error: {message}{hint}", file=sys.stderr)
     return code

@@ -27,24 +27,34 @@ def views_run(
 
     import pyarrow as pa
 
+    from hub.errors import CommandFailed
     from hub.fhir.jsonio import loads
-    from hub.trainset.views import run_over_table, run_view
+    from hub.views.runner import ViewError, run_over_table, run_view, validate
 
-    definition = json.loads(view.read_text(encoding="utf-8"))
     if bool(table) == bool(ndjson):
         raise typer.BadParameter("give --table or --ndjson")
-    if ndjson:
-        result = pa.Table.from_pylist(run_view(definition, (loads(line) for line in ndjson.read_text(encoding="utf-8").splitlines() if line.strip())))
-    else:
-        from hub.lakehouse.tables import open_catalog
-        from hub.region import load_region
+    try:  # the view is the user's: a problem in it (at load or while it runs) is named with its file
+        definition = json.loads(view.read_text(encoding="utf-8"))
+        validate(definition)
+    except (json.JSONDecodeError, ViewError) as exc:
+        raise CommandFailed(f"{view}: {exc}") from None
+    region = None
+    try:
+        if ndjson:
+            resources = (loads(line) for line in ndjson.read_text(encoding="utf-8").splitlines() if line.strip())
+            result = pa.Table.from_pylist(run_view(definition, resources))
+        else:
+            from hub.lakehouse.tables import open_catalog
+            from hub.region import load_region
 
-        region = load_region(workspace)
-        t = open_catalog(region.catalog_url, region.warehouse).load_table(table)
-        snapshot = None
-        if as_of:
-            snapshot = int(as_of) if as_of.isdigit() else t.snapshot_by_name(as_of).snapshot_id
-        result = run_over_table(t, definition, snapshot)
+            region = load_region(workspace)
+            t = open_catalog(region.catalog_url, region.warehouse).load_table(table)
+            snapshot = None
+            if as_of:
+                snapshot = int(as_of) if as_of.isdigit() else t.snapshot_by_name(as_of).snapshot_id
+            result = run_over_table(t, definition, snapshot)
+    except ViewError as exc:
+        raise CommandFailed(f"{view}: {exc}") from None
     if output and table:  # lakehouse data leaves through the sink: leak-scanned, recorded in a manifest
         from deid.keys import Keyring
         from hub.lakehouse.sink import Publication
@@ -79,7 +89,7 @@ def views_test(
     """Run the SQL-on-FHIR v2 conformance tests; exits 1 if any shareable test fails (experimental ones are reported)."""
     import json
 
-    from hub.trainset.conformance import run_folder, summary
+    from hub.views.conformance import run_folder, summary
 
     result = run_folder(folder)
     if report:

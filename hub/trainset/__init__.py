@@ -1,1 +1,1 @@
-"""Training sets: SQL-on-FHIR ViewDefinitions over the lakehouse, cohorts, splits, releases."""
+"""Training sets: cohorts, patient-level splits, datasheets and releases, built with the view engine (hub.views)."""

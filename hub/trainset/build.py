@@ -33,7 +33,7 @@ from hub.lakehouse.tables import open_catalog
 from hub.lineage import access
 from hub.lineage import catalog as runcat
 from hub.region import Region
-from hub.trainset.views import ViewRunner, run_over_table
+from hub.views.runner import ViewRunner, run_over_table
 from hub.yamlio import ConfigError, LineDict, load_yaml
 
 SPLITS = ("train", "validation", "test")

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from hub.lakehouse.tables import open_catalog
 from hub.region import REPO_ROOT, Region
-from hub.trainset.views import run_over_table
+from hub.views.runner import run_over_table
 
 VIEWS = REPO_ROOT / "trainsets" / "views"
 

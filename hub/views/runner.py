@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from hub.trainset.fhirpath import Evaluator, FhirPathError, Typed, parse
+from hub.views.fhirpath import Evaluator, FhirPathError, Typed, parse
 
 
 class ViewError(ValueError):
@@ -55,6 +55,8 @@ def validate(view: dict) -> None:
     for s in view["select"]:
         check(s)
     for w in view.get("where", []):
+        if not isinstance(w, dict) or not isinstance(w.get("path"), str):
+            raise ViewError("a where needs a path (a FHIRPath string)")
         try:
             parse(w["path"])
         except FhirPathError as exc:

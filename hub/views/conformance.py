@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hub.fhir.jsonio import loads
-from hub.trainset.views import ViewError, canonical, run_view
+from hub.views.runner import ViewError, canonical, run_view
 
 
 def run_file(path: Path) -> list[dict]:

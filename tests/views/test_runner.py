@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hub.cli import app
-from hub.trainset.conformance import run_folder, summary
+from hub.views.conformance import run_folder, summary
 from tests.conftest import DATA
 
 SUITE = DATA / "sql-on-fhir" / "tests"
@@ -42,7 +42,7 @@ def test_cli_writes_the_report_and_fails_on_a_failing_shareable_test(tmp_path):
 @pytest.mark.slow
 def test_a_view_over_the_lakehouse(demo):
     from hub.lakehouse.tables import open_catalog
-    from hub.trainset.views import run_over_table
+    from hub.views.runner import run_over_table
 
     region, _, _ = demo
     view = {
@@ -60,3 +60,34 @@ def test_a_view_over_the_lakehouse(demo):
     assert table.num_rows > 0 and table.column_names == ["id", "patient", "value", "unit", "time"]
     assert set(table["unit"].to_pylist()) == {"%"}
     assert all(3 < v < 15 for v in table["value"].to_pylist())
+
+
+def test_cli_runs_a_view_over_an_ndjson_file_and_writes_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    view = {"resource": "Patient", "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
+                                                          {"name": "gender", "path": "gender"}]}]}
+    (tmp_path / "view.json").write_text(json.dumps(view))
+    (tmp_path / "p.ndjson").write_text("\n".join(json.dumps(r) for r in [
+        {"resourceType": "Patient", "id": "p1", "gender": "female"},
+        {"resourceType": "Patient", "id": "p2", "gender": "male"},
+        {"resourceType": "Observation", "id": "o1", "status": "final"},
+    ]) + "\n")
+    runner = CliRunner()
+    printed = runner.invoke(app, ["views", "run", str(tmp_path / "view.json"), "--ndjson", str(tmp_path / "p.ndjson")])
+    assert printed.exit_code == 0 and "2 rows" in printed.stdout
+    written = runner.invoke(app, ["views", "run", str(tmp_path / "view.json"), "--ndjson", str(tmp_path / "p.ndjson"),
+                                  "-o", str(tmp_path / "rows.parquet")])
+    assert written.exit_code == 0 and "2 rows written to" in written.stdout
+    assert pq.read_table(tmp_path / "rows.parquet").to_pylist() == [{"id": "p1", "gender": "female"}, {"id": "p2", "gender": "male"}]
+
+
+@pytest.mark.slow
+def test_cli_runs_a_view_over_a_lakehouse_table(demo, tmp_path):
+    region, _, _ = demo
+    view = {"resource": "Patient", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]}]}
+    (tmp_path / "view.json").write_text(json.dumps(view))
+    result = CliRunner().invoke(app, ["views", "run", str(tmp_path / "view.json"), "--table", "recognition.patient",
+                                      "--workspace", str(region.workspace), "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    assert int(result.stdout.strip().splitlines()[-1].split()[0]) > 0  # "<n> rows"

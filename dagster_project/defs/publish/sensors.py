@@ -1,16 +1,8 @@
-"""Sensors and schedules: pick up newly registered institutions; pull every institution hourly."""
+"""Sensors: pick up institutions newly registered in region.yaml."""
 
-from dagster import (
-    RunRequest,
-    ScheduleEvaluationContext,
-    SensorEvaluationContext,
-    SensorResult,
-    SkipReason,
-    schedule,
-    sensor,
-)
+from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from dagster_project.jobs import publish_recognition
+from dagster_project.defs.publish.jobs import publish_recognition
 from dagster_project.partitions import INSTITUTIONS, institutions
 from dagster_project.resources import HubResource
 
@@ -26,9 +18,3 @@ def new_institutions(context: SensorEvaluationContext, hub: HubResource):
         run_requests=[RunRequest(partition_key=i, run_key=f"onboard-{i}") for i in new],
         dynamic_partitions_requests=[institutions.build_add_request(new)],
     )
-
-
-@schedule(job=publish_recognition, cron_schedule="0 * * * *", description="Hourly incremental pull of every registered institution.")
-def hourly_pull(context: ScheduleEvaluationContext):
-    for institution in context.instance.get_dynamic_partitions(INSTITUTIONS):
-        yield RunRequest(partition_key=institution, run_key=None)

@@ -1,0 +1,1 @@
+"""Indicators: outcome indicators per institution and month, computed from the published tables."""

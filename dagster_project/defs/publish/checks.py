@@ -1,0 +1,52 @@
+"""Asset checks of the recognition-zone tables: their specs, and their results from hub.runchecks.
+
+Each table has four: validation rate and quarantine rate (warnings), leak scan (blocking)
+and audit verify.
+"""
+
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+
+from hub.fhir.validate import RESOURCE_MODULES
+from hub.lineage.manifests import VerifyReport
+from hub.runchecks import MAX_QUARANTINE_RATE, MIN_VALIDATION_RATE, ZONE, TableChecks
+
+
+def table_key(resource_type: str) -> AssetKey:
+    return AssetKey([ZONE, resource_type.lower()])
+
+
+CHECK_SPECS = [
+    spec
+    for rt in RESOURCE_MODULES
+    for spec in (
+        AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
+        AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
+        AssetCheckSpec("leak_scan", asset=table_key(rt), blocking=True, description="no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs"),
+        AssetCheckSpec("audit_verify", asset=table_key(rt), description="the manifest chain verifies (hashes, links, trusted signatures), every table's live snapshots and files are the ones it records, and the latest manifest's files are intact"),
+    )
+]
+
+
+def check_results(table: TableChecks, audit: VerifyReport) -> list[AssetCheckResult]:
+    """The four check results of one table, in the order Dagster has always received them."""
+    key = table_key(table.resource_type)
+    return [
+        AssetCheckResult(
+            asset_key=key, check_name="validation_rate", passed=table.validation_ok, severity=AssetCheckSeverity.WARN,
+            metadata={"validation_rate": table.validation_rate, "failed_validation": table.counts["failed_validation"]},
+        ),
+        AssetCheckResult(
+            asset_key=key, check_name="quarantine_rate", passed=table.quarantine_ok, severity=AssetCheckSeverity.WARN,
+            metadata={"quarantine_rate": table.quarantine_rate, "quarantined": table.counts["quarantined"]},
+        ),
+        AssetCheckResult(
+            asset_key=key, check_name="audit_verify", passed=audit.ok, severity=AssetCheckSeverity.ERROR,
+            metadata={"manifests": audit.manifests, "files_rehashed": audit.files, "breaks": audit.breaks[:5]},
+        ),
+        AssetCheckResult(
+            asset_key=key, check_name="leak_scan", passed=not table.hits, severity=AssetCheckSeverity.ERROR,
+            metadata={"files_scanned": table.files_scanned, "hits": len(table.hits),
+                      "first_hits (masked)": [str(h) for h in table.hits[:5]],
+                      "code_system_exemptions": table.exemptions},
+        ),
+    ]
