@@ -157,11 +157,16 @@ def serve(
     workspace: Path = WorkspaceOpt,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    base_url: str = typer.Option(None, "--base-url", help="Public base of the FHIR endpoint as clients see it, e.g. "
+                                 "https://hub.example/fhir behind a proxy (default: the host each request names, + /fhir). "
+                                 "Bundle fullUrls and links are built from it."),
 ) -> None:
     """Start the recognition FHIR API (FastAPI + uvicorn). OpenAPI at /docs, CapabilityStatement at /fhir/metadata.
 
     uvicorn's access log is off: it would print query strings, which carry patient identifiers.
     """
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise typer.BadParameter("must be an absolute http(s) URL, e.g. https://hub.example/fhir", param_hint="--base-url")
     import logging
 
     import uvicorn
@@ -170,4 +175,4 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
     region, keys, index, catalog = _recognition(workspace)
-    uvicorn.run(create_app(region, keys, index, catalog), host=host, port=port, access_log=False, log_level="info")
+    uvicorn.run(create_app(region, keys, index, catalog, base_url=base_url), host=host, port=port, access_log=False, log_level="info")

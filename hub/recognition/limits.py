@@ -26,6 +26,7 @@ Configured in region.yaml (all keys optional; the defaults are below)::
       burst: 20
       misses_per_hour: 20
       suspend_minutes: 60
+      read_hours: 24           # a search lets the caller read that person's results by id for this long
       institutions:            # per-institution overrides, e.g. a large hospital
         city-first: {lookups_per_minute: 240, burst: 60, misses_per_hour: 60}
 """
@@ -66,6 +67,7 @@ class Limits:
     burst: float = 20.0
     misses_per_hour: float = 20.0
     suspend_minutes: float = 60.0
+    read_hours: float = 24.0  # how long a search lets the caller read the person's results by id
 
     @property
     def lookup_rate(self) -> float:  # per second
@@ -86,7 +88,7 @@ class LimitPolicy:
         return self.institutions.get(institution, self.default)
 
 
-_KEYS = ("lookups_per_minute", "burst", "misses_per_hour", "suspend_minutes")
+_KEYS = ("lookups_per_minute", "burst", "misses_per_hour", "suspend_minutes", "read_hours")
 
 
 def _limits(node: LineDict, base: Limits, file: str, where: str) -> Limits:

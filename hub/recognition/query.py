@@ -102,7 +102,8 @@ def check_identifier(system: str, value: str, requester: str | None) -> None:
         if not value.strip():
             raise InvalidIdentifier("the MRN is empty")
         return
-    raise UnknownIdentifier(f"identifier system {system!r} is not accepted; use {ID_CARD_SYSTEMS[0]} (resident ID number) "
+    # the system is caller text (it may hold the identifier itself): not repeated
+    raise UnknownIdentifier(f"this identifier system is not accepted; use {ID_CARD_SYSTEMS[0]} (resident ID number) "
                             f"or {mrn_system(requester or '<your institution>')} (your own MRN)")
 
 
@@ -154,21 +155,40 @@ def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status
     return "recognisable", age, window
 
 
+def verdict_for(catalog: Catalog, requester: str, resource: dict, loinc: str, institution: str, status: str,
+                when: dt.datetime | None, at: dt.datetime) -> Verdict:
+    """The verdict on one result for a requester, judged at ``at``."""
+    code, age, window = judge(catalog, requester, loinc, institution, status, when, at)
+    ok = code == "recognisable"
+    return Verdict(resource, institution, loinc, code, ok, VERDICTS[code],
+                   f"{catalog.mark} {catalog.scope}".strip() if ok else None, age, window)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
 def query(engine: sa.Engine, catalog: Catalog, patient: str, requester: str, loincs: list[str] | None = None,
           at: dt.datetime | None = None, since: dt.datetime | None = None, resource_type: str = "Observation") -> list[Verdict]:
+    """A patient's results with their verdicts, in a stable order (item, newest first, issuer, id): pages do not shift."""
     at = at or dt.datetime.now(dt.UTC)
     q = sa.select(results).where(results.c.patient == patient, results.c.resource_type == resource_type)
     if loincs:
         q = q.where(results.c.loinc.in_(loincs))
     out = []
     with engine.connect() as conn:
-        rows = list(conn.execute(q.order_by(results.c.loinc, results.c.effective_time.desc())))
+        rows = list(conn.execute(q.order_by(results.c.loinc, results.c.effective_time.desc(), results.c.institution,
+                                            results.c.observation_id)))
     for r in rows:
-        when = r.effective_time if r.effective_time is None or r.effective_time.tzinfo else r.effective_time.replace(tzinfo=dt.UTC)
+        when = _utc(r.effective_time)
         if (since and when and when < since) or (when and when > at):
             continue  # outside the asked period, or after the moment being judged
-        code, age, window = judge(catalog, requester, r.loinc, r.institution, r.status, when, at)
-        ok = code == "recognisable"
-        out.append(Verdict(json.loads(r.resource), r.institution, r.loinc, code, ok, VERDICTS[code],
-                           f"{catalog.mark} {catalog.scope}".strip() if ok else None, age, window))
+        out.append(verdict_for(catalog, requester, json.loads(r.resource), r.loinc, r.institution, r.status, when, at))
     return out
+
+
+def indexed_result(engine: sa.Engine, resource_type: str, resource_id: str) -> sa.Row | None:
+    """The index's row of one result (patient, loinc, institution, status, effective_time, resource), or None."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(results).where(
+            results.c.resource_type == resource_type, results.c.observation_id == resource_id).limit(1)).first()

@@ -258,10 +258,10 @@ def test_decisions_on_results_the_index_does_not_hold_are_refused(served):
     assert unknown.status_code == 404 and unknown.json()["issue"][0]["code"] == "not-found"
     planted = _post(client, token, {"resource": f"Observation/{canary().id_number}", **retest})
     assert planted.status_code == 404 and canary().id_number not in planted.text
-    other_type = _post(client, token, {"resource": "DiagnosticReport/" + real.split("/")[1], **retest})
+    other_type = _post(client, token, {"resource": "DiagnosticReport/" + real.rsplit("/", 1)[1], **retest})
     assert other_type.status_code == 404  # an Observation's id is not a DiagnosticReport's
-    assert _post(client, token, {"resource": "Patient/" + real.split("/")[1], **retest}).status_code == 400
-    assert _post(client, token, {"resource": real.split("/")[1], **retest}).status_code == 400
+    assert _post(client, token, {"resource": "Patient/" + real.rsplit("/", 1)[1], **retest}).status_code == 400
+    assert _post(client, token, {"resource": real.rsplit("/", 1)[1], **retest}).status_code == 400
     free_text = _post(client, token, {"resource": real, "decision": "accept", "reason": f"{canary().name} asked, tel {canary().phone}"})
     assert free_text.status_code == 400  # a reason is a code of reasons.yaml, never free text that could name someone
     malformed = _post(client, token, {"resource": canary().id_number})  # no decision: FastAPI would answer 422 echoing the input

@@ -216,16 +216,12 @@ def test_a_clinics_workload_is_not_throttled_by_the_defaults(tmp_path, keys):
     assert log(region, "recognition-alert") == []
 
 
-def _bodies(client, token, cases):
-    return [(lookup(client, token, idn, resource, **params)) for idn, resource, params in cases]
-
-
 def test_no_such_person_and_a_person_with_nothing_to_show_answer_alike(tmp_path, keys, monkeypatch):
     region, index = make_region(tmp_path, keys)
     client = TestClient(make_app(region, index, keys, Clock()))
     token = issue_token(region, "beishan-chc")
-    calls = {"query": 0, "known": 0}
-    real_query, real_known = api_module.query, api_module.known_patient
+    calls = {"query": 0, "known": 0, "grant": 0}
+    real_query, real_known, real_grant = api_module.query, api_module.known_patient, api_module.Served.grant
 
     def counting_query(*a, **k):
         calls["query"] += 1
@@ -236,25 +232,33 @@ def test_no_such_person_and_a_person_with_nothing_to_show_answer_alike(tmp_path,
         return real_known(*a, **k)
 
     monkeypatch.setattr(api_module, "query", counting_query)
+    def counting_grant(*a, **k):
+        calls["grant"] += 1
+        return real_grant(*a, **k)
+
     monkeypatch.setattr(api_module, "known_patient", counting_known)
-    cases = [
-        (resident_id(999), "Observation", {}),  # valid ID, no such person
-        (resident_id(999), "Observation", {"code": "http://loinc.org|4548-4"}),
-        (DR_ONLY, "Observation", {}),  # a person the region knows, with no Observation anywhere
-        (KNOWN[2], "Observation", {"code": "http://loinc.org|1988-5"}),  # known, not for this item
-        (OLD_ONLY, "Observation", {"date": "ge2024-01-01"}),  # known, nothing in the period
-        (KNOWN[2], "DiagnosticReport", {}),  # known, no report
+    monkeypatch.setattr(api_module.Served, "grant", counting_grant)
+    nobody = resident_id(999)  # a valid ID number of no one in the region
+    cases = [  # people the region knows who have nothing to show for the request
+        (DR_ONLY, "Observation", {}),  # no Observation anywhere
+        (KNOWN[2], "Observation", {"code": "http://loinc.org|1988-5"}),  # not for this item
+        (OLD_ONLY, "Observation", {"date": "ge2024-01-01"}),  # nothing in the period
+        (KNOWN[2], "DiagnosticReport", {}),  # no report
     ]
-    answers = _bodies(client, token, cases)
-    assert calls == {"query": len(cases), "known": len(cases)}  # no early return for a miss
-    assert {a.status_code for a in answers} == {200}
-    assert len({a.content for a in answers}) == 1  # byte for byte the same Bundle
-    assert answers[0].json() == {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
-    headers = [{k: v for k, v in a.headers.items() if k != "date"} for a in answers]
-    assert all(h == headers[0] for h in headers)
+    for idn, resource, params in cases:
+        known = lookup(client, token, idn, resource, **params)
+        miss = lookup(client, token, nobody, resource, **params)
+        assert known.status_code == miss.status_code == 200
+        # byte for byte the same Bundle, but for the identifier the caller sent, which the self link repeats
+        assert known.content.replace(idn.encode(), b"<id>") == miss.content.replace(nobody.encode(), b"<id>")
+        body = miss.json()
+        assert (body["resourceType"], body["type"], body["total"], "entry" in body) == ("Bundle", "searchset", 0, False)
+        assert [link["relation"] for link in body["link"]] == ["self"]
+        assert {k: v for k, v in known.headers.items() if k != "date"} == {k: v for k, v in miss.headers.items() if k != "date"}
+    assert calls == {"query": 2 * len(cases), "known": 2 * len(cases), "grant": 2 * len(cases)}  # no early return for a miss
     # the access log (the operator's, never the caller's) tells the miss apart, without the number
-    entries = [e for e in log(region, "recognition-query") if e["outcome"] == "success"][-len(cases):]
-    assert [e["what"]["patient_known"] for e in entries] == [False, False, True, True, True, True]
+    entries = [e for e in log(region, "recognition-query") if e["outcome"] == "success"][-2 * len(cases):]
+    assert [e["what"]["patient_known"] for e in entries] == [True, False] * len(cases)
 
 
 def test_limits_survive_a_restart_of_the_server(tmp_path, keys):
