@@ -20,11 +20,6 @@ from hub.fhir.validate import model_for
 
 #: Primitive datatypes whose values are free text a person wrote (or a binary blob).
 HUMAN_READABLE = frozenset({"string", "markdown", "xhtml", "base64Binary"})
-#: Primitive datatypes that carry codes, identifiers of systems, numbers or times.
-CODED = frozenset({
-    "boolean", "code", "id", "uri", "url", "canonical", "oid", "uuid", "integer", "integer64",
-    "decimal", "positiveInt", "unsignedInt", "date", "dateTime", "instant", "time",
-})
 DATES = frozenset({"date", "dateTime", "instant"})
 NUMBERS = frozenset({"decimal", "integer", "integer64", "positiveInt", "unsignedInt"})
 

@@ -87,11 +87,6 @@ class DeidStats:
     uncovered: Counter = field(default_factory=Counter)
     redacted: Counter = field(default_factory=Counter)
 
-    def merge(self, other: DeidStats) -> None:
-        self.dropped_by_rule.update(other.dropped_by_rule)
-        self.uncovered.update(other.uncovered)
-        self.redacted.update(other.redacted)
-
 
 # decision kinds
 _LEAF, _COMPLEX, _IDENTIFIER, _REMOVE = range(4)

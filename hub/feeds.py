@@ -89,7 +89,7 @@ def check_feed(
     mapping = load_mapping(mapping_path)
     ruleset = load_ruleset(ruleset_path, zone)
     scanner = Scanner(canaries, load_scan_policy(ruleset_path))
-    preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset, scanner)
+    preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset, scanner, oracle_every=1)
     engine = sa.create_engine(url)
     schema = SourceSchema(engine)
     blocks, groups = [], {}
@@ -169,7 +169,8 @@ def check_ndjson_feed(
     ruleset = load_ruleset(ruleset_path, zone)
     scanner = Scanner(canaries, load_scan_policy(ruleset_path))
     deid = Deidentifier(ruleset, keys or Keyring(os.urandom(32)))
-    prep = ResourcePreparer(institution, deid.keys, deid, scanner, feed.name, ndjson.feed_timezone(feed) if feed.timezone else dt.UTC)
+    prep = ResourcePreparer(institution, deid.keys, deid, scanner, feed.name, ndjson.feed_timezone(feed) if feed.timezone else dt.UTC,
+                            oracle_every=1)  # a check: every sampled line also by fhir.resources
     prep.line_limit = ndjson.MAX_LINE_BYTES
     blocks, groups = [], {}
     scanned = ScanResult()

@@ -59,10 +59,6 @@ from dataclasses import dataclass, field
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
 
-# The plain, single-token shapes (kept for callers that match exact values, not free text).
-RESIDENT_ID_RE = re.compile(r"(?<![0-9A-Za-z])[1-9][0-9]{16}[0-9Xx](?![0-9A-Za-z])")
-MOBILE_RE = re.compile(r"(?<![0-9A-Za-z])(?:\+86|0086)?1[3-9][0-9]{9}(?![0-9A-Za-z])")
-
 KINDS = ("resident-id", "mobile", "landline", "known")
 PLACEHOLDERS = {"resident-id": "[id-number]", "mobile": "[phone]", "landline": "[phone]", "known": "[identifier]"}
 

@@ -447,22 +447,30 @@ def scan_text(text: str, where: str, canaries: frozenset[str] = frozenset()) -> 
     return Scanner(canaries).text(text, where).hits
 
 
-def scan_arrow(table: pa.Table, where: str, canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS) -> list[Hit]:
-    return Scanner(canaries, policy).arrow(table, where).hits
-
-
 def scan_files(paths: list[Path], canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS) -> list[Hit]:
     return Scanner(canaries, policy).files(paths).hits
 
 
-def published_files(table, institution: str) -> list[Path]:
-    """The Parquet data files an Iceberg table currently reads for one institution (local warehouse)."""
+def _local_path(file_path: str) -> Path:
     from urllib.parse import urlparse
 
-    from pyiceberg.expressions import EqualTo
+    uri = urlparse(file_path)
+    return Path(uri.path) if uri.scheme in ("file", "") else Path(file_path)
 
-    files = []
-    for task in table.scan(row_filter=EqualTo("institution", institution)).plan_files():
-        uri = urlparse(task.file.file_path)
-        files.append(Path(uri.path) if uri.scheme in ("file", "") else Path(task.file.file_path))
+
+def run_files(table, run_id: str) -> list[Path]:
+    """The Parquet data files one run added to an Iceberg table (its snapshots carry hub.run-id),
+    whatever was committed after it: what a run's check must scan, and no more."""
+    from pyiceberg.manifest import ManifestEntryStatus
+
+    files: list[Path] = []
+    for snap in table.metadata.snapshots:
+        if (snap.summary.additional_properties if snap.summary else {}).get("hub.run-id") != run_id:
+            continue
+        for manifest in snap.manifests(table.io):
+            if manifest.added_snapshot_id != snap.snapshot_id:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.status == ManifestEntryStatus.ADDED:
+                    files.append(_local_path(entry.data_file.file_path))
     return files

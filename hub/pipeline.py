@@ -123,7 +123,7 @@ class InstitutionRun:
         self.writers: dict[str, TableWriter] = {}
         self.publication = Publication.open(region, keys, "run", self.run_id, engine=self.engine)  # scan + manifest
         self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
-        self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers, self.publication.scanner)
+        self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers, self.publication.scanner, region.validation_oracle_every)
         runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
 
     def writer(self, resource_type: str) -> TableWriter:
@@ -210,6 +210,7 @@ class InstitutionRun:
         for batch in self.pool.map(str(mapping.path), work.index, screened()):
             self.report.uncovered.update(batch.uncovered)
             self.report.dropped_by_rule.update(batch.dropped_by_rule)
+            self.publication.count_scanned(batch.exempted)
             rejected: list[quarantine.QuarantinedRow] = []
             published_hashes: list[str] = []
             now = dt.datetime.now(dt.UTC)
@@ -258,7 +259,7 @@ class InstitutionRun:
                     "source_key_hash": item.source_key_hash, "run_id": self.run_id, "mapping_version": mapping.label,
                     "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
                     "source_updated_at": item.source_updated_at, "source_row_hash": row_hash_of.pop(item.source_key_hash, None),
-                })
+                }, text_scanned=item.scanned and self.pool.scans_for(self.publication))
                 count.published += 1
                 published_hashes.append(item.source_key_hash)
             quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)

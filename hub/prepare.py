@@ -22,6 +22,7 @@ from typing import Any
 from deid.engine import Deidentifier, UnknownModifierExtension, patient_pseudonym
 from deid.keys import Keyring
 from deid.ruleset import Ruleset
+from hub.fhir.check import Validator
 from hub.fhir.ids import source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
 from hub.lakehouse.tables import effective_time, primary_code
@@ -47,6 +48,8 @@ class Ready:
     source_updated_at: dt.datetime | None = None  # from a timestamp watermark column: orders versions
     #: (element, line, value) of elements the mapping checks against the published birth date (not_before_birth: true)
     birth_times: tuple[tuple[str, int, str], ...] = ()
+    #: text passed the publication's leak scan (Scanner.record) with the record's known values: the sink need not scan it again
+    scanned: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class PreparedBatch:
     items: list[Ready | Rejected]
     uncovered: Counter = field(default_factory=Counter)
     dropped_by_rule: Counter = field(default_factory=Counter)
+    exempted: Counter = field(default_factory=Counter)  # leak-scan exemptions used by the scanned items, (system, kind) -> n
 
 
 def _patient_ref(resource: dict) -> str | None:
@@ -75,10 +79,12 @@ def _patient_ref(resource: dict) -> str | None:
 class Preparer:
     """Prepares batches for one institution under one ruleset and key."""
 
-    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, scanner: Scanner | None = None):
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, scanner: Scanner | None = None, oracle_every: int = 100):
         """scanner: the leak scan each prepared resource must pass (the workspace's canaries and
-        the ruleset's code-system exemptions); a row with a finding is quarantined, not published."""
+        the ruleset's code-system exemptions); a row with a finding is quarantined, not published.
+        oracle_every: every n-th resource is also validated by fhir.resources (hub.fhir.check)."""
         self.institution, self.keys = institution, keys
+        self.validator = Validator(oracle_every)
         self.deid = Deidentifier(ruleset, keys)
         self.scanner = scanner or Scanner(frozenset(), load_scan_policy(ruleset.path))
         self._blocks: dict[tuple[str, int], CompiledBlock] = {}
@@ -106,11 +112,12 @@ class Preparer:
         stats = self.deid.stats
         before_unc, before_drop = stats.uncovered.copy(), stats.dropped_by_rule.copy()
         items: list[Ready | Rejected] = []
+        exempted: Counter = Counter()
         wm = block.watermark
         wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
         for row in rows:
             skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
-            mapped = map_and_validate(compiled, row)
+            mapped = map_and_validate(compiled, row, self.validator)
             if mapped.resource is None:
                 items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
                 continue
@@ -125,6 +132,7 @@ class Preparer:
             if found.hits:  # an identifier survived de-identification (a code, a number): this row only waits
                 items.append(Rejected([self._leak(compiled, hit) for hit in found.hits], False, compiled.row_label(row), skh))
                 continue
+            exempted.update(found.exempted)
             is_patient = block.resource == "Patient"
             items.append(Ready(
                 id=clean["id"], text=text, hash=content_hash(text), code=primary_code(clean),
@@ -133,8 +141,9 @@ class Preparer:
                 pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=skh,
                 source_updated_at=_updated_at(row[wm_index], mapping) if wm_index is not None else None,
                 birth_times=compiled.birth_times(clean) if compiled.birth_checked and not is_patient else (),
+                scanned=True,
             ))
-        return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop)
+        return PreparedBatch(rows, items, stats.uncovered - before_unc, stats.dropped_by_rule - before_drop, exempted)
 
     @staticmethod
     def _must_not_appear(compiled: CompiledBlock, known: tuple[str, ...], row: tuple[Any, ...]) -> tuple[str, ...]:
@@ -185,9 +194,9 @@ TASK_ROWS = 1000
 _worker: Preparer | None = None
 
 
-def _init_worker(institution: str, master: bytes, ruleset: Ruleset, scanner: Scanner | None) -> None:
+def _init_worker(institution: str, master: bytes, ruleset: Ruleset, scanner: Scanner | None, oracle_every: int) -> None:
     global _worker
-    _worker = Preparer(institution, Keyring(master), ruleset, scanner)
+    _worker = Preparer(institution, Keyring(master), ruleset, scanner, oracle_every)
 
 
 def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]]]) -> PreparedBatch:
@@ -206,13 +215,18 @@ def default_workers() -> int:
 class PreparePool:
     """Runs a Preparer's batches in-process (workers <= 1) or in a process pool."""
 
-    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, workers: int, scanner: Scanner | None = None):
-        self.local = Preparer(institution, keys, ruleset, scanner)
+    def __init__(self, institution: str, keys: Keyring, ruleset: Ruleset, workers: int, scanner: Scanner | None = None,
+                 oracle_every: int = 100):
+        self.local = Preparer(institution, keys, ruleset, scanner, oracle_every)
         self.workers = workers
         self._pool = None
         if workers > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset, self.local.scanner))
+            self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset, self.local.scanner, oracle_every))
+
+    def scans_for(self, publication) -> bool:
+        """Whether the items this pool marks scanned were scanned with the publication's own scanner."""
+        return self.local.scanner is publication.scanner
 
     def map(self, mapping_path: str, block_index: int, batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[PreparedBatch]:
         """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight."""

@@ -55,6 +55,8 @@ class Region:
     signing_key_file: Path | None = None  # manifest signing key (private); keep it outside the workspace in production
     trusted_keys_file: Path | None = None  # public keys `hub audit verify` trusts (see hub.lineage.signing)
     recognition_limits: LineDict | None = None  # region.yaml's `recognition_limits` (read by hub.recognition.limits)
+    #: every n-th resource is also validated by fhir.resources beside hub's fast checks (hub.fhir.check); 1 = all
+    validation_oracle_every: int = 100
 
     @property
     def key_file(self) -> Path:
@@ -153,6 +155,13 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
         if not isinstance(doc["recognition_limits"], LineDict):
             raise ConfigError(f, doc.line_of("recognition_limits"), "recognition_limits", "is not a mapping", "e.g. {lookups_per_minute: 60, burst: 20, misses_per_hour: 20}")
         region.recognition_limits = doc["recognition_limits"]
+    if doc.get("validation") is not None:
+        node = doc["validation"]
+        every = node.get("oracle_every") if isinstance(node, LineDict) else None
+        if not isinstance(node, LineDict) or set(node) - {"oracle_every"} or isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f, doc.line_of("validation"), "validation.oracle_every", f"{every if isinstance(node, LineDict) else node!r} is not a sampling interval",
+                              "validation: {oracle_every: N}, N >= 1: every N-th resource is also validated by fhir.resources (1 = all)")
+        region.validation_oracle_every = every
     for key in ("signing_key_file", "trusted_keys_file"):
         if doc.get(key):
             setattr(region, key, Path(_expand(str(doc[key]), workspace, f, doc.line_of(key), key)))

@@ -15,15 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from deid.engine import Deidentifier, UnknownModifierExtension, patient_pseudonym
 from deid.keys import Keyring
+from hub.fhir.check import Validator
 from hub.fhir.ids import resource_id, source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
-from hub.fhir.validate import RESOURCE_MODULES, validation_problems
+from hub.fhir.validate import RESOURCE_MODULES
 from hub.identifiers import is_valid_resident_id
 from hub.lakehouse.tables import effective_time, primary_code
 from hub.leakscan import Scanner
@@ -52,14 +54,23 @@ class Prepared:
 class ResourcePreparer:
     """Prepares the lines of one feed's files under one institution, ruleset and key."""
 
-    def __init__(self, institution: str, keys: Keyring, deid: Deidentifier, scanner: Scanner, feed: str, timezone: dt.tzinfo):
+    def __init__(self, institution: str, keys: Keyring, deid: Deidentifier, scanner: Scanner, feed: str, timezone: dt.tzinfo,
+                 oracle_every: int = 100):
+        """oracle_every: every n-th resource is also validated by fhir.resources (hub.fhir.check)."""
         self.institution, self.keys, self.deid, self.scanner, self.feed = institution, keys, deid, scanner, feed
+        self.validator = Validator(oracle_every)
+        self.exempted: Counter = Counter()  # leak-scan exemptions used by lines made Ready (see take_exempted)
         self.namespace = f"ndjson:{feed}"  # never a mapping namespace (those have no colon)
         self.system = f"ndjson:{feed}"
         self.timezone = timezone
         self.line_limit: int | None = None  # bytes; the reader sets it, and leaves out longer lines
         self._ids: dict[tuple[str, str], str] = {}
         self.patient_values: dict[str, tuple[str, ...]] = {}  # keyed Patient id -> its identifying values
+
+    def take_exempted(self) -> Counter:
+        """The exemptions counted since the last call (for the publication's manifest)."""
+        out, self.exempted = self.exempted, Counter()
+        return out
 
     def keyed_id(self, resource_type: str, source_id: str) -> str:
         key = (resource_type, source_id)
@@ -110,7 +121,7 @@ class ResourcePreparer:
             return self._reject(file, lineno, rtype, by_line, f"{rtype}.id", "is missing or not a FHIR id",
                                 "an id of 1-64 letters, digits, '-' and '.' (ids are re-keyed, references follow)")
         key = (rtype, source_id)
-        problems = validation_problems(resource)
+        problems = self.validator.problems(resource)
         if problems:
             return Prepared(lineno, rtype, Rejected(
                 [RowProblem(f"{file}:{lineno}", el, None, msg, "a valid FHIR R4 resource", None) for el, msg in problems],
@@ -145,11 +156,13 @@ class ResourcePreparer:
                 "no identifier in published data: correct the resource at the source, or declare a code system whose codes "
                 f"look like identifiers under leak_scan: in {self.deid.ruleset.path.name}", None) for hit in found.hits],
                 False, f"line {lineno}", self.key_hash(file, key)))
+        self.exempted.update(found.exempted)
         is_patient = rtype == "Patient"
         return Prepared(lineno, rtype, Ready(
             id=clean["id"], text=out, hash=content_hash(out), code=primary_code(clean),
             effective_time=effective_time(clean, self.timezone), patient_ref=patient_ref,
             pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=self.key_hash(file, key),
+            scanned=True,
         ), references)
 
     def _rekey(self, node: Any, references: list[tuple[str, str]], top: bool = False) -> None:

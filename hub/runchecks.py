@@ -2,8 +2,10 @@
 
 After a run publishes an institution's partition of the recognition zone, each table gets
 four checks: the share of mapped resources FHIR R4 accepts, the share of source rows
-quarantined, a leak scan of the partition's Parquet files and the run's log text (resident
-ID numbers, mobile numbers, canaries), and a verification of the manifest chain. Dagster
+quarantined, a leak scan of the Parquet files the run added and the run's log text (resident
+ID numbers, mobile numbers, canaries), and a verification of the manifest chain. Files of
+earlier runs were scanned by their own runs' checks, and the signed manifests (hub audit
+verify) catch any later change to them, so a run that changes nothing reads nothing here. Dagster
 attaches them as asset checks (dagster_project/defs/publish/checks.py); they are plain
 functions so that any caller can run them.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pyiceberg.exceptions import NoSuchTableError
 
 from hub.lakehouse.tables import open_catalog, table_name
-from hub.leakscan import Hit, Scanner, load_canaries, load_scan_policy, published_files
+from hub.leakscan import Hit, Scanner, load_canaries, load_scan_policy, run_files
 from hub.lineage.audit import verify_region
 from hub.lineage.manifests import VerifyReport
 from hub.region import Region
@@ -79,7 +81,7 @@ class RunChecks:
     def table(self, resource_type: str) -> TableChecks:
         counts = self.by_resource.get(resource_type, dict(NO_ROWS))
         try:
-            files = published_files(self.catalog.load_table(table_name(ZONE, resource_type)), self.report.institution)
+            files = run_files(self.catalog.load_table(table_name(ZONE, resource_type)), self.report.run_id)
         except NoSuchTableError:
             files = []
         scanned = self.scanner.files(files)

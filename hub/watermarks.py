@@ -38,12 +38,3 @@ def _after(new: str, old: str, kind: str) -> bool:
     if kind == "key" and new.lstrip("-").isdigit() and old.lstrip("-").isdigit():
         return int(new) > int(old)
     return new > old
-
-
-def reset(engine: sa.Engine, institution: str, feed: str | None = None) -> int:
-    """Forget watermarks so the next run pulls everything again; returns how many were removed."""
-    with engine.begin() as conn:
-        q = watermarks.delete().where(watermarks.c.institution == institution)
-        if feed:
-            q = q.where(watermarks.c.feed == feed)
-        return conn.execute(q).rowcount

@@ -125,6 +125,13 @@ def test_export_publishes_with_counts_reconciled_per_file(region, keys):
     assert report.sources[FEED]["references_outside_export"] == 1  # Observation/not-in-export, kept
 
 
+def test_rows_written_by_flushes_inside_a_file_are_counted(region, keys):
+    """A file larger than the flush size is staged in several flushes; the report counts them all."""
+    report = run_institution(region, INST, keys, flush_rows=1)
+    written = {c.source_table: c.written for c in report.counts if c.resource_type in ("Patient", "Observation")}
+    assert written == {"Patient.ndjson": 2, "Observation.ndjson": 2}
+
+
 def test_ids_and_references_are_keyed_and_consistent(region, keys):
     run_institution(region, INST, keys)
     patients = {r["id"]: r for r in _rows(region, "Patient")}

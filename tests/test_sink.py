@@ -79,6 +79,29 @@ def test_recognition_table_upsert_blocks_the_survivor_and_commits_nothing_of_the
     assert _manifest_bodies(engine) == []
 
 
+def test_a_text_scanned_upstream_skips_only_its_own_column_of_the_batch_scan(lake):
+    """The workers scan each resource text (Scanner.record); the writer then scans every other
+    column, and every text not marked as scanned: a mark never hides another column or row."""
+    icat, _, _ = lake
+    table = ensure_table(icat, "recognition", "Observation")
+    pub = _publication(lake)
+    marked = pub.table_writer(table, "inst-a", "k1")
+    marked.add(_row(_resource(1, **SURVIVOR), pub.id), text_scanned=True)
+    marked.flush()  # the resource column of that row was scanned upstream: not again
+    unmarked = _row(_resource(2, **SURVIVOR), pub.id)
+    marked.add(unmarked)
+    with pytest.raises(LeakBlocked):
+        marked.flush()
+    pub.abort()
+    pub = _publication(lake)
+    other_column = pub.table_writer(table, "inst-a", "k1")
+    other_column.add({**_row(_resource(3), pub.id), "code": f"{LOINC}|{MOBILE}"}, text_scanned=True)
+    with pytest.raises(LeakBlocked) as exc:
+        other_column.flush()
+    pub.abort()
+    assert [h.kind for h in exc.value.hits] == ["mobile"]
+
+
 def test_research_table_replace_blocks_the_survivor_and_keeps_the_previous_release(lake):
     icat, engine, _ = lake
     table = ensure_table(icat, "research", "Observation")

@@ -46,6 +46,8 @@ def validation_problems(resource: dict) -> list[tuple[str, str]]:
             path = ".".join(str(p) for p in err["loc"] if p != "__root__")
             out.append((f"{resource['resourceType']}.{path}" if path else resource["resourceType"], err["msg"]))
         return out
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:  # the models' own validators can fail on odd shapes
+        return [(resource["resourceType"], f"is not a FHIR R4 resource the models can read ({type(exc).__name__})")]
     return []
 
 

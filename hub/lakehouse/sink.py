@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,11 @@ class Publication:
         self.scanned.add(ScanResult(exempted=result.exempted, rows=result.rows))
         result.raise_if_hits()
         return result
+
+    def count_scanned(self, exempted: Counter) -> None:
+        """Exemptions used by a scan made elsewhere with this publication's scanner (the workers'
+        per-row scan of resource texts, which the writer then does not repeat), for the manifest."""
+        self.scanned.exempted.update(exempted)
 
     # ---- Iceberg -------------------------------------------------------------------------
 

@@ -28,12 +28,6 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from hub.errors import CommandFailed
 
-KEY_COLUMNS = ("id", "institution", "resource_type", "patient", "code", "effective_time")
-LINEAGE_COLUMNS = (
-    "source_system", "source_table", "source_key_hash", "run_id",
-    "mapping_version", "ruleset_version", "key_id", "published_at", "source_updated_at",
-)
-
 _FIELDS = [
     ("id", StringType(), True, "resource id (keyed pseudonym of institution + source key)"),
     ("institution", StringType(), True, "issuing institution id"),

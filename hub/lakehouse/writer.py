@@ -12,7 +12,10 @@ they come, so memory stays bounded) and committed together by ``commit()``:
   (``stage_deletions``), and the caller records them as deletions.
 
 Every staged batch is leak-scanned first (by the ``scan`` the publication hands in): rows
-carrying an identifier are never written. A TableWriter is made by the sink
+carrying an identifier are never written. A resource text added with ``text_scanned`` has
+already passed the same scanner with its record's known values (the pipeline's workers scan
+each row: Scanner.record), so the batch scan skips that one column for that row; every
+other column, and every text not so marked, is scanned here. A TableWriter is made by the sink
 (``hub.lakehouse.sink.Publication.table_writer``), which also records the manifest.
 """
 
@@ -22,6 +25,7 @@ import datetime as dt
 from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
 from pyiceberg.table import Table, Transaction
 
@@ -35,6 +39,7 @@ class TableWriter:
         """scan(data, where) raises LeakBlocked when data carries an identifier."""
         self.table, self.institution, self.run_id, self.scan, self.key_id = table, institution, run_id, scan, key_id
         self._buffer: dict[str, dict] = {}
+        self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
         self._existing: dict[str, tuple[str, dt.datetime | None, str, str, str]] | None = None
         self._tx: Transaction | None = None
         self.written = 0
@@ -65,8 +70,13 @@ class TableWriter:
             self._tx = self.table.transaction()
         return self._tx
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, *, text_scanned: bool = False) -> None:
+        """Buffer a row. text_scanned: its resource text passed the publication's scanner already."""
         self._buffer[row["id"]] = row
+        if text_scanned:
+            self._scanned.add(row["id"])
+        else:
+            self._scanned.discard(row["id"])
 
     @property
     def pending(self) -> int:
@@ -90,11 +100,11 @@ class TableWriter:
             if old is not None:
                 changed.append(rid)
             rows.append(row)
-        self._buffer = {}
+        scanned, self._buffer, self._scanned = self._scanned, {}, set()
         if not rows:
             return
         data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
-        self.scan(data, ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
+        self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         tx = self._transaction()
         if changed:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
@@ -144,6 +154,15 @@ class TableWriter:
         self._tx.commit_transaction()
         self._tx = None
         self.snapshot_ids += committed_snapshots(self.table, self.run_id)
+
+
+def _unscanned(data: pa.Table, scanned: set[str]) -> pa.Table:
+    """data with the resource text of the rows in scanned blanked (they were scanned upstream)."""
+    if not scanned:
+        return data
+    mask = pc.is_in(data.column("id"), value_set=pa.array(list(scanned), pa.string()))
+    i = data.schema.get_field_index("resource")
+    return data.set_column(i, "resource", pc.if_else(mask, pa.scalar(None, pa.string()), data.column("resource")))
 
 
 def committed_snapshots(table: Table, run_id: str) -> list[int]:

@@ -46,7 +46,6 @@ from hub.mapping.values import (
 )
 
 UCUM = "http://unitsofmeasure.org"
-INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 SHOW_MAX = 40  # longest source value a reason shows, even from a safe column
 NOT_SAFE = "not in safe_columns"
 

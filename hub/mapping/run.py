@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from hub.fhir.validate import validation_problems
+from hub.fhir.check import Validator
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.sources.sql import SourceSchema, build_select, iter_batches
 
@@ -45,18 +45,24 @@ def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = 
 def mapped_batches(
     compiled: CompiledBlock, engine: sa.Engine, schema: SourceSchema, batch_size: int = 5000
 ) -> Iterator[list[MappedRow]]:
-    """Map and validate every row of the block's source table, in batches of batch_size."""
+    """Map and validate every row of the block's source table, in batches of batch_size
+    (every resource also by fhir.resources: these are checks and golden tests, not the hot path)."""
     select = block_select(compiled, schema)
+    validator = Validator(oracle_every=1)
     for batch in iter_batches(engine, select, batch_size):
-        yield [map_and_validate(compiled, row) for row in batch]
+        yield [map_and_validate(compiled, row, validator) for row in batch]
 
 
-def map_and_validate(compiled: CompiledBlock, row: tuple[Any, ...]) -> MappedRow:
-    """Map one source row and validate the result against FHIR R4."""
+#: Used when the caller brings no validator: fast checks, fhir.resources on every resource.
+_THOROUGH = Validator(oracle_every=1)
+
+
+def map_and_validate(compiled: CompiledBlock, row: tuple[Any, ...], validator: Validator | None = None) -> MappedRow:
+    """Map one source row and validate the result against FHIR R4 (hub.fhir.check.Validator)."""
     resource, problems = compiled.map_row(row)
     if resource is None:
         return MappedRow(row, None, problems)
-    invalid = validation_problems(resource)
+    invalid = (validator or _THOROUGH).problems(resource)
     if invalid:
         where = f"{compiled.mapping.path.name}:{compiled.block.line}"
         return MappedRow(row, None, [

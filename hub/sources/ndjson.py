@@ -242,16 +242,6 @@ def advance(engine: sa.Engine, institution: str, moves: list[Advance], run_id: s
                 conn.execute(positions.insert().values(institution=institution, feed=m.feed, file=m.file, **values))
 
 
-def reset(engine: sa.Engine, institution: str, feed: str | None = None) -> int:
-    """Forget file positions so the next run reads every file again; returns how many were removed."""
-    _ensure_tables(engine)
-    with engine.begin() as conn:
-        q = positions.delete().where(positions.c.institution == institution)
-        if feed:
-            q = q.where(positions.c.feed == feed)
-        return conn.execute(q).rowcount
-
-
 def line_of(engine: sa.Engine, institution: str, resource_id: str) -> dict | None:
     """The file and line the latest published version of a resource came from (lineage trace)."""
     _ensure_tables(engine)
@@ -275,13 +265,15 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
 
     _ensure_tables(run.engine)
     local = run.pool.local
-    prep = ResourcePreparer(run.inst.id, run.keys, local.deid, local.scanner, feed.name, feed_timezone(feed))
+    prep = ResourcePreparer(run.inst.id, run.keys, local.deid, local.scanner, feed.name, feed_timezone(feed),
+                            run.region.validation_oracle_every)
     prep.line_limit = MAX_LINE_BYTES
     config = f"ndjson|{run.ruleset.label}|{run.keys.key_id}|{hub.__version__}"
     label = f"ndjson:{feed.name}"
     info = run.report.sources.setdefault(feed.name, {"kind": "ndjson", "files": {}, "references_outside_export": 0})
     present: set[tuple[str, str]] = set()
     published_ids: dict[str, set[str]] = {}
+    scanned_by_run = run.pool.scans_for(run.publication)  # the preparer's per-line scan is the publication's own
     moves = []
     for sf in discover(feed.path):
         start, state = plan_file(run.engine, run.inst.id, feed.name, sf, full)
@@ -290,6 +282,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
         if state == "unchanged":
             continue
         counts: dict[str, BlockCount] = {}
+        base: dict[str, tuple[int, int]] = {}  # writer's (written, unchanged) before this file: flushes mid-file count too
         reopened: dict[str, bool] = {}
         reader = LineReader(sf.path, start)
         run.progress.start(f"{run.inst.id} {feed.name} {sf.rel}", 0)
@@ -307,6 +300,8 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
                 if count is None:
                     count = counts[rtype] = BlockCount(feed.name, label, sf.rel, rtype)
                     run.report.counts.append(count)
+                    w0 = run.writers.get(rtype)
+                    base[rtype] = (w0.written, w0.unchanged) if w0 is not None else (0, 0)
                 count.rows_read += 1
                 if isinstance(item, Ready):
                     if rtype == "Patient":
@@ -352,7 +347,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
                     "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": f"fhir-ndjson@{hub.__version__}",
                     "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,
                     "source_updated_at": None, "source_row_hash": line_hash,
-                })
+                }, text_scanned=item.scanned and scanned_by_run)
                 count.published += 1
                 resolved.setdefault(rtype, []).append(item.source_key_hash)
                 lineage.append({"run_id": run.run_id, "institution": run.inst.id, "feed": feed.name, "file": sf.rel,
@@ -366,6 +361,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
             if lineage:
                 with run.engine.begin() as conn:
                     conn.execute(lines.insert(), lineage)
+            run.publication.count_scanned(prep.take_exempted())
             run.report.uncovered.update(stats.uncovered - before_unc)
             run.report.dropped_by_rule.update(stats.dropped_by_rule - before_drop)
             run.progress.advance(len(batch))
@@ -376,7 +372,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
         for rtype, count in counts.items():
             if rtype in run.writers:  # types hub does not publish have no table, only quarantined lines
                 w = run.writers[rtype]
-                before_w, before_u = w.written, w.unchanged
+                before_w, before_u = base[rtype]
                 w.flush()
                 count.written, count.unchanged = w.written - before_w, w.unchanged - before_u
             if count.rows_read != count.published + count.quarantined:
