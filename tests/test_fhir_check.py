@@ -163,8 +163,8 @@ def test_every_resource_of_the_demo_is_valid_for_both(tmp_path, keys):
 
 
 def test_the_sampling_interval_is_region_configuration(tmp_path):
-    from hub.yamlio import ConfigError
     from hub.region import load_region
+    from hub.yamlio import ConfigError
 
     (tmp_path / "region.yaml").write_text("institutions: []\nvalidation: {oracle_every: 1}\n", encoding="utf-8")
     assert load_region(tmp_path).validation_oracle_every == 1
