@@ -215,3 +215,80 @@ def _count_lines(path: Path) -> int:
             n += chunk.count(b"\n")
             last = chunk[-1:]
     return n + (last != b"\n")
+
+
+def check_hl7v2_feed(
+    feed, institution: str, ruleset_path: Path, zone: str = "recognition", keys: Keyring | None = None,
+    limit: int = 1000, rows_per_cause: int = 5, canaries: frozenset[str] = frozenset(),
+) -> FeedCheck:
+    """Check an HL7 v2 feed (hub.region.Feed of kind hl7v2) on at most limit messages, spread over
+    its files (every k-th message in file order): decode, parse and run every mapping block of the
+    feed exactly as a run does. Unreadable and unsupported messages are counted and grouped by
+    cause under MessageHeader; nothing is published or stored and no position moves."""
+    from hub.sources import hl7v2
+
+    ruleset = load_ruleset(ruleset_path, zone)
+    scanner = Scanner(canaries, load_scan_policy(ruleset_path))
+    preparer = Preparer(institution, keys or Keyring(os.urandom(32)), ruleset, scanner, oracle_every=1)
+    from hub.sources.sealed import unseal
+
+    opener = (lambda p: unseal(keys, institution, feed.name, p)) if keys is not None else None  # the listener's messages
+    found = [(sf.rel, raw) for sf, raws in hl7v2.iter_files(feed, opener) for raw in raws]
+    step = max(1, -(-len(found) // limit))
+    sample = f"all {len(found):,} messages" if step == 1 else f"every {_ordinal(step)} of {len(found):,} messages"
+    messages, groups = [], {}
+    held = BlockCheck(hl7v2.MESSAGE, "(messages)", sample=sample)
+
+    def hold(label: str, cause: str, example: str) -> None:
+        held.rows += 1
+        held.would_quarantine += 1
+        group = groups.setdefault(cause, CauseGroup(cause, example=example))
+        group.count += 1
+        if len(group.rows) < rows_per_cause:
+            group.rows.append(label)
+
+    for rel, raw in found[::step]:
+        try:
+            messages.append((f"{rel} message {raw.number}", hl7v2.parse_message(raw.data, feed.encoding)))
+        except hl7v2.MessageProblem as p:
+            hold(f"{rel} message {raw.number}", f"{hl7v2.MESSAGE} (message): {p.problem}", f"{rel} message {raw.number}: {p.problem}; expected {p.expected}")
+    blocks, unmapped, scanned, read = [held], Counter(), ScanResult(), Counter()
+    for mapping, index in hl7v2.feed_blocks(feed):
+        block = mapping.blocks[index]
+        compiled = preparer.compiled(str(mapping.path), index)
+        reader = hl7v2.Rows(compiled.columns, block.table, block.where, mapping.path.name, block.line)
+        check = BlockCheck(block.resource, f"{mapping.path.stem}:{block.table}", sample=sample)
+        rows = []
+        for label, msg in messages:
+            got = reader.rows(msg)
+            read[label] += len(got)
+            rows.extend(got)
+        if not rows:
+            continue
+        blocks.append(check)
+        batch = preparer.prepare(str(mapping.path), index, rows)
+        ready = [(row, item) for row, item in zip(batch.rows, batch.items, strict=True) if not isinstance(item, Rejected)]
+        scanned.add(scanner.columns({"resource": [i.text for _, i in ready], "code": [i.code for _, i in ready]},
+                                    f"{block.table}→{block.resource}", ids=[compiled.row_label(r) for r, _ in ready]))
+        for item in batch.items:
+            check.rows += 1
+            if not isinstance(item, Rejected):
+                check.would_publish += 1
+                continue
+            check.would_quarantine += 1
+            for p in item.problems:
+                cause = f"{p.location} {p.element}: {p.problem}"
+                group = groups.setdefault(cause, CauseGroup(cause, example=p.reason(item.label)))
+                group.count += 1
+                if len(group.rows) < rows_per_cause:
+                    group.rows.append(item.label)
+        unmapped.update(compiled.unmapped)
+    for label, msg in messages:
+        if not read[label]:
+            hold(label, f"{hl7v2.MESSAGE} (message): is a message type no block of the feed's mappings reads",
+                 f"{label}: is a {msg.message_type} message, which no block of the feed's mappings reads")
+    return FeedCheck(
+        mapping=f"hl7v2:{feed.name} ({', '.join(m.name for m in feed.mappings)})", blocks=blocks,
+        causes=sorted(groups.values(), key=lambda g: -g.count), unmapped=[(t, v, n) for (t, v), n in unmapped.most_common()],
+        uncovered=preparer.deid.stats.uncovered.most_common(), leaks=scanned.hits, exempted=scanned.exemptions(),
+    )

@@ -374,16 +374,17 @@ def run_institution(
             if full:  # a complete pull: what is no longer at the source was deleted there
                 gone = run.writer(work.block.resource).stage_deletions(work.block.table, result.seen_source_keys)
                 deletions.extend((work, rid, skh) for rid, skh in gone)
-        from hub.sources import ndjson
+        from hub.sources import hl7v2, ndjson
 
         positions = [p for feed in inst.feeds if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
+        positions += [p for feed in inst.feeds if feed.kind == "hl7v2" for p in hl7v2.publish_feed(run, feed, full=full)]
         if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
             run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
         run.commit()
         record_deletions(run.engine, run.run_id, inst.id, deletions)
         for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
             watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, work.block.watermark.kind, value, run.run_id)
-        ndjson.advance(run.engine, inst.id, positions, run.run_id)  # file positions, likewise only after the commit
+        ndjson.advance(run.engine, inst.id, positions, run.run_id)  # file positions (NDJSON, HL7 v2), likewise only after the commit
         run.report.deleted = dict(Counter(w.block.resource for w, _, _ in deletions))
         status = "succeeded"
     finally:

@@ -24,14 +24,17 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 @dataclass(frozen=True)
 class Feed:
     """One source of an institution. kind "sql": a database read through mapping; kind
-    "ndjson": FHIR NDJSON files (a folder or a bulk-export manifest) at path, no mapping."""
+    "ndjson": FHIR NDJSON files (a folder or a bulk-export manifest) at path, no mapping; kind
+    "hl7v2": a folder of HL7 v2 message files at path, read through mappings (hub.sources.hl7v2)."""
 
     name: str
     mapping: Path | None
     url: str
     kind: str = "sql"
-    path: Path | None = None  # ndjson: the folder or manifest JSON
+    path: Path | None = None  # ndjson: the folder or manifest JSON; hl7v2: the folder of message files
     timezone: str = "+08:00"  # ndjson: the offset of date-only values (effective_time)
+    mappings: tuple[Path, ...] = ()  # hl7v2: every mapping file the feed's messages go through
+    encoding: str | None = None  # hl7v2: the character set of messages whose MSH-18 is empty
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,40 @@ def _ndjson_feed(fnode: LineDict, workspace: Path, region_file: Path, iid: str) 
     return Feed(str(fnode["name"]), None, "", kind="ndjson", path=path, timezone=tz)
 
 
+def _hl7v2_feed(fnode: LineDict, workspace: Path, region_file: Path, mappings_dir: Path, iid: str) -> Feed:
+    """A `kind: hl7v2` feed: `path` a folder of message files, `mapping` one file or a list, `encoding` the
+    character set of messages that leave MSH-18 empty."""
+    from hub.sources.hl7charset import known_encoding
+
+    f = str(region_file)
+    if not fnode.get("name"):
+        raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.name", "is missing", "the feed's name")
+    where = f"institutions[{iid}].feeds[{fnode['name']}]"
+    if not fnode.get("path"):
+        raise ConfigError(f, fnode.line, f"{where}.path", "is missing", "a folder the sender drops HL7 v2 message files into")
+    path = Path(_expand(str(fnode["path"]), workspace, f, fnode.line_of("path"), f"{where}.path"))
+    if not path.is_absolute():
+        path = (region_file.parent / path).resolve()
+    names = fnode.get("mapping")
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f, fnode.line_of("mapping") if "mapping" in fnode else fnode.line, f"{where}.mapping", "is missing",
+                          "a mapping file or a list of them, e.g. [hl7v2_adt, hl7v2_oru_r01]")
+    mappings = []
+    for name in names:
+        m = _mapping_path(name, region_file, mappings_dir)
+        if not m.exists():
+            raise ConfigError(f, fnode.line_of("mapping"), f"{where}.mapping", f"{name!r} not found", f"a mapping file in {mappings_dir}")
+        mappings.append(m)
+    encoding = fnode.get("encoding")
+    if encoding is not None:
+        encoding = str(encoding)
+        if not known_encoding(encoding):
+            raise ConfigError(f, fnode.line_of("encoding"), f"{where}.encoding", f"{encoding!r} is not a character set",
+                              "an MSH-18 value (UNICODE UTF-8, GB 18030-2000, 8859/1) or a codec name (gb18030, utf-8)")
+    return Feed(str(fnode["name"]), mappings[0], "", kind="hl7v2", path=path, mappings=tuple(mappings), encoding=encoding)
+
+
 def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
     """Load ``<workspace>/region.yaml``; errors name file, line and field."""
     workspace = Path(workspace)
@@ -133,8 +170,11 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
             if fnode.get("kind", "sql") == "ndjson":
                 feeds.append(_ndjson_feed(fnode, workspace, path, iid))
                 continue
+            if fnode.get("kind", "sql") == "hl7v2":
+                feeds.append(_hl7v2_feed(fnode, workspace, path, mappings_dir, iid))
+                continue
             if fnode.get("kind", "sql") != "sql":
-                raise ConfigError(f, fnode.line_of("kind"), f"institutions[{iid}].feeds.kind", f"{fnode['kind']!r} is not a feed kind", "sql (the default) or ndjson")
+                raise ConfigError(f, fnode.line_of("kind"), f"institutions[{iid}].feeds.kind", f"{fnode['kind']!r} is not a feed kind", "sql (the default), ndjson or hl7v2")
             for req in ("name", "mapping", "url"):
                 if not fnode.get(req):
                     raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.{req}", "is missing", f"the feed's {req}")

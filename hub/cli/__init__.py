@@ -1,5 +1,5 @@
 """The ``hub`` command line: one module per noun (demo, feeds, quarantine, research, keys,
-deid, lakehouse, lineage, audit, recognition, views, trainset).
+deid, lakehouse, lineage, audit, recognition, views, trainset) and ``hub listen``.
 
 Commands are ``hub <noun> <verb>`` where there is a noun; reports are Rich tables, long
 work shows progress bars with counts and rates, and ``--json`` is there for machines.
@@ -15,6 +15,7 @@ from hub.cli import (  # noqa: F401  - importing a module registers its commands
     keys,
     lakehouse,
     lineage,
+    listen,
     quarantine,
     recognition,
     research,

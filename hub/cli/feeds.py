@@ -26,6 +26,9 @@ def feeds_list(workspace: Path = WorkspaceOpt) -> None:
         for feed in inst.feeds:
             if feed.kind == "ndjson":
                 table.add_row(f"{inst.id}/{feed.name}", inst.name, "(FHIR NDJSON: no mapping)", str(feed.path))
+            elif feed.kind == "hl7v2":
+                table.add_row(f"{inst.id}/{feed.name}", inst.name, ", ".join(m.name for m in feed.mappings),
+                              f"HL7 v2 files: {feed.path}" + (f" (default encoding {feed.encoding})" if feed.encoding else ""))
             else:
                 table.add_row(f"{inst.id}/{feed.name}", inst.name, feed.mapping.name, _safe_url(feed.url))
     console.print(table)
@@ -93,6 +96,14 @@ def feeds_check(
         from hub.feeds import check_ndjson_feed
 
         result = check_ndjson_feed(found, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
+    elif not url and found.kind == "hl7v2":
+        from hub.feeds import check_hl7v2_feed
+
+        if mapping != found.mapping:  # --mapping: check a draft instead of the feed's mapping files
+            import dataclasses
+
+            found = dataclasses.replace(found, mapping=mapping, mappings=(mapping,))
+        result = check_hl7v2_feed(found, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
     else:
         result = check_feed(mapping, source, inst_id, ruleset_file or ruleset, limit=limit, keys=keys, canaries=canaries)
     failed = bool(result.quarantined or result.blocked)

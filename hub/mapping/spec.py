@@ -260,7 +260,7 @@ def _parse_formats(path: Path, node: LineDict, key: str, fld: str, value: Any) -
         if pivot is not None and not two_digit:
             raise _err(path, node, key, fld, f"{fmt!r} has a pivot but no two-digit year (%y)", "a pivot only on formats with %y")
         try:
-            sample = dt.datetime(2024, 3, 5, 8, 30, 0)
+            sample = dt.datetime(2024, 3, 5, 8, 30, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)) if "%z" in fmt else None)
             dt.datetime.strptime(sample.strftime(fmt), fmt)
         except ValueError as exc:
             raise _err(path, node, key, fld, f"{fmt!r} is not a date format ({exc})", "strptime directives like %Y-%m-%d %H:%M:%S") from None
