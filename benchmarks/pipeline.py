@@ -8,14 +8,24 @@ people), then in the same run measures:
   hub       extract -> map -> validate (fhir.resources) -> de-identify -> publish (Iceberg)
             for every institution, per-row work on one worker process per core.
 
-Prints rows/second for both and their ratio; the machines are noisy, so compare ratios.
-Usage: python benchmarks/pipeline.py [--patients 8000] [--workspace /tmp/hub-bench]
+Prints rows/second for both and their ratio (the machines are noisy, so compare ratios),
+hub's rate per CPU-second (the per-core rate: parent and worker processes together) and the
+peak resident memory of the parent and of the largest worker.
+
+  --sizes 500,2000,8000   runs each size in a fresh process and prints the memory curve
+                          (peak RSS against source rows) and the per-core rate of each.
+
+Usage: python benchmarks/pipeline.py [--patients 8000] [--workers N] [--workspace /tmp/hub-bench]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,12 +68,38 @@ def plain_copy(region, out: Path) -> int:
     return rows
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the worker processes)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child, in MiB."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def sizes(spec: str, workers: int | None) -> None:
+    """Each size in a fresh process (peak RSS is per process): the memory curve."""
+    print(f"{'people':>8} {'source rows':>12} {'published':>10} {'res/s':>8} {'res/CPU-s':>10} {'ratio':>6} {'peak RSS MiB (parent/worker)':>30}")
+    for n in (int(x) for x in spec.split(",")):
+        cmd = [sys.executable, __file__, "--patients", str(n), "--json"] + (["--workers", str(workers)] if workers else [])
+        out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        print(f"{n:>8} {out['source_rows']:>12,} {out['published']:>10,} {out['rate']:>8,.0f} {out['per_cpu_s']:>10,.0f} "
+              f"{out['ratio']:>6.3f} {out['peak_rss_mib']:>20.0f} / {out['peak_worker_rss_mib']:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=8000)
     parser.add_argument("--workspace", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    parser.add_argument("--sizes", default=None, help="comma-separated people counts: the memory curve, one process each")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line of the numbers (used by --sizes)")
     args = parser.parse_args()
+    if args.sizes:
+        sizes(args.sizes, args.workers)
+        return
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="hub-bench-"))
     if ws.exists():
         shutil.rmtree(ws)
@@ -87,6 +123,7 @@ def main() -> None:
 
     keys = Keyring(bytes(range(32)))  # benchmark-only key
     t = time.perf_counter()
+    cpu = cpu_seconds()
     read = published = quarantined = 0
     for inst in region.institutions:
         report = run_institution(region, inst.id, keys, workers=args.workers or default_workers())
@@ -95,10 +132,15 @@ def main() -> None:
             published += c["published"]
             quarantined += c["quarantined"]
     hub_s = time.perf_counter() - t
+    hub_cpu = cpu_seconds() - cpu
+    ratio = (read / hub_s) / (copied / base_s)
     print(f"hub       end to end, {args.workers or default_workers()} worker(s): {read} source rows -> {published} resources published, "
           f"{quarantined} quarantined, in {hub_s:.1f}s = {published / hub_s:,.0f} resources/s ({read / hub_s:,.0f} rows/s)")
-    print(f"ratio     hub / plain copy (rows/s): {(read / hub_s) / (copied / base_s):.3f}  "
+    print(f"per core  {published / hub_cpu:,.0f} resources per CPU-second ({hub_cpu:.1f} CPU-s, parent and workers)")
+    print(f"ratio     hub / plain copy (rows/s): {ratio:.3f}  "
           f"(hub reads some tables once per resource type: {read} block rows vs {copied} table rows)")
+    parent_rss, worker_rss = peak_rss_mib()
+    print(f"memory    peak RSS {parent_rss:,.0f} MiB (parent), {worker_rss:,.0f} MiB (largest worker)")
     t = time.perf_counter()
     again = 0
     for inst in region.institutions:
@@ -107,6 +149,9 @@ def main() -> None:
     print(f"hub       incremental re-run, sources unchanged: {again} rows read (watermarks), {time.perf_counter() - t:.1f}s")
     if args.workspace is None:
         shutil.rmtree(ws)
+    if args.json:
+        print(json.dumps({"source_rows": source_rows, "published": published, "rate": published / hub_s,
+                          "per_cpu_s": published / hub_cpu, "ratio": ratio, "peak_rss_mib": parent_rss, "peak_worker_rss_mib": worker_rss}))
 
 
 if __name__ == "__main__":

@@ -98,17 +98,29 @@ class Keyring:
         return hashlib.sha256(_derive(self.master, "key-id")).hexdigest()[:12]
 
     def hmac_hex(self, purpose: str, message: str, length: int = 32) -> str:
-        """Lower-case hex HMAC-SHA256 of message under the purpose key, truncated to length."""
-        base = _hmac_cache.get((self.master, purpose))
-        if base is None:
-            base = _hmac_cache[(self.master, purpose)] = hmac.new(self.key(purpose), digestmod=hashlib.sha256)
-        h = base.copy()
-        h.update(message.encode())
-        return h.hexdigest()[:length]
+        """Lower-case hex HMAC-SHA256 of message under the purpose key, truncated to length.
+
+        Recent results are remembered (a lab result names its patient, visit and order, so
+        the same messages recur); the memo is bounded and lives in this process only."""
+        memo_key = (self.master, purpose, message)
+        digest = _memo.get(memo_key)
+        if digest is None:
+            base = _hmac_cache.get((self.master, purpose))
+            if base is None:
+                base = _hmac_cache[(self.master, purpose)] = hmac.new(self.key(purpose), digestmod=hashlib.sha256)
+            h = base.copy()
+            h.update(message.encode())
+            digest = h.hexdigest()
+            if len(_memo) >= _MEMO_SIZE:
+                _memo.clear()
+            _memo[memo_key] = digest
+        return digest[:length]
 
 
 _cache: dict[tuple[bytes, str, int], bytes] = {}
 _hmac_cache: dict[tuple[bytes, str], hmac.HMAC] = {}
+_MEMO_SIZE = 65_536
+_memo: dict[tuple[bytes, str, str], str] = {}
 
 
 def _derive(master: bytes, purpose: str, length: int = 32) -> bytes:

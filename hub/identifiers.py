@@ -322,8 +322,26 @@ class _SpanMap:
         return pos - self._shift[k]
 
 
+_NON_ASCII_RUN = re.compile(r"([^\x00-\x7f]+)")
+
+
 def _fold(text: str) -> str:
-    return text.lower() if text.isascii() else text.translate(_TABLE)
+    """Every character folded by _TABLE. ASCII runs fold with str.lower (what the table says for
+    them, at C speed); only the runs of other characters go through the table, each run's
+    folding remembered (display texts and names recur across records)."""
+    if text.isascii():
+        return text.lower()
+    parts = _NON_ASCII_RUN.split(text)
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].lower()
+    for i in range(1, len(parts), 2):
+        parts[i] = _fold_run(parts[i])
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=8192)
+def _fold_run(run: str) -> str:
+    return run.translate(_TABLE)
 
 
 def _span_map(text: str, folded: str) -> _SpanMap | None:
@@ -419,11 +437,13 @@ class KnownValues:
 
 def _edge(key: str, index: int) -> str | None:
     """What must not touch this end of the key: 'digit' for a short number (only a name of
-    numerals keeps one: numeric values that short are dropped), 'letter' for a word."""
+    numerals keeps one: numeric values that short are dropped), 'letter' for a word, 'alnum'
+    (neither letter nor digit) for a word of fewer than 4 letters."""
     if key.isdigit() and len(key) < 6:
         return "digit"
     if key[index].isascii() and key[index].isalpha() and not any(c.isdigit() for c in key):
-        return "letter"
+        # a short word ("ca", a state) is no word inside a hex token ("0a9ca0b1") either
+        return "alnum" if len(key) < 4 and key.isascii() and key.isalpha() else "letter"
     return None
 
 
@@ -433,6 +453,8 @@ def _edge_free(folded: str, pos: int, step: int, kind: str | None) -> bool:
     c = folded[pos]
     if kind == "letter":
         return not ("a" <= c <= "z")
+    if kind == "alnum":
+        return not ("a" <= c <= "z" or "0" <= c <= "9")
     if c.isdigit():
         return False
     beyond = pos + step  # "0.123456" and "123,456" are other numbers

@@ -282,6 +282,10 @@ def test_corrected_result_and_adt_update_replace_under_the_same_id(tmp_path, key
     assert (where["file"], where["line"], where["feed"]) == ("2.hl7", 1, "lis")
     where = hl7v2.message_of(engine, INST, patient["id"])  # the A08's version, not the older ORU's PID
     assert (where["file"], where["line"]) == ("2.hl7", 2)
+    from hub.lineage.trace import trace
+
+    traced = trace(region, keys, f"Observation/{obs['id']}")  # hub lineage trace: down to the file and message
+    assert (traced["source_line"]["file"], traced["source_line"]["line"]) == ("2.hl7", 1)
 
 
 # ---- configuration -----------------------------------------------------------------------------

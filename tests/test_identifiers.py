@@ -612,3 +612,10 @@ def test_document_mode_skips_digits_inside_hex_tokens_but_not_id_numbers():
 def test_document_mode_finds_identifiers_in_json_strings():
     doc = '{"valueString": "手机 138 1234 5678，身份证 110101 19900307 4610", "code": "2345-7", "value": 5.60}'
     assert [f.kind for f in find_identifiers(doc, document=True)] == ["mobile", "resident-id"]
+
+
+def test_a_short_known_word_is_not_found_inside_a_hex_token():
+    """A two-letter known value (a state, "CA") matched inside pseudonyms and quarantined rows."""
+    assert find_identifiers('{"reference":"Patient/0a9ca0b1"}', ("CA",), document=True) == []
+    assert [f.kind for f in find_identifiers("lives in CA 90210", ("CA",))] == ["known"]
+    assert [f.kind for f in find_identifiers("Li Na, 3 tablets", ("Li Na",))] == ["known"]

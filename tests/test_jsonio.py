@@ -19,3 +19,31 @@ def test_strings_that_look_like_markers_survive():
 
 def test_output_is_canonical():
     assert dumps({"b": 1, "a": "中文"}) == '{"a":"中文","b":1}'
+
+
+def test_a_string_cannot_forge_the_decimal_marker():
+    forged = {"valueString": "\u0001dec:1", "note": "\u0001dec:12345678901234567"}
+    assert loads(dumps(forged)) == forged
+
+
+def test_the_fast_encoder_writes_what_the_standard_library_writes():
+    """orjson writes compact text; the standard library (indent=None path of old) is the reference."""
+    import json
+    from pathlib import Path
+
+    from hub.fhir.jsonio import _MARK_RE, _default
+
+    def reference(doc):
+        return _MARK_RE.sub(r"\1", json.dumps(doc, default=_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
+
+    data = Path(__file__).parent / "data"
+    docs = [loads(line) for f in sorted(data.glob("*/expected/*.ndjson")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    docs += [{"a": "\u2028\u2029\x00\x1f\x7f\"\\/é中𝄞", "b": [1.5, 1e16, 0.1 + 0.2, -0.0, Decimal("1.50"), Decimal("-1E-7")],
+              "c": {"z": None, "y": True, "A": 2**63 - 1}}]
+    assert len(docs) > 50
+    for doc in docs:
+        assert dumps(doc) == reference(doc)
+
+
+def test_what_the_fast_encoder_refuses_is_still_written():
+    assert dumps({"n": 2**70}) == '{"n":1180591620717411303424}'

@@ -68,6 +68,13 @@ class Element:
     is_list: bool
     model: type | None = None  # of a complex element
     choice: str | None = None  # the choice group (``value`` of ``value[x]``) it belongs to
+    _plan: Plan | None = None
+
+    def plan(self) -> Plan:
+        """The plan of a complex element's type (resolved on first use: types nest recursively)."""
+        if self._plan is None:
+            self._plan = plan(self.model)
+        return self._plan
 
 
 @dataclass
@@ -78,6 +85,13 @@ class Plan:
     choice_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # choice group -> its element names
     required_choices: tuple[str, ...] = ()  # groups one element of which must be present
     is_resource: bool = False
+
+    @property
+    def required_names(self) -> tuple[str, ...]:
+        return self._required_names
+
+    def __post_init__(self) -> None:
+        self._required_names = tuple(name for name, _ in self.required)
 
 
 @cache
@@ -126,12 +140,70 @@ def check(resource: dict) -> list[tuple[str, str]] | None:
         model = None
     if model is None:
         return None
+    p = plan(model)
+    try:
+        if _valid(p, resource):
+            return []
+    except Defer:
+        pass  # _complex decides whether the oracle must
     out: list[tuple[str, str]] = []
     try:
-        _complex(plan(model), resource, rtype, out)
+        _complex(p, resource, rtype, out)
     except Defer:
         return None
     return out
+
+
+def _valid(p: Plan, node: dict) -> bool:
+    """The common case, quickly: True when node is valid by every rule _complex applies.
+    False when it is not, or when only _complex (or the oracle) can say: no paths built here."""
+    elements = p.elements
+    chosen = None
+    for key, value in node.items():
+        el = elements.get(key)
+        if el is None:
+            if key == "resourceType" and p.is_resource and value == p.name:
+                continue
+            return False
+        if value is None:
+            continue
+        if el.choice is not None:
+            if chosen is None:
+                chosen = {el.choice}
+            elif el.choice in chosen:
+                return False
+            else:
+                chosen.add(el.choice)
+        kind = el.kind
+        if el.is_list:
+            if type(value) is not list:
+                return False
+            if kind == "primitive":
+                judge = _JUDGES[el.type]
+                for item in value:
+                    if item is not None and judge(item):
+                        return False
+            elif kind == "complex":
+                sub = el.plan()
+                for item in value:
+                    if type(item) is not dict or not _valid(sub, item):
+                        return False
+            else:
+                return False
+        elif kind == "primitive":
+            if _JUDGES[el.type](value):
+                return False
+        elif kind == "complex":
+            if type(value) is not dict or not _valid(el.plan(), value):
+                return False
+        else:
+            return False
+    for name in p.required_names:
+        if node.get(name) is None:
+            return False
+    if p.required_choices and (chosen is None or not chosen.issuperset(p.required_choices)):
+        return False
+    return True
 
 
 def _complex(p: Plan, node: dict, path: str, out: list) -> None:

@@ -68,10 +68,14 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
                 now = file_sha256(local_path(f["path"])) if local_path(f["path"]).exists() else None
                 out["manifest"] = {"seq": m.seq, "hash": m.hash, "signed_with_key": m.key_id, "data_file": f["path"],
                                    "data_file_intact": now == f["sha256"]}
-    if zone == region.zone and str(row["source_system"]).startswith("ndjson:"):
+    file_feeds = {f.kind for i in region.institutions if i.id == row["institution"] for f in i.feeds} & {"ndjson", "hl7v2"}
+    if zone == region.zone and file_feeds:
         from hub.sources.ndjson import line_of
 
-        out["source_line"] = line_of(engine, row["institution"], rid)  # file, line number, keyed line hash, run
+        # NDJSON: file and line; HL7 v2: file and message number (its "line"); keyed line hash, run
+        found = line_of(engine, row["institution"], rid)
+        if found is not None or str(row["source_system"]).startswith("ndjson:"):
+            out["source_line"] = found
     if source_key is not None and zone == region.zone:
         system = row["source_system"]
         out["source_key_matches"] = source_key_hash(keys, row["institution"], system, row["source_table"], source_key) == row["source_key_hash"]
