@@ -88,7 +88,7 @@ class Listener:
             msg = parse_message(data, self.feed.encoding)
         except MessageProblem as p:
             return "AE", f"message {p.problem}; expected {p.expected}", _header_only(data)
-        parsed = hl7.parse(_text(data, msg.codec))
+        parsed = hl7.parse(_text(data, msg.codec).split("\r", 1)[0])  # the ACK needs only the MSH
         if not any(r.rows(msg) for r in self.readers):
             return "AR", f"{msg.message_type} is not a message type this feed reads", parsed
         return "AA", None, parsed
