@@ -420,7 +420,7 @@ class KnownValues:
         """(start, end, compact value) of every known value in an already folded text."""
         if not self._keys:
             return []
-        compact = _KNOWN_STRIP.sub("", folded)
+        compact = _compact(folded)
         kept: list[int] | range | None = None
         out = []
         for key, before, after in self._keys:
@@ -433,6 +433,24 @@ class KnownValues:
                     out.append((start, end, key))
                 i = compact.find(key, i + 1)
         return out
+
+
+_ASCII_SEPS = bytes(c for c in range(128) if _KNOWN_STRIP.fullmatch(chr(c)))
+
+
+@functools.cache
+def _non_ascii_sep() -> re.Pattern[str]:
+    """The separators beyond ASCII, as one character class (every one is in the BMP)."""
+    chars = "".join(chr(c) for c in range(0x80, 0x10000) if not 0xD800 <= c < 0xE000 and _KNOWN_STRIP.fullmatch(chr(c)))
+    return re.compile("[" + re.escape(chars) + "]")
+
+
+def _compact(folded: str) -> str:
+    """folded without its separators (what _KNOWN_STRIP removes). When every separator in it is
+    ASCII, as in nearly every resource, bytes.translate deletes them at C speed."""
+    if not folded.isascii() and _non_ascii_sep().search(folded) is not None:
+        return _KNOWN_STRIP.sub("", folded)
+    return folded.encode().translate(None, _ASCII_SEPS).decode()
 
 
 def _edge(key: str, index: int) -> str | None:

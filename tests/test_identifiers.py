@@ -619,3 +619,13 @@ def test_a_short_known_word_is_not_found_inside_a_hex_token():
     assert find_identifiers('{"reference":"Patient/0a9ca0b1"}', ("CA",), document=True) == []
     assert [f.kind for f in find_identifiers("lives in CA 90210", ("CA",))] == ["known"]
     assert [f.kind for f in find_identifiers("Li Na, 3 tablets", ("Li Na",))] == ["known"]
+
+
+@given(st.text())
+def test_the_fast_compaction_removes_exactly_the_separators(text):
+    """Known values are looked up in the text without separators; the fast path (bytes.translate
+    when every separator is ASCII) must remove exactly what the separator pattern removes."""
+    from hub.identifiers import _KNOWN_STRIP, _compact, _fold
+
+    for t in (text, _fold(text)):
+        assert _compact(t) == _KNOWN_STRIP.sub("", t)
