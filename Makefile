@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/hub demo
+demo: $(STAMP)  # the first time: generate and publish the demo region; after that: publish it again
+	@if [ -f .hub/region.yaml ]; then $(BIN)/hub publish; else $(BIN)/hub demo; fi
 
 test: $(STAMP)
 	$(BIN)/ruff check hub deid dagster_project tests benchmarks

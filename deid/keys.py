@@ -101,9 +101,10 @@ class Keyring:
         """Lower-case hex HMAC-SHA256 of message under the purpose key, truncated to length.
 
         Recent results are remembered (a lab result names its patient, visit and order, so
-        the same messages recur); the memo is bounded and lives in this process only."""
+        the same messages recur); the memo is bounded and lives in this process only.
+        Source-key hashes of whole rows never recur and are not remembered."""
         memo_key = (self.master, purpose, message)
-        digest = _memo.get(memo_key)
+        digest = _memo.get(memo_key) if purpose != "source-key" else None
         if digest is None:
             base = _hmac_cache.get((self.master, purpose))
             if base is None:
@@ -111,9 +112,10 @@ class Keyring:
             h = base.copy()
             h.update(message.encode())
             digest = h.hexdigest()
-            if len(_memo) >= _MEMO_SIZE:
-                _memo.clear()
-            _memo[memo_key] = digest
+            if purpose != "source-key":
+                if len(_memo) >= _MEMO_SIZE:
+                    _memo.clear()
+                _memo[memo_key] = digest
         return digest[:length]
 
 

@@ -10,6 +10,10 @@ from typing import Protocol
 
 
 class Progress(Protocol):
+    """start() opens a block with the size of its source (an upper bound: an incremental run
+    reads only changed rows; 0 when unknown); advance() counts rows actually read. A display
+    closes a block at the rows read, not at its announced total (hub.cli.demo._RichProgress)."""
+
     def start(self, label: str, total: int) -> None: ...
     def advance(self, n: int) -> None: ...
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hub.cli.base import WorkspaceOpt, app, console
+from hub.cli.base import JsonOpt, WorkspaceOpt, app, console, print_json_lines
 
 audit_app = typer.Typer(help="Audit for the data-exchange operator: signed manifests, verification.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -116,8 +116,9 @@ def audit_access(
     action: str = typer.Option(None, "--action", help="Only this action (research-release, quarantine-show, lineage-trace ...)."),
     since: str = typer.Option(None, "--since", help="Only from this date (YYYY-MM-DD)."),
     fhir: bool = typer.Option(False, "--fhir", help="Print FHIR R4 AuditEvent NDJSON instead of a table."),
+    as_json: bool = JsonOpt,
 ) -> None:
-    """List the access log: who read what through hub, when and why (AuditEvent NDJSON with --fhir)."""
+    """List the access log: who read what through hub, when and why (AuditEvent NDJSON with --fhir, the entries as JSON Lines with --json)."""
     import datetime as dt
     import json
 
@@ -130,6 +131,9 @@ def audit_access(
     if fhir:
         for event in access.as_audit_events(rows):
             print(json.dumps(event, ensure_ascii=False))
+        return
+    if as_json:
+        print_json_lines(rows)
         return
     table = Table(title=f"Access log ({len(rows)} entries)")
     for col in ("at", "who", "action", "purpose", "what", "outcome"):

@@ -7,18 +7,24 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hub.cli.base import WorkspaceOpt, app, console
+from hub.cli.base import JsonOpt, WorkspaceOpt, app, console, print_json_lines
 
 feeds_app = typer.Typer(help="Feeds: the HIS/LIS sources of each institution and their mappings.", no_args_is_help=True)
 app.add_typer(feeds_app, name="feeds")
 
 
 @feeds_app.command("list")
-def feeds_list(workspace: Path = WorkspaceOpt) -> None:
-    """List the institutions and feeds registered in region.yaml."""
+def feeds_list(workspace: Path = WorkspaceOpt, as_json: bool = JsonOpt) -> None:
+    """List the institutions and feeds registered in region.yaml (--json: JSON Lines, one feed per line)."""
     from hub.region import load_region
 
     region = load_region(workspace)
+    if as_json:
+        print_json_lines({"feed": f"{inst.id}/{feed.name}", "institution": inst.id, "name": inst.name, "kind": feed.kind,
+                          "mappings": [m.name for m in getattr(feed, "mappings", None) or ([feed.mapping] if feed.mapping else [])],
+                          "source": str(feed.path) if feed.kind in ("ndjson", "hl7v2") else _safe_url(feed.url)}
+                         for inst in region.institutions for feed in inst.feeds)
+        return
     table = Table(title=f"Feeds of {region.name}")
     for col in ("feed", "institution", "mapping", "source"):
         table.add_column(col)

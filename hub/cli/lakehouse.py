@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
-from hub.cli.base import WorkspaceOpt, app, console
+from hub.cli.base import JsonOpt, WorkspaceOpt, app, console, print_json, print_json_lines
 
 lakehouse_app = typer.Typer(help="The lakehouse: snapshots, tags, time travel.", no_args_is_help=True)
 app.add_typer(lakehouse_app, name="lakehouse")
@@ -17,18 +18,33 @@ app.add_typer(lakehouse_app, name="lakehouse")
 def lakehouse_snapshots(
     table: str = typer.Argument(..., help="Table, e.g. recognition.observation."),
     workspace: Path = WorkspaceOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
-    """List a table's snapshots: when, which run, how many records, which tags."""
+    """List a table's snapshots: when, which run, how many records, which tags.
+
+    Snapshot ids and run ids are printed in full (they wrap rather than being cut), so they
+    can be copied into `hub views run --as-of` or `hub audit adopt`. With --json, JSON Lines:
+    one snapshot per line.
+    """
     from hub.lakehouse.snapshots import history
     from hub.lakehouse.tables import open_catalog
     from hub.region import load_region
 
     region = load_region(workspace)
-    t = Table(title=f"Snapshots of {table}")
-    for col in ("snapshot id", "at", "operation", "run", "records", "tags"):
-        t.add_column(col)
-    for h in history(open_catalog(region.catalog_url, region.warehouse), table):
-        t.add_row(str(h["snapshot_id"]), h["at"][:19], h["operation"], h["run_id"] or "", str(h["records"]), ", ".join(h["tags"]))
+    rows = history(open_catalog(region.catalog_url, region.warehouse), table)
+    if as_json:
+        print_json_lines(rows)
+        return
+    t = Table(title=f"Snapshots of {table}", box=box.SIMPLE_HEAD, show_edge=False)
+    t.add_column("snapshot id", no_wrap=True, min_width=19)  # never cut: it is what --as-of and audit adopt take
+    t.add_column("at (UTC)", no_wrap=True, min_width=16)
+    t.add_column("operation", no_wrap=True)
+    t.add_column("records", justify="right", no_wrap=True)
+    t.add_column("run, tags", overflow="fold")  # wraps rather than cuts
+    for h in rows:
+        at = h["at"][:16].replace("T", " ")
+        t.add_row(str(h["snapshot_id"]), at, h["operation"], str(h["records"]),
+                  "\n".join([h["run_id"] or "(no run)", *(f"tag: {tag}" for tag in h["tags"])]))
     console.print(t)
 
 
@@ -37,14 +53,21 @@ def lakehouse_tag(
     name: str = typer.Argument(..., help="Tag name, e.g. 2026-11-release (immutable)."),
     zone: str = typer.Option("recognition", "--zone", help="Zone whose tables to tag."),
     workspace: Path = WorkspaceOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
-    """Tag the current snapshot of every table of a zone, so training sets can pin to it."""
+    """Tag the current snapshot of every table of a zone, so training sets can pin to it.
+
+    With --json: one document, {table: snapshot id}.
+    """
     from hub.lakehouse.snapshots import tag_zone
     from hub.lakehouse.tables import open_catalog
     from hub.region import load_region
 
     region = load_region(workspace)
     tagged = tag_zone(open_catalog(region.catalog_url, region.warehouse), zone, name)
+    if as_json:
+        print_json(tagged)
+        return
     console.print(f"Tagged {len(tagged)} tables as {name}: " + ", ".join(f"{t}@{sid}" for t, sid in tagged.items()))
 
 

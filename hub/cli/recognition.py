@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hub.cli.base import WorkspaceOpt, app, console
+from hub.cli.base import JsonOpt, WorkspaceOpt, app, console, print_json_lines
 
 recognition_app = typer.Typer(help="Mutual recognition of lab results: index, tokens, queries.", no_args_is_help=True)
 app.add_typer(recognition_app, name="recognition")
@@ -110,8 +110,13 @@ def recognition_query(
     code: list[str] = typer.Option(None, "--code", help="LOINC codes to ask about (repeat); default all."),
     at: str = typer.Option(None, "--at", help="Judge as of this date (YYYY-MM-DD); default now."),
     workspace: Path = WorkspaceOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
-    """The recognition verdict of each of a patient's results, as the API gives it."""
+    """The recognition verdict of each of a patient's results, as the API gives it.
+
+    With --json, JSON Lines: one verdict per line (item, issuer, time, value, unit,
+    verdict, reason, mark, age and window in days, the result's resource id).
+    """
     import datetime as dt
 
     from hub.errors import CommandFailed
@@ -140,16 +145,30 @@ def recognition_query(
     verdicts = query(index, catalog, patient, requester, code or None, at=when) if patient else []
     access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",
                   {"requester": requester, "codes": code or None, "results": len(verdicts)})
+    if as_json:
+        print_json_lines(_verdict_row(v) for v in verdicts)
+        return
     table = Table(title=f"{len(verdicts)} results for the patient, as seen by {requester}")
     for col in ("item (LOINC)", "issuer", "time", "value", "verdict", "reason / mark"):
         table.add_column(col, overflow="fold")
     for v in verdicts:
         o = v.observation
-        value = o.get("valueQuantity", {}).get("value", o.get("valueString", (o.get("valueCodeableConcept") or {}).get("text", "")))
-        unit = o.get("valueQuantity", {}).get("unit", "")
+        value, unit = _value(o)
         table.add_row(v.loinc, v.institution, str(o.get("effectiveDateTime", ""))[:16], f"{value} {unit}".strip(),
                       "[green]recognisable[/]" if v.recognisable else f"[red]{v.code}[/]", v.mark or v.reason)
     console.print(table)
+
+
+def _value(o: dict) -> tuple:
+    value = o.get("valueQuantity", {}).get("value", o.get("valueString", (o.get("valueCodeableConcept") or {}).get("text", "")))
+    return value, o.get("valueQuantity", {}).get("unit", "")
+
+
+def _verdict_row(v) -> dict:
+    value, unit = _value(v.observation)
+    return {"loinc": v.loinc, "issuer": v.institution, "time": v.observation.get("effectiveDateTime"), "value": value,
+            "unit": unit or None, "verdict": v.code, "recognisable": v.recognisable, "reason": v.reason, "mark": v.mark,
+            "age_days": v.age_days, "window_days": v.window_days, "resource": f"Observation/{v.observation.get('id')}"}
 
 
 @app.command("serve")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from hub.cli.base import WorkspaceOpt, app, console
+from hub.cli.base import JsonOpt, WorkspaceOpt, app, console, print_json
 
 research_app = typer.Typer(help="The research zone: releases built from the recognition zone behind a risk gate.", no_args_is_help=True)
 app.add_typer(research_app, name="research")
@@ -21,6 +21,7 @@ def research_release(
     max_suppression: float = typer.Option(0.05, "--max-suppression", min=0.0, max=1.0, help="Largest share of people that may be suppressed."),
     purpose: str = typer.Option("research release", "--purpose", help="Why the release is made (written to the access log)."),
     qi: str = typer.Option("birth_year,sex,institution", "--qi", help="Quasi-identifiers, comma-separated: birth_year, sex, institution (always), or a top-level Patient element such as maritalStatus."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Build a research release: re-key, shift dates, generalize, check k-anonymity, publish or refuse.
 
@@ -39,6 +40,12 @@ def research_release(
     release = build_release(region, Keyring.load(region.key_file), name=name, k=k, max_suppression=max_suppression, purpose=purpose,
                             quasi_identifiers=[q for q in qi.split(",") if q.strip()])
     r = release.report
+    if as_json:
+        print_json({"release_id": release.release_id, "name": release.name, "status": release.status, "rows": release.rows,
+                    "snapshots": release.snapshots, "report": r.as_dict()})
+        if release.status != "published":
+            raise typer.Exit(1)
+        return
     t = Table(title=f"Risk report: release {release.name} ({release.status})")
     for col in ("birth-year band", "smallest class", "classes", "classes below k", "people below k", "share", "records below k"):
         t.add_column(col, justify="right")

@@ -86,12 +86,20 @@ def views_test(
     folder: Path = typer.Argument(..., exists=True, help="A folder of SQL-on-FHIR conformance test files."),
     report: Path = typer.Option(None, "--report", help="Write the report here (the spec repository's test_report.json format)."),
 ) -> None:
-    """Run the SQL-on-FHIR v2 conformance tests; exits 1 if any shareable test fails (experimental ones are reported)."""
+    """Run the SQL-on-FHIR v2 conformance tests (the *.json files of FOLDER, e.g. tests/data/sql-on-fhir/tests).
+
+    Exits 1 if any shareable test fails (experimental ones are reported), and when the
+    folder holds no test at all: a run that checked nothing has not passed.
+    """
     import json
 
+    from hub.errors import CommandFailed
     from hub.views.conformance import run_folder, summary
 
     result = run_folder(folder)
+    if not any(d["tests"] for d in result.values()):
+        hint = next((f" (try {sub})" for sub in sorted(folder.iterdir()) if sub.is_dir() and any(sub.glob("*.json"))), "") if folder.is_dir() else ""
+        raise CommandFailed(f"no SQL-on-FHIR test found in {folder}: expected *.json test files directly in it{hint}", exit_code=1)
     if report:
         report.write_text(json.dumps({f: {"tests": [{"name": t["name"], "result": t["result"]} for t in d["tests"]]} for f, d in result.items()}, indent=2, ensure_ascii=False))
     for tag, (passed, total) in sorted(summary(result).items()):

@@ -6,6 +6,15 @@ chronic-disease heavy population (diabetes, hypertension) visits one to three of
 the same person has a different MRN at each institution and the same resident ID number.
 A few rows are deliberately bad (unparseable date, unknown item code, missing patient) so
 that quarantine has something to explain.
+
+Dates are relative to an evaluation day ``as_of``: visits span SPAN_DAYS days ending LEAD_DAYS
+before it, so `hub demo` (as_of = today) publishes recent results and the documented
+recognition examples work. The seed alone decides people, counts, codes and values; as_of
+only moves dates (birth dates and resident ID numbers never move). Without as_of the
+library generates the region as of PINNED_AS_OF, which tests rely on to stay deterministic.
+Given an as_of, the planted canary patient's visits at each institution are also moved so
+its latest one there is CANARY_RECENT_DAYS[institution] days old (its HbA1c at xihu-second
+about 20 days old: the `recognisable` example of docs/recognition.md).
 """
 
 from __future__ import annotations
@@ -26,8 +35,11 @@ from hub.identifiers import resident_id_check_char
 from hub.lineage.signing import DEMO_KEY_NAME, DEMO_TRUSTED_NAME, ensure_demo_keys
 
 DEFAULT_SEED = 20261122
-START = dt.datetime(2023, 1, 1)
+START = dt.datetime(2023, 1, 1)  # the first visit day as of PINNED_AS_OF
 SPAN_DAYS = 900
+LEAD_DAYS = 7  # the last visits are at least this many days before as_of
+PINNED_AS_OF = (START + dt.timedelta(days=SPAN_DAYS + LEAD_DAYS)).date()
+CANARY_RECENT_DAYS = {"city-first": 35, "xihu-second": 20, "beishan-chc": 13}  # >= 13: a 12-day stay ends before as_of
 
 DISTRICTS = [("330102", "上城区"), ("330105", "拱墅区"), ("330106", "西湖区"), ("330108", "滨江区"), ("330109", "萧山区"), ("330110", "余杭区")]
 OTHER_BIRTHPLACES = ["340104", "410102", "360102", "320102", "430102"]
@@ -156,10 +168,30 @@ def _bounds(ref: str) -> tuple[float | None, float | None]:
     return None, None
 
 
-def _visits(rng: random.Random, p: Person) -> list[Visit]:
+def start_of(as_of: dt.date | None) -> dt.datetime:
+    """The first possible visit day of a region generated as of as_of (None: PINNED_AS_OF)."""
+    return START + dt.timedelta(days=((as_of or PINNED_AS_OF) - PINNED_AS_OF).days)
+
+
+def _moved(text: str, fmt: str, start: dt.datetime) -> str:
+    """A fixed date written for PINNED_AS_OF, moved with the region's start."""
+    return (dt.datetime.strptime(text, fmt) + (start - START)).strftime(fmt)
+
+
+def _shift_visits(visits: list[Visit], days: int) -> None:
+    delta = dt.timedelta(days=days)
+    for v in visits:
+        v.time += delta
+        v.discharge = v.discharge + delta if v.discharge else None
+        for o in v.orders:
+            o.order_time, o.collect, o.receive, o.report = (o.order_time + delta, o.collect + delta, o.receive + delta,
+                                                            o.report + delta)
+
+
+def _visits(rng: random.Random, p: Person, start: dt.datetime = START) -> list[Visit]:
     out = []
     for _ in range(rng.randint(1, 5)):
-        t = START + dt.timedelta(days=rng.randrange(SPAN_DAYS), minutes=rng.randrange(7 * 60, 17 * 60))
+        t = start + dt.timedelta(days=rng.randrange(SPAN_DAYS), minutes=rng.randrange(7 * 60, 17 * 60))
         kind = rng.choices(["outpatient", "inpatient", "emergency"], [0.85, 0.1, 0.05])[0]
         discharge = t + dt.timedelta(days=rng.randint(3, 12)) if kind == "inpatient" else None
         diags = sorted(p.conditions)[:2] or [rng.choice(["uri", "gastritis"])]
@@ -210,14 +242,15 @@ class _Rows(dict):
         self.setdefault(table, []).append(row)
 
 
-def _render_his_a(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[Visit]]], rng: random.Random) -> _Rows:
+def _render_his_a(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[Visit]]], rng: random.Random,
+                  start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     rows.add("hospital", {"hosp_code": inst.org_code, "hosp_name": inst.name, "hosp_level": inst.level})
     visit_id = diag_id = rx_id = 0
     for pid, (p, mrn, visits) in enumerate(enrolled, start=1):
         rows.add("patient", {
             "patient_id": pid, "mrn": mrn, "name": p.name, "sex": _SEX_A[p.sex], "birth_date": p.birth.strftime(A_DATE),
-            "id_card_no": p.id_number, "phone": p.phone, "address": p.address, "updated_at": START.strftime(A_TS),
+            "id_card_no": p.id_number, "phone": p.phone, "address": p.address, "updated_at": start.strftime(A_TS),
         })
         for v in visits:
             visit_id += 1
@@ -240,7 +273,8 @@ def _render_his_a(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
     return rows
 
 
-def _render_his_b(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[Visit]]], rng: random.Random) -> _Rows:
+def _render_his_b(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[Visit]]], rng: random.Random,
+                  start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     rows.add("T_JG_YYXX", {"YYDM": inst.org_code, "YYMC": inst.name, "YYDJ": inst.level})
     visit_id = diag_id = rx_id = 0
@@ -248,7 +282,7 @@ def _render_his_b(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
         rows.add("T_BR_JBXX", {
             "BRID": brid, "BAH": mrn, "XM": p.name, "XB": _SEX_B[p.sex], "CSRQ": p.birth.strftime(B_DATE),
             "SFZH": p.id_number, "LXDH": p.phone, "JTZZ": p.address, "HYZK": rng.choice(["10", "20", "20", "20", "40"]),
-            "GXSJ": START.strftime(B_TS),
+            "GXSJ": start.strftime(B_TS),
         })
         for v in visits:
             visit_id += 1
@@ -274,7 +308,7 @@ def _visit_number(inst: DemoInstitution, his: str, index: int) -> str:
     return f"V{index:08d}" if his == "his_vendor_a" else f"{inst.id[:2].upper()}{index:09d}"
 
 
-def _render_lis_a(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
+def _render_lis_a(inst: DemoInstitution, enrolled, rng: random.Random, start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     order_id = result_id = visit_index = 0
     for _p, mrn, visits in enrolled:
@@ -297,31 +331,32 @@ def _render_lis_a(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
                         "result_value": value, "unit": item.unit_a, "ref_range": item.ref, "abnormal_flag": flag or "N",
                         "result_time": o.report.strftime(A_TS), "status": _STATUS_A[o.status], "updated_at": o.report.strftime(A_TS),
                     })
-    _bad_lis_a(rows, rng, order_id, result_id)
+    _bad_lis_a(rows, rng, order_id, result_id, start)
     return rows
 
 
-def _bad_lis_a(rows: _Rows, rng: random.Random, order_id: int, result_id: int) -> None:
+def _bad_lis_a(rows: _Rows, rng: random.Random, order_id: int, result_id: int, start: dt.datetime = START) -> None:
     """Deliberately bad rows: an unparseable date, an unknown item code, a missing patient."""
     results = rows.get("lab_result", [])
     if len(results) >= 3:
         results[1]["result_time"] = "2024-02-30 25:61:00"
         results[2]["item_code"] = "XYZ99"
     order_id += 1
+    t = {k: _moved(f"2024-05-06 {hm}:00", A_TS, start) for k, hm in (("order", "08:00"), ("collect", "08:10"), ("receive", "08:30"), ("report", "10:00"))}
     rows.add("lab_order", {
         "order_id": order_id, "barcode": f"{order_id:012d}", "patient_mrn": "M99999999", "visit_no": None,
-        "panel_code": "P-GLU", "panel_name": "空腹血糖测定", "order_time": "2024-05-06 08:00:00", "specimen_type": "serum",
-        "collect_time": "2024-05-06 08:10:00", "receive_time": "2024-05-06 08:30:00", "report_time": "2024-05-06 10:00:00", "status": "F",
-        "updated_at": "2024-05-06 10:00:00",
+        "panel_code": "P-GLU", "panel_name": "空腹血糖测定", "order_time": t["order"], "specimen_type": "serum",
+        "collect_time": t["collect"], "receive_time": t["receive"], "report_time": t["report"], "status": "F",
+        "updated_at": t["report"],
     })
     rows.add("lab_result", {
         "result_id": result_id + 1, "order_id": order_id, "item_code": "GLU", "item_name": "空腹血糖", "result_value": "5.60",
-        "unit": "mmol/L", "ref_range": "3.9-6.1", "abnormal_flag": "N", "result_time": "2024-05-06 10:00:00", "status": "F",
-        "updated_at": "2024-05-06 10:00:00",
+        "unit": "mmol/L", "ref_range": "3.9-6.1", "abnormal_flag": "N", "result_time": t["report"], "status": "F",
+        "updated_at": t["report"],
     })
 
 
-def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
+def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random, start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     order_id = result_id = visit_index = 0
     for _p, mrn, visits in enrolled:
@@ -349,13 +384,14 @@ def _render_lis_b(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
         results[2]["XMDM"] = "9999"
     order_id += 1
     sqdh = f"SQ{order_id:010d}"
+    t = {k: _moved(f"20240506{hm}00", B_TS, start) for k, hm in (("order", "0800"), ("collect", "0810"), ("receive", "0830"), ("report", "1000"))}
     rows.add("LIS_SQD", {
         "SQDH": sqdh, "TMH": f"T{order_id:011d}", "BAH": "BA9999999", "JZH": None, "ZHDM": "Z02", "ZHMC": "空腹血糖测定",
-        "SQSJ": "20240506080000", "BBLX": "血清", "CJSJ": "20240506081000", "JSSJ": "20240506083000", "BGSJ": "20240506100000", "ZT": "2",
+        "SQSJ": t["order"], "BBLX": "血清", "CJSJ": t["collect"], "JSSJ": t["receive"], "BGSJ": t["report"], "ZT": "2",
     })
     rows.add("LIS_JG", {
         "JGID": result_id + 1, "SQDH": sqdh, "XMDM": "2002", "XMMC": "空腹血糖", "JG": "5.60", "DW": "mmol/l",
-        "CKFW": "3.9~6.1", "YCBZ": "", "JYSJ": "20240506100000", "ZT": "2", "XGSJ": "20240506100000",
+        "CKFW": "3.9~6.1", "YCBZ": "", "JYSJ": t["report"], "ZT": "2", "XGSJ": t["report"],
     })
     return rows
 
@@ -365,7 +401,7 @@ _STATE_C = {"final": "2", "preliminary": "1", "corrected": "3"}
 _SAMPLE_C = {"serum": "01", "blood": "02", "urine": "03"}
 
 
-def _render_lis_c(inst: DemoInstitution, enrolled, rng: random.Random) -> _Rows:
+def _render_lis_c(inst: DemoInstitution, enrolled, rng: random.Random, start: dt.datetime = START) -> _Rows:
     """Vendor C: one wide row per report; the dictionary gives CRP no LOINC (a gap to find and fix)."""
     rows = _Rows()
     for item in C.LAB_ITEMS:
@@ -421,8 +457,9 @@ def write_database(url: str, schema: str, rows: dict[str, list[dict]]) -> None:
     engine.dispose()
 
 
-def build_region(patients: int, seed: int = DEFAULT_SEED) -> dict[str, dict[str, dict[str, list[dict]]]]:
-    """All source rows of the demo region: {institution: {mapping: {table: rows}}}."""
+def build_region(patients: int, seed: int = DEFAULT_SEED, as_of: dt.date | None = None) -> dict[str, dict[str, dict[str, list[dict]]]]:
+    """All source rows of the demo region: {institution: {mapping: {table: rows}}}, dated as of as_of (None: PINNED_AS_OF)."""
+    start = start_of(as_of)
     rng = random.Random(seed)
     fake = Faker("zh_CN")
     fake.seed_instance(seed)
@@ -441,38 +478,53 @@ def build_region(patients: int, seed: int = DEFAULT_SEED) -> dict[str, dict[str,
         for p, member in zip(people, memberships, strict=True):
             if inst.id in member:
                 mrn = f"{prefix}{(n + 1) * 1_000_000 + len(enrolled) + 1:07d}"
-                enrolled.append((p, mrn, _visits(irng, p)))
+                enrolled.append((p, mrn, _visits(irng, p, start)))
+        if as_of is not None:  # the canary's latest visit here is recent (docs/recognition.md's example)
+            visits = enrolled[-1][2]  # the canary is the last person, and member everywhere
+            target = dt.datetime.combine(as_of - dt.timedelta(days=CANARY_RECENT_DAYS[inst.id]), visits[-1].time.time())
+            _shift_visits(visits, (target - visits[-1].time).days)
         out[inst.id] = {
-            inst.his: _RENDER[inst.his](inst, enrolled, irng),
-            inst.lis: _RENDER[inst.lis](inst, enrolled, irng),
+            inst.his: _RENDER[inst.his](inst, enrolled, irng, start),
+            inst.lis: _RENDER[inst.lis](inst, enrolled, irng, start),
         }
     return out
 
 
-def generate_onboarding_sources(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED) -> dict[str, str]:
+def generate_onboarding_sources(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED,
+                                as_of: dt.date | None = None) -> dict[str, str]:
     """Write the unregistered institution's HIS (vendor A) and LIS (vendor C) databases; return their URLs."""
+    start = start_of(as_of)
     rng = random.Random(seed * 97)
     fake = Faker("zh_CN")
     fake.seed_instance(seed * 97)
     inst = ONBOARDING
-    enrolled = [(p, f"M{4_000_000 + i + 1:07d}", _visits(rng, p)) for i, p in enumerate(_person(rng, fake) for _ in range(max(1, patients // 4)))]
+    enrolled = [(p, f"M{4_000_000 + i + 1:07d}", _visits(rng, p, start)) for i, p in enumerate(_person(rng, fake) for _ in range(max(1, patients // 4)))]
     folder = Path(workspace) / "sources" / "onboarding"
     folder.mkdir(parents=True, exist_ok=True)
     urls = {}
     for system, schema in (("his", inst.his), ("lis", inst.lis)):
         db = folder / f"{inst.id}-{system}.db"
         urls[system] = f"sqlite:///{db.resolve()}"
-        write_database(urls[system], schema, _RENDER[schema](inst, enrolled, rng))
+        write_database(urls[system], schema, _RENDER[schema](inst, enrolled, rng, start))
     return urls
 
 
-def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED) -> dict[str, dict[str, int]]:
-    """Write the demo source databases and region.yaml into workspace; return row counts."""
+class _IndentedDumper(yaml.SafeDumper):
+    """Indents list items under their key (``institutions:\n  - id: ...``), as the docs' snippets do."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)
+
+
+def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED,
+                    as_of: dt.date | None = None) -> dict[str, dict[str, int]]:
+    """Write the demo source databases and region.yaml into workspace, dated as of as_of
+    (None: PINNED_AS_OF; `hub demo` passes today); return row counts."""
     workspace = Path(workspace)
     workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
     workspace.chmod(0o700)  # the workspace holds identifiable sources, the catalog and keys: its owner's alone
     (workspace / "sources").mkdir(parents=True, exist_ok=True)
-    data = build_region(patients, seed)
+    data = build_region(patients, seed, as_of)
     counts: dict[str, dict[str, int]] = {}
     region = {"region": "demo-city", "institutions": []}
     for inst in INSTITUTIONS:
@@ -492,12 +544,13 @@ def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SE
         "values": [c.name, c.id_number, c.phone, c.address, *mrns],
     }, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     ensure_demo_keys(workspace)  # demo only: in production the signing key lives outside the workspace
-    region["signing_key_file"] = "{workspace}/keys/" + DEMO_KEY_NAME
-    region["trusted_keys_file"] = "{workspace}/keys/" + DEMO_TRUSTED_NAME
+    region = {"region": region["region"], "signing_key_file": "{workspace}/keys/" + DEMO_KEY_NAME,
+              "trusted_keys_file": "{workspace}/keys/" + DEMO_TRUSTED_NAME,
+              "institutions": region["institutions"]}  # last, so a new institution can be appended to the file
     (workspace / "region.yaml").write_text(
         "# Demo region written by `hub demo`. Feed URLs may use {workspace} and ${ENV_VAR}.\n"
         "# signing_key_file is inside the workspace for the demo only: see docs/lakehouse.md, Tamper evidence.\n"
-        + yaml.safe_dump(region, allow_unicode=True, sort_keys=False),
+        + yaml.dump(region, Dumper=_IndentedDumper, allow_unicode=True, sort_keys=False),
         encoding="utf-8",
     )
     return counts
