@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hub.cli import (  # noqa: F401  - importing a module registers its commands
     audit,
+    dagster,
     deid_rules,
     demo,
     feeds,

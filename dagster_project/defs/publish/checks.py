@@ -1,11 +1,15 @@
 """Asset checks of the recognition-zone tables: their specs, and their results from hub.runchecks.
 
 Each table has four: validation rate and quarantine rate (warnings), leak scan (blocking)
-and audit verify.
+and audit verify. They are partitioned like the tables, so each institution's run records
+its own results and the UI shows them per partition.
 """
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+import warnings
 
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, PreviewWarning
+
+from dagster_project.partitions import institutions
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.lineage.manifests import VerifyReport
 from hub.runchecks import MAX_QUARANTINE_RATE, MIN_VALIDATION_RATE, ZONE, TableChecks
@@ -15,16 +19,21 @@ def table_key(resource_type: str) -> AssetKey:
     return AssetKey([ZONE, resource_type.lower()])
 
 
-CHECK_SPECS = [
-    spec
-    for rt in RESOURCE_MODULES
-    for spec in (
-        AssetCheckSpec("validation_rate", asset=table_key(rt), description=f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation"),
-        AssetCheckSpec("quarantine_rate", asset=table_key(rt), description=f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined"),
-        AssetCheckSpec("leak_scan", asset=table_key(rt), blocking=True, description="no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs"),
-        AssetCheckSpec("audit_verify", asset=table_key(rt), description="the manifest chain verifies (hashes, links, trusted signatures), every table's live snapshots and files are the ones it records, and the latest manifest's files are intact"),
-    )
-]
+DESCRIPTIONS = {
+    "validation_rate": f"at least {MIN_VALIDATION_RATE:.0%} of mapped resources pass FHIR R4 validation",
+    "quarantine_rate": f"at most {MAX_QUARANTINE_RATE:.0%} of source rows are quarantined",
+    "leak_scan": "no resident ID number, mobile number or canary value in the partition's Parquet files or this run's logs",
+    "audit_verify": "the manifest chain verifies (hashes, links, trusted signatures), every table's live snapshots and files "
+                    "are the ones it records, and the latest manifest's files are intact",
+}
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", PreviewWarning)  # partitioned checks are a preview feature of Dagster 1.x
+    CHECK_SPECS = [
+        AssetCheckSpec(name, asset=table_key(rt), blocking=name == "leak_scan", description=text, partitions_def=institutions)
+        for rt in RESOURCE_MODULES
+        for name, text in DESCRIPTIONS.items()
+    ]
 
 
 def check_results(table: TableChecks, audit: VerifyReport) -> list[AssetCheckResult]:

@@ -1,0 +1,1 @@
+"""Training sets: one asset per spec in trainsets/, built by hub.trainset.build."""
