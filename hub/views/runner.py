@@ -1,8 +1,10 @@
 """SQL-on-FHIR v2 ViewDefinitions: flatten FHIR resources into rows.
 
 Supports select, column (with collection), forEach, forEachOrNull, repeat, unionAll, nested
-selects, where and typed constants, over the FHIRPath subset in ``fhirpath.py``. A view is
-validated before it runs; problems raise ViewError.
+selects, where, typed constants and the ``%rowIndex`` environment variable (0-based position
+in the enclosing forEach/forEachOrNull/repeat, 0 at the top level, inherited by unionAll
+branches without an iteration of their own), over the FHIRPath of ``fhirpath.py``. A view is
+validated (every path compiled) before it runs; problems raise ViewError, naming the path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
-from hub.views.fhirpath import Evaluator, FhirPathError, Typed, parse
+from hub.views.fhirpath import Env, FhirPathError, FPDateTime, Node, Quantity, parse, wrap
 
 
 class ViewError(ValueError):
@@ -77,7 +79,14 @@ def view_columns(view: dict) -> list[str]:
 
 
 def _plain(v: Any) -> Any:
-    v = v.value if isinstance(v, Typed) else v
+    if v.__class__ is Node:
+        v = v.value
+        if v.__class__ is str:
+            return v
+    if isinstance(v, (FPDateTime, Quantity)):
+        return str(v)
+    if isinstance(v, float):
+        v = Decimal(repr(v))
     if isinstance(v, Decimal):
         return int(v) if v == v.to_integral_value() and "." not in str(v) else float(v)
     return v
@@ -90,69 +99,104 @@ class ViewRunner:
         validate(view)
         self.view = view
         self.resource = view["resource"]
-        self.ev = Evaluator({c["name"]: _constant_value(c) for c in view.get("constant", [])})
+        self.constants = {c["name"]: _constant_value(c) for c in view.get("constant", [])}
         self.columns = view_columns(view)
+        self._where_fns = [(w["path"], parse(w["path"])) for w in view.get("where", [])]
+        self._columns: dict[int, list[tuple]] = {}
+
+    def _compiled(self, select: dict) -> list[tuple]:
+        cols = self._columns.get(id(select))
+        if cols is None:
+            cols = [(c["name"], c["path"], parse(c["path"]), bool(c.get("collection"))) for c in select.get("column", [])]
+            self._columns[id(select)] = cols
+        return cols
+
+    def _eval(self, path: str, focus: Any, env: Env, fn: Any = None) -> list:
+        try:
+            return (fn or parse(path))([focus], env)
+        except FhirPathError as exc:
+            msg = str(exc)
+            raise ViewError(msg if msg.startswith("FHIRPath ") else f"FHIRPath {path!r}: {msg}") from None
+        except RecursionError:
+            raise ViewError(f"FHIRPath {path!r}: nested too deeply") from None
 
     def rows(self, resources: Iterable[dict]) -> Iterator[dict]:
         for res in resources:
             if res.get("resourceType") != self.resource:
                 continue
-            if not self._where(res):
+            node = wrap(res)
+            env = Env(self.constants, node)
+            if not self._where(node, env):
                 continue
-            for row in self._select_all(self.view["select"], res):
+            for row in self._select_all(self.view["select"], node, env):
                 yield {c: row.get(c) for c in self.columns}
 
-    def _where(self, res: dict) -> bool:
-        for w in self.view.get("where", []):
-            out = self.ev.eval(w["path"], [res])
+    def _where(self, node: Node, env: Env) -> bool:
+        for path, fn in self._where_fns:
+            out = self._eval(path, node, env, fn)
             if len(out) > 1 or (out and not isinstance(_plain(out[0]), bool)):
-                raise ViewError(f"where path {w['path']!r} does not resolve to a boolean")
+                raise ViewError(f"where path {path!r} does not resolve to a boolean")
             if not out or _plain(out[0]) is not True:
                 return False
         return True
 
-    def _select_all(self, selects: list[dict], focus: Any) -> list[dict]:
+    def _select_all(self, selects: list[dict], focus: Any, env: Env) -> list[dict]:
         rows = [{}]
         for s in selects:
-            rows = [{**a, **b} for a in rows for b in self._select(s, focus)]
+            rows = [{**a, **b} for a in rows for b in self._select(s, focus, env)]
         return rows
 
-    def _select(self, select: dict, focus: Any) -> list[dict]:
+    def _select(self, select: dict, focus: Any, env: Env) -> list[dict]:
         if "forEach" in select or "forEachOrNull" in select:
-            path = select.get("forEach", select.get("forEachOrNull"))
-            items = self.ev.eval(path, [focus])
+            items = self._eval(select.get("forEach", select.get("forEachOrNull")), focus, env)
             if not items and "forEachOrNull" in select:
-                return [{c: None for c in columns_of(select)}]
-            return [r for item in items for r in self._rows_for(select, item)]
-        if "repeat" in select:
+                return [_null_row(select)]
+        elif "repeat" in select:
             items, frontier = [], [focus]
             while frontier:
-                nxt = [c for f in frontier for p in select["repeat"] for c in self.ev.eval(p, [f])]
+                nxt = [c for f in frontier for p in select["repeat"] for c in self._eval(p, f, env)]
                 items += nxt
                 frontier = nxt
-            return [r for item in items for r in self._rows_for(select, item)]
-        return self._rows_for(select, focus)
+        else:
+            return self._rows_for(select, focus, env)
+        saved, out = env.row_index, []
+        try:
+            for i, item in enumerate(items):
+                env.row_index = i
+                out += self._rows_for(select, item, env)
+        finally:
+            env.row_index = saved
+        return out
 
-    def _rows_for(self, select: dict, focus: Any) -> list[dict]:
+    def _rows_for(self, select: dict, focus: Any, env: Env) -> list[dict]:
         row: dict = {}
-        for col in select.get("column", []):
-            try:
-                values = self.ev.eval(col["path"], [focus])
-            except FhirPathError as exc:
-                raise ViewError(str(exc)) from None
-            if col.get("collection"):
-                row[col["name"]] = [_plain(v) for v in values]
+        for name, path, fn, collection in self._compiled(select):
+            values = self._eval(path, focus, env, fn)
+            if collection:
+                row[name] = [_plain(v) for v in values]
             elif len(values) > 1:
-                raise ViewError(f"column {col['name']!r} returned {len(values)} values; set collection: true")
+                raise ViewError(f"column {name!r} returned {len(values)} values; set collection: true")
             else:
-                row[col["name"]] = _plain(values[0]) if values else None
+                row[name] = _plain(values[0]) if values else None
         rows = [row]
         if select.get("select"):
-            rows = [{**a, **b} for a in rows for b in self._select_all(select["select"], focus)]
+            rows = [{**a, **b} for a in rows for b in self._select_all(select["select"], focus, env)]
         if select.get("unionAll"):
-            union = [r for u in select["unionAll"] for r in self._select(u, focus)]
+            union = [r for u in select["unionAll"] for r in self._select(u, focus, env)]
             rows = [{**a, **b} for a in rows for b in union]
         return rows
+
+
+def _null_row(select: dict) -> dict:
+    """The row forEachOrNull gives for an empty collection: nulls, and 0 for %rowIndex columns."""
+    row = {}
+    for col in select.get("column", []):
+        row[col["name"]] = 0 if col["path"].strip() == "%rowIndex" else None
+    for sub in select.get("select", []):
+        row.update(_null_row(sub))
+    if select.get("unionAll"):
+        row.update(_null_row(select["unionAll"][0]))
+    return row
 
 
 def run_view(view: dict, resources: Iterable[dict]) -> list[dict]:

@@ -91,3 +91,61 @@ def test_cli_runs_a_view_over_a_lakehouse_table(demo, tmp_path):
                                       "--workspace", str(region.workspace), "--limit", "3"])
     assert result.exit_code == 0, result.output
     assert int(result.stdout.strip().splitlines()[-1].split()[0]) > 0  # "<n> rows"
+
+
+ROW_INDEX_PATIENT = {"resourceType": "Patient", "id": "pt1", "name": [
+    {"family": "Smith", "given": ["John", "James"]}, {"family": "Jones", "given": ["Jane"]}],
+    "contact": [{"telecom": [{"system": "phone"}, {"system": "email"}]}, {"telecom": [{"system": "phone"}]}]}
+
+
+def test_row_index_in_foreach_and_nested_foreach_follows_the_spec_examples():
+    from hub.views.runner import run_view
+
+    view = {"resource": "Patient", "select": [
+        {"column": [{"name": "id", "path": "id"}, {"name": "top", "path": "%rowIndex"}]},
+        {"forEach": "contact", "column": [{"name": "contact_index", "path": "%rowIndex"}],
+         "select": [{"forEach": "telecom", "column": [{"name": "telecom_index", "path": "%rowIndex"},
+                                                       {"name": "system", "path": "system"}]}]}]}
+    assert run_view(view, [ROW_INDEX_PATIENT]) == [
+        {"id": "pt1", "top": 0, "contact_index": 0, "telecom_index": 0, "system": "phone"},
+        {"id": "pt1", "top": 0, "contact_index": 0, "telecom_index": 1, "system": "email"},
+        {"id": "pt1", "top": 0, "contact_index": 1, "telecom_index": 0, "system": "phone"},
+    ]
+
+
+def test_row_index_in_union_all_branches_inherits_or_restarts_as_the_spec_says():
+    from hub.views.runner import run_view
+
+    view = {"resource": "Patient", "select": [
+        {"column": [{"name": "id", "path": "id"}]},
+        {"forEach": "name", "column": [{"name": "name_index", "path": "%rowIndex"}],
+         "select": [{"unionAll": [
+             {"forEach": "given", "column": [{"name": "given_index", "path": "%rowIndex"}, {"name": "value", "path": "$this"}]},
+             {"column": [{"name": "given_index", "path": "%rowIndex"}, {"name": "value", "path": "family"}]}]}]}]}
+    rows = [(r["name_index"], r["given_index"], r["value"]) for r in run_view(view, [ROW_INDEX_PATIENT])]
+    assert rows == [(0, 0, "John"), (0, 1, "James"), (0, 0, "Smith"), (1, 0, "Jane"), (1, 1, "Jones")]
+
+
+def test_row_index_is_0_in_the_null_row_of_an_empty_for_each_or_null():
+    from hub.views.runner import run_view
+
+    view = {"resource": "Patient", "select": [{"forEachOrNull": "address", "column": [
+        {"name": "i", "path": "%rowIndex"}, {"name": "city", "path": "city"}]}]}
+    assert run_view(view, [ROW_INDEX_PATIENT]) == [{"i": 0, "city": None}]
+
+
+def test_a_view_with_an_unsupported_path_is_refused_naming_the_path_and_part():
+    from hub.views.runner import ViewError, validate
+
+    view = {"resource": "Patient", "select": [{"column": [{"name": "org", "path": "managingOrganization.resolve().name"}]}]}
+    with pytest.raises(ViewError, match=r"FHIRPath 'managingOrganization.resolve\(\).name': function resolve\(\) is not supported"):
+        validate(view)
+
+
+def test_a_choice_element_is_never_matched_by_prefix_in_a_view():
+    from hub.views.runner import run_view
+
+    view = {"resource": "Encounter", "select": [{"column": [
+        {"name": "has_class", "path": "class.exists()"}, {"name": "history", "path": "classHistory.class.code"}]}]}
+    rows = run_view(view, [{"resourceType": "Encounter", "id": "e", "classHistory": [{"class": {"code": "AMB"}}]}])
+    assert rows == [{"has_class": False, "history": "AMB"}]
