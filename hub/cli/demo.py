@@ -95,9 +95,6 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
         finally:
             shown.finish()
             hub_progress.set_reporter(None)
-    from hub.recognition.index import build, connect, index_url
-
-    build(region, connect(index_url(region)))  # the recognition index follows every publish
     engine = runcat.connect(region.catalog_url)
     for iid in ids:
         reports.append(_latest_report(engine, iid))
@@ -208,10 +205,11 @@ def demo(
                             f"{workspace}` to publish it again")
     out = err_console if as_json else console
     with out.status(f"Generating demo region with {patients} people in {workspace}/ ..."):
-        counts = generate_region(workspace, patients=patients, seed=seed, as_of=day)
+        counts = generate_region(workspace, patients=patients, seed=seed, as_of=day, file_feeds=True)
         generate_onboarding_sources(workspace, patients=patients, seed=seed, as_of=day)
     total = sum(sum(t.values()) for t in counts.values())
-    out.print(f"Demo region: {len(counts)} source databases, {total} rows, in {workspace}/sources, dated up to a week before {day}")
+    out.print(f"Demo region: {len(counts)} sources (SQL databases, an HL7 v2 file drop, a FHIR NDJSON export), {total} rows or "
+              f"messages, in {workspace}/sources, dated up to a week before {day}")
     out.print(f"[yellow]Manifest signing key: {workspace}/keys/signing.key (mode 600), inside the workspace for the demo only. "
               "In production keep it elsewhere (HUB_SIGNING_KEY_FILE; `hub keys signing-create PATH`) and give verifiers "
               "the public key (`hub keys signing-public`): see docs/lakehouse.md.[/]", highlight=False)

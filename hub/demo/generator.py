@@ -517,9 +517,10 @@ class _IndentedDumper(yaml.SafeDumper):
 
 
 def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED,
-                    as_of: dt.date | None = None) -> dict[str, dict[str, int]]:
+                    as_of: dt.date | None = None, file_feeds: bool = False) -> dict[str, dict[str, int]]:
     """Write the demo source databases and region.yaml into workspace, dated as of as_of
-    (None: PINNED_AS_OF; `hub demo` passes today); return row counts."""
+    (None: PINNED_AS_OF; `hub demo` passes today); return row counts. file_feeds: also the
+    institutions that send HL7 v2 and export FHIR NDJSON (hub.demo.file_feeds; `hub demo` adds them)."""
     workspace = Path(workspace)
     workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
     workspace.chmod(0o700)  # the workspace holds identifiable sources, the catalog and keys: its owner's alone
@@ -535,6 +536,12 @@ def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SE
             counts[f"{inst.id}/{system}"] = {t: len(r) for t, r in data[inst.id][schema].items()}
             feeds.append({"name": system, "mapping": schema, "url": f"sqlite:///{{workspace}}/sources/{db.name}"})
         region["institutions"].append({"id": inst.id, "name": inst.name, "level": inst.level, "feeds": feeds})
+    if file_feeds:
+        from hub.demo.file_feeds import generate_file_feeds
+
+        entries, file_counts = generate_file_feeds(workspace, patients, seed, as_of)
+        region["institutions"] += entries
+        counts.update(file_counts)
     c = canary()
     mrns = sorted({row.get("mrn") or row.get("BAH") for tables in data.values() for rows in tables.values()
                    for table in ("patient", "T_BR_JBXX") for row in rows.get(table, []) if row.get("name", row.get("XM")) == c.name})
