@@ -30,8 +30,8 @@ from deid.actions import pseudonym
 from deid.keys import Keyring, create_key_file
 from hub.identifiers import resident_id_check_char
 from hub.recognition.api import issue_token
-from hub.recognition.catalog import load_catalog
 from hub.recognition.index import connect, index_url, results
+from hub.recognition.rules import load_rules
 from hub.region import load_region
 
 INSTITUTIONS = ["city-first", "xihu-second", "beishan-chc"]
@@ -52,7 +52,7 @@ def build_workspace(ws: Path, n_results: int) -> tuple[list[str], str]:
     create_key_file(region.key_file)
     keys = Keyring.load(region.key_file)
     engine = connect(index_url(region))
-    loincs = list(load_catalog().items)[:10]
+    loincs = list(load_rules().items)[:10]
     people = n_results // len(loincs)
     now = dt.datetime.now(dt.UTC)
     rng = random.Random(1)

@@ -45,8 +45,8 @@ import sqlalchemy as sa
 import yaml
 
 from hub.demo.generator import generate_region
-from hub.lineage import catalog as runcat
-from hub.lineage.catalog import runs
+from hub.lineage import runrecord
+from hub.lineage.runrecord import runs
 from hub.region import load_region
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def hub_env() -> dict[str, str]:
 
 def hub_report(ws: Path) -> dict:
     region = load_region(ws)
-    with runcat.connect(region.catalog_url).connect() as conn:
+    with runrecord.connect(region.catalog_url).connect() as conn:
         row = conn.execute(sa.select(runs.c.report).where(runs.c.institution == INSTITUTION, runs.c.status == "succeeded")
                            .order_by(runs.c.started_at.desc()).limit(1)).one()
     return json.loads(row.report)

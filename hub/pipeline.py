@@ -29,7 +29,7 @@ from hub.fhir.validate import RESOURCE_MODULES
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.lineage.schema import deletions
 from hub.mapping.compile import RowProblem, before_birth
 from hub.mapping.run import block_select
@@ -104,16 +104,16 @@ class InstitutionRun:
         self.inst = region.institution(institution_id)
         self.progress = progress or NoProgress()
         self.flush_rows = flush_rows
-        self.engine = runcat.connect(region.catalog_url)
+        self.engine = runrecord.connect(region.catalog_url)
         if run_id is None:
             run_id = new_run_id(self.inst.id)
-            runcat.acquire_lock(self.engine, self.inst.id, run_id, lock_wait)
+            runrecord.acquire_lock(self.engine, self.inst.id, run_id, lock_wait)
         self.run_id = run_id
         self._beat = time.monotonic()
         try:
             self._open(region, keys, workers)
         except BaseException:
-            runcat.release_lock(self.engine, self.inst.id, self.run_id)
+            runrecord.release_lock(self.engine, self.inst.id, self.run_id)
             raise
 
     def _open(self, region: Region, keys: Keyring, workers: int) -> None:
@@ -124,7 +124,7 @@ class InstitutionRun:
         self.publication = Publication.open(region, keys, "run", self.run_id, engine=self.engine)  # scan + manifest
         self.patients = _load_patient_index(self.icat, region.zone, self.inst.id)
         self.pool = PreparePool(self.inst.id, keys, self.ruleset, workers, self.publication.scanner, region.validation_oracle_every)
-        runcat.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
+        runrecord.start_run(self.engine, self.run_id, self.inst.id, keys.key_id, self.ruleset.label, hub.__version__)
 
     def writer(self, resource_type: str) -> TableWriter:
         if resource_type not in self.writers:
@@ -282,8 +282,8 @@ class InstitutionRun:
 
     def heartbeat(self) -> None:
         """Keep the run lock visibly alive for other hosts (cheap: at most every HEARTBEAT_EVERY s)."""
-        if time.monotonic() - self._beat >= runcat.HEARTBEAT_EVERY:
-            runcat.heartbeat(self.engine, self.inst.id, self.run_id)
+        if time.monotonic() - self._beat >= runrecord.HEARTBEAT_EVERY:
+            runrecord.heartbeat(self.engine, self.inst.id, self.run_id)
             self._beat = time.monotonic()
 
     def finish(self, status: str) -> RunReport:
@@ -299,9 +299,9 @@ class InstitutionRun:
                 self.report.manifest = self.publication.finish(summary)
             else:
                 self.publication.abort()
-            runcat.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
+            runrecord.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
         finally:
-            runcat.release_lock(self.engine, self.inst.id, self.run_id)
+            runrecord.release_lock(self.engine, self.inst.id, self.run_id)
         return self.report
 
 
@@ -331,16 +331,16 @@ def run_institution(
     rekey (``repseudonymize``) instead re-publishes everything under keys and removes the
     old-key rows in the same commit per table.
     """
-    catalog_engine = runcat.connect(region.catalog_url)
+    catalog_engine = runrecord.connect(region.catalog_url)
     inst = region.institution(institution_id)
     run_id = new_run_id(inst.id)
-    abandoned = runcat.acquire_lock(catalog_engine, inst.id, run_id, lock_wait)
+    abandoned = runrecord.acquire_lock(catalog_engine, inst.id, run_id, lock_wait)
     unwatermarked: dict[str, int] = {}
     try:  # watermarks are read under the lock, so two runs never plan from the same one
         stale = published_key_ids(open_catalog(region.catalog_url, region.warehouse), region.zone, keys.key_id)
         if stale and not rekey:  # any institution: one region, one key, or people are counted twice
             raise KeyMismatch(_key_mismatch(region, inst.id, keys.key_id, stale))
-        orphans = _remove_orphans(region, inst.id) if abandoned or runcat.last_status(catalog_engine, inst.id) == "failed" else 0
+        orphans = _remove_orphans(region, inst.id) if abandoned or runrecord.last_status(catalog_engine, inst.id) == "failed" else 0
         plans = []
         for work in feed_blocks(inst):
             since = None if full else watermarks.get(catalog_engine, inst.id, work.feed.name, work.block_id)
@@ -359,7 +359,7 @@ def run_institution(
         run.report.abandoned_runs, run.report.orphans_removed = abandoned, orphans
         run.report.unwatermarked = unwatermarked
     except BaseException:
-        runcat.release_lock(catalog_engine, inst.id, run_id)
+        runrecord.release_lock(catalog_engine, inst.id, run_id)
         raise
     status = "failed"
     try:
@@ -415,7 +415,7 @@ def record_deletions(engine: sa.Engine, run_id: str, institution: str, gone: lis
 
 def _count_row(institution: str, c: BlockCount) -> dict:
     """A BlockCount as a hub_run_counts row (the columns the table has)."""
-    return {"institution": institution, **{k: v for k, v in asdict(c).items() if k in runcat.run_counts.c}}
+    return {"institution": institution, **{k: v for k, v in asdict(c).items() if k in runrecord.run_counts.c}}
 
 
 def _missing_patient(file: str, resource_type: str, subject_el) -> RowProblem:

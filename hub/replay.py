@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from deid.keys import Keyring
 from hub import quarantine
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.mapping.run import block_select
 from hub.pipeline import InstitutionRun, RunReport, feed_blocks
 from hub.region import Region
@@ -34,7 +34,7 @@ class ReplayReport:
 
 def replay(region: Region, institution: str, keys: Keyring, entry_ids: list[int] | None = None) -> ReplayReport:
     """Replay the institution's open quarantine entries (or just entry_ids)."""
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     entries = quarantine.list_rows(engine, institution=institution, status="open", ids=entry_ids)
     out = ReplayReport(None)
     if not entries:

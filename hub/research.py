@@ -65,8 +65,8 @@ from hub.lakehouse.tables import (
     table_name,
 )
 from hub.lineage import access
-from hub.lineage.catalog import connect as connect_catalog
 from hub.lineage.manifests import release_entry
+from hub.lineage.runrecord import connect as connect_catalog
 from hub.lineage.schema import LIVE, NAME_INDEX, releases
 from hub.lineage.signing import load_signer
 from hub.region import Region

@@ -1,6 +1,6 @@
 """What a run did, in plain data: counts per mapping block (or file) and the run report.
 
-Safe to print, to store in the run catalog and to attach as Dagster metadata: counts, causes
+Safe to print, to store in the run record and to attach as Dagster metadata: counts, causes
 (element + problem, never a value), elements dropped, snapshots, the manifest.
 """
 

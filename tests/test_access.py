@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from hub.cli import app
 from hub.fhir.ids import resource_id
 from hub.leakscan import load_canaries, scan_text
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.research import build_release
 from tests.conftest import publish_region
 
@@ -31,7 +30,7 @@ def test_reads_are_logged_and_exported_as_audit_events(tmp_path, keys, monkeypat
     rid = resource_id(keys, "city-first", "observation", [10])
     assert runner.invoke(app, ["lineage", "trace", f"Observation/{rid}", "-w", str(tmp_path)]).exit_code == 0
 
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     log = access.entries(engine)
     assert [(e["who"], e["action"], e["outcome"]) for e in log] == [
         ("ml-team-a", "research-release", "success"), ("ml-team-a", "research-release", "refused"),

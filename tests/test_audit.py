@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyiceberg.expressions import EqualTo
 
 from hub.lakehouse.tables import ARROW_SCHEMA, open_catalog
-from hub.lineage import catalog as runcat
 from hub.lineage import manifests as mf
+from hub.lineage import runrecord
 from hub.lineage.audit import verify_region
 from hub.lineage.manifests import adopt, head, manifests
 from hub.lineage.signing import (
@@ -49,7 +49,7 @@ class Published:
 
     def __init__(self, tmp_path, keys):
         self.region, _, self.reports = publish_region(tmp_path / "ws", keys, PATIENTS)
-        self.engine = runcat.connect(self.region.catalog_url)
+        self.engine = runrecord.connect(self.region.catalog_url)
         self.icat = open_catalog(self.region.catalog_url, self.region.warehouse)
         self.outside = tmp_path / "operator" / "trusted.yaml"  # the operator's own copy
         self.outside.parent.mkdir()
@@ -360,7 +360,7 @@ def test_a_run_killed_after_its_commit_is_a_break_until_adopted(tmp_path, keys, 
     assert any("in flight" in n for n in verify_region(region, in_flight_ok=True).notes)
 
     icat = open_catalog(region.catalog_url, region.warehouse)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     signer = load_signer(region)
     for name in [".".join(t) for t in icat.list_tables("recognition")]:
         table = icat.load_table(name)

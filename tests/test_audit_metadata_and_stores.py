@@ -20,8 +20,7 @@ from pyiceberg.manifest import write_manifest
 from pyiceberg.types import StringType
 
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.lineage.audit import verify_region
 from hub.lineage.manifests import append, local_path, manifests
 from hub.lineage.signing import load_signer, trusted_for
@@ -50,7 +49,7 @@ class History:
         self.region, self.keys = load_region(tmp_path / "ws"), keys
         for inst in institutions or [i.id for i in self.region.institutions]:
             run_institution(self.region, inst, keys)
-        self.engine = runcat.connect(self.region.catalog_url)
+        self.engine = runrecord.connect(self.region.catalog_url)
         self.icat = open_catalog(self.region.catalog_url, self.region.warehouse)
         self.index = index.connect(index.index_url(self.region))
         self.outside = tmp_path / "operator" / "trusted.yaml"

@@ -41,7 +41,7 @@ def ws(tmp_path_factory) -> Path:
     proc = _run("demo", "-n", "15", "--as-of", "2026-11-30", "--json", "-w", str(root / "ws"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = _lines(proc)
-    assert [r["institution"] for r in reports] == ["city-first", "xihu-second", "beishan-chc"]
+    assert [r["institution"] for r in reports] == ["city-first", "xihu-second", "beishan-chc", "gongshu-lab", "binjiang-fhir"]  # SQL, then HL7 v2 and NDJSON
     assert all(r["by_resource"]["Observation"]["published"] > 0 for r in reports)
     assert "Observation" in proc.stderr and "Demo region" in proc.stderr  # progress and notes went to stderr
     return root / "ws"
@@ -67,7 +67,7 @@ def test_publish_json_is_json_lines_and_progress_counts_rows_read(ws, tmp_path):
     proc = _run("publish", "--json", "-w", str(ws), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     reports = _lines(proc)
-    assert len(reports) == 3 and all({"run_id", "institution", "by_resource", "quarantine_causes"} <= r.keys() for r in reports)
+    assert len(reports) == 5 and all({"run_id", "institution", "by_resource", "quarantine_causes"} <= r.keys() for r in reports)
     observed = reports[0]["by_resource"]["Observation"]
     assert observed["read"] == observed["published"] + observed["quarantined"]
     assert observed["read"] < 20  # incremental: only rows at or after the watermark

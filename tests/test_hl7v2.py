@@ -17,7 +17,7 @@ import yaml
 
 from hub.identifiers import find_identifiers
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.quarantine import list_rows, open_row
 from hub.region import load_region
@@ -190,7 +190,7 @@ def test_malformed_and_unsupported_messages_are_quarantined_with_reasons(tmp_pat
     assert (info["messages"], info["mapped"], info["quarantined"]) == (5, 1, 4)
     held = [c for c in report.counts if c.resource_type == "MessageHeader"]
     assert [(c.source_table, c.rows_read, c.quarantined) for c in held] == [("batch.hl7", 4, 4)]
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     entries = [e for e in list_rows(engine, institution=INST) if e["resource_type"] == "MessageHeader"]
     reasons = sorted(e["reason"] for e in entries)
     assert reasons[0].startswith("batch.hl7 message 2 ") and "segment 3 has no segment id" in reasons[0]
@@ -217,7 +217,7 @@ def test_crash_between_publish_and_advance_neither_loses_nor_duplicates(tmp_path
     with pytest.raises(RuntimeError):
         run_institution(region, INST, keys)
     monkeypatch.undo()
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     assert ndjson.get_position(engine, INST, "lis", "results.hl7") is None
     first = {r["id"]: r["content_hash"] for r in _rows(region, "Observation")}
     assert len(first) == 1  # published before the crash
@@ -277,7 +277,7 @@ def test_corrected_result_and_adt_update_replace_under_the_same_id(tmp_path, key
     (encounter,) = _resources(region, "Encounter")
     assert encounter["class"]["code"] == "IMP"
 
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     where = hl7v2.message_of(engine, INST, obs["id"])
     assert (where["file"], where["line"], where["feed"]) == ("2.hl7", 1, "lis")
     where = hl7v2.message_of(engine, INST, patient["id"])  # the A08's version, not the older ORU's PID
@@ -404,7 +404,7 @@ def test_mllp_acks_only_after_durable_storage_and_a_killed_listener_loses_nothin
     assert sorted((f["mapped"], f["quarantined"]) for f in files.values()) == [(0, 1), (0, 1), (1, 0)]
     (obs,) = _resources(region, "Observation")
     assert obs["valueQuantity"]["value"] == 5.6
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     reasons = sorted(e["reason"] for e in list_rows(engine, institution=INST) if e["resource_type"] == "MessageHeader")
     assert "segment 2 has no segment id" in reasons[0] and "MFN^M01 message" in reasons[1]
     assert run_institution(region, INST, keys).sources["lis"]["files"]["mllp/" + sealed[0].name]["state"] == "unchanged"

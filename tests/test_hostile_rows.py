@@ -16,7 +16,7 @@ import pytest
 from hub import quarantine
 from hub.demo.generator import generate_region
 from hub.identifiers import resident_id_check_char
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 
@@ -67,7 +67,7 @@ def test_hostile_rows_are_each_published_or_quarantined_and_the_run_goes_on(regi
     block = _block(report, "patient")
     assert block.quarantined == 4 and block.written == 1  # (unchanged rows at the watermark boundary are re-read)
     assert block.rows_read == block.published + block.quarantined
-    reasons = " | ".join(e["reason"] for e in quarantine.list_rows(runcat.connect(region.catalog_url), institution=INST, status="open"))
+    reasons = " | ".join(e["reason"] for e in quarantine.list_rows(runrecord.connect(region.catalog_url), institution=INST, status="open"))
     assert "key is empty" in reasons or "is empty" in reasons
     assert "is not valid UTF-8 text (byte 0xff" in reasons
     assert "NUL character" in reasons and "2,097,152 characters" in reasons
@@ -87,7 +87,7 @@ def test_an_update_time_in_the_future_or_unparseable_does_not_poison_the_waterma
     conn.commit()
     second = _block(run_institution(region, INST, keys), "patient")
     assert second.written == 1  # 9103 was seen: the watermark did not jump to 2999 or 9999
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     from hub import watermarks
 
     assert watermarks.get(engine, INST, "his", "Patient:patient:patient") < "2100"
@@ -113,7 +113,7 @@ def test_an_mrn_reused_for_another_person_is_quarantined_not_overwritten(region,
     report = run_institution(region, INST, keys)
     block = _block(report, "patient")
     assert block.quarantined == 1 and block.written == 0
-    entry = quarantine.list_rows(runcat.connect(region.catalog_url), institution=INST, status="open")[-1]
+    entry = quarantine.list_rows(runrecord.connect(region.catalog_url), institution=INST, status="open")[-1]
     assert "already published for a patient with a different resident ID number and birth date" in entry["reason"]
     assert other not in entry["reason"] and mrn not in entry["reason"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from hub import quarantine
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from tests.mapping.test_vendor_d_publish import INST, _source
 from tests.mapping.test_vendor_d_publish import region as region  # noqa: F401 - the vendor D workspace fixture
@@ -44,7 +44,7 @@ def test_hostile_rows_without_primary_keys_reconcile(region, keys):  # noqa: F81
     assert patients.quarantined - before["PATIENTS"] >= 4  # the empty row, bad bytes, NUL, the duplicate
     assert _block(report, "DIAGNOSES_ICD").quarantined - before["DIAGNOSES_ICD"] == 1
     assert report.unwatermarked == {"his:LABEVENTS": 1}  # an incremental pull cannot see it: reported
-    causes = " | ".join(e["reason"] for e in quarantine.list_rows(runcat.connect(region.catalog_url), institution=INST, status="open"))
+    causes = " | ".join(e["reason"] for e in quarantine.list_rows(runrecord.connect(region.catalog_url), institution=INST, status="open"))
     for expected in ("not valid UTF-8", "NUL character", "1,200,000 characters", "same source key", "not a date-time"):
         assert expected in causes, expected
 

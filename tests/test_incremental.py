@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from hub import watermarks
 from hub.demo.generator import generate_region
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 
@@ -51,7 +51,7 @@ def test_crash_between_publish_and_watermark_loses_and_duplicates_nothing(region
         run_institution(region, INST, keys)
     published_before_crash = _observations(region).num_rows
     assert published_before_crash == expected  # the rows were committed ...
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     assert watermarks.get(engine, INST, "lis", "Observation:lab_result:observation") is None  # ... the watermark not
 
     monkeypatch.setattr(watermarks, "advance", real_advance)
@@ -64,7 +64,7 @@ def test_crash_between_publish_and_watermark_loses_and_duplicates_nothing(region
     assert counts["written"] == 0  # re-read, nothing new to write
     assert watermarks.get(engine, INST, "lis", "Observation:lab_result:observation") is not None
     with engine.connect() as conn:
-        statuses = [r.status for r in conn.execute(sa.select(runcat.runs.c.status).order_by(runcat.runs.c.started_at))]
+        statuses = [r.status for r in conn.execute(sa.select(runrecord.runs.c.status).order_by(runrecord.runs.c.started_at))]
     assert "failed" in statuses and statuses[-1] == "succeeded"
 
 

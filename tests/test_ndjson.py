@@ -20,7 +20,7 @@ from hub.demo.generator import generate_region
 from hub.feeds import check_ndjson_feed
 from hub.identifiers import find_identifiers
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.quarantine import list_rows
 from hub.region import load_region
@@ -118,7 +118,7 @@ def test_export_publishes_with_counts_reconciled_per_file(region, keys):
     causes = " ".join(report.causes)
     assert "is not valid JSON" in causes and "Practitioner is a resource type hub does not publish" in causes
     assert "Observation.effectiveDateTime" in causes
-    reasons = [r["reason"] for r in list_rows(runcat.connect(region.catalog_url), institution=INST)]
+    reasons = [r["reason"] for r in list_rows(runrecord.connect(region.catalog_url), institution=INST)]
     assert any(r.startswith("Observation.ndjson:3 Observation.effectiveDateTime") for r in reasons)  # file:line and element
     assert any(r.startswith("Observation.ndjson:4 ") for r in reasons)
     assert not any("yesterday" in r for r in reasons)  # never the value
@@ -152,7 +152,7 @@ def test_ids_and_references_are_keyed_and_consistent(region, keys):
         assert res["subject"]["reference"].removeprefix("Patient/") in patients
         assert o["source_system"] == f"ndjson:{FEED}" and o["source_table"] == "Observation.ndjson"
     assert any('"value":5.60' in o["resource"] for o in observations.values())
-    where = ndjson.line_of(runcat.connect(region.catalog_url), INST, report["id"])
+    where = ndjson.line_of(runrecord.connect(region.catalog_url), INST, report["id"])
     assert where["file"] == "DiagnosticReport.ndjson" and where["line"] == 1 and len(where["line_hash"]) == 32
 
 
@@ -211,7 +211,7 @@ def test_crash_before_position_advance_rereads_without_duplicates(region, keys, 
     monkeypatch.setattr(ndjson, "advance", crash)
     with pytest.raises(RuntimeError, match="killed"):
         run_institution(region, INST, keys)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     assert ndjson.get_position(engine, INST, FEED, "Observation.ndjson") is None
     assert len(_rows(region, "Observation")) == 2  # committed before the crash
     monkeypatch.setattr(ndjson, "advance", real_advance)
@@ -253,7 +253,7 @@ def test_feeds_check_samples_an_ndjson_feed(region, keys):
     by_file = {b.table: (b.rows, b.would_publish, b.would_quarantine) for b in result.blocks}
     assert by_file["Observation.ndjson"] == (4, 2, 2) and by_file["Practitioner.ndjson"] == (1, 0, 1)
     assert any("is not valid JSON" in g.cause for g in result.causes)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     assert ndjson.get_position(engine, INST, FEED, "Observation.ndjson") is None  # a check stores nothing
 
 

@@ -14,7 +14,7 @@ from hub.demo import vendors
 from hub.demo.generator import generate_onboarding_sources, generate_region
 from hub.feeds import check_feed
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 from hub.replay import replay
@@ -77,5 +77,5 @@ def test_wide_table_vendor_is_published_through_its_mapping_file(region, keys):
         conn.execute(sa.text("UPDATE jy_item SET loinc = '1988-5', loinc_name = 'C reactive protein' WHERE col_name = 'CRP'"))
     result = replay(region, NEW, keys)
     assert (result.published, result.still_quarantined) == (crp, 0)
-    assert quarantine.list_rows(runcat.connect(region.catalog_url), institution=NEW, status="open") == []
+    assert quarantine.list_rows(runrecord.connect(region.catalog_url), institution=NEW, status="open") == []
     assert table.refresh().scan(row_filter=f"institution == '{NEW}'").to_arrow().num_rows == cells

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from hub import quarantine
 from hub.demo.generator import build_region
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from tests.leakscan import hits, identifiers_of, parquet_text
 
@@ -27,7 +27,7 @@ def _tables(region):
 def test_rows_in_equal_published_plus_quarantined_per_institution(demo):
     region, _, reports = demo
     tables = _tables(region)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     for inst, report in reports.items():
         q = Counter(r["resource_type"] for r in quarantine.list_rows(engine, report.run_id))
         for rtype, c in report.by_resource().items():
@@ -91,7 +91,7 @@ def test_no_identifier_in_any_published_file_or_catalog(demo):
 
 def test_quarantined_rows_are_encrypted_and_openable_with_the_key(demo, keys):
     region, _, reports = demo
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     entries = quarantine.list_rows(engine, reports["city-first"].run_id)
     assert entries and all("payload" not in e for e in entries)
     with engine.connect() as conn:
@@ -114,8 +114,8 @@ def test_lineage_columns_name_the_run_mapping_rules_and_key(demo, keys):
 
 def test_run_counts_are_recorded_in_the_catalog(demo):
     region, _, reports = demo
-    engine = runcat.connect(region.catalog_url)
-    rows = runcat.counts_for_run(engine, reports["xihu-second"].run_id)
+    engine = runrecord.connect(region.catalog_url)
+    rows = runrecord.counts_for_run(engine, reports["xihu-second"].run_id)
     assert rows and all(r["rows_read"] == r["published"] + r["quarantined"] for r in rows)
 
 

@@ -12,7 +12,7 @@ import yaml
 from hub import quarantine
 from hub.demo.generator import generate_region
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 from hub.replay import replay
@@ -32,7 +32,7 @@ def published(tmp_path, keys):
     region_file.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
     region = load_region(tmp_path / "ws")
     run_institution(region, INST, keys)
-    return region, runcat.connect(region.catalog_url)
+    return region, runrecord.connect(region.catalog_url)
 
 
 def _open(engine, resource="Observation"):
@@ -63,7 +63,7 @@ def test_replay_after_a_source_fix_publishes_the_row(published, keys):
     assert _observations(region) == before + 1
     entry = quarantine.list_rows(engine, ids=[bad_date["id"]])[0]
     assert entry["status"] == "resolved" and entry["closed_by"] == result.run.run_id
-    counts = runcat.counts_for_run(engine, result.run.run_id)
+    counts = runrecord.counts_for_run(engine, result.run.run_id)
     assert sum(c["rows_read"] for c in counts) == sum(c["published"] + c["quarantined"] for c in counts) == 1
 
 

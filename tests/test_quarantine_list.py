@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from hub import quarantine
 from hub.cli import app
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 
 
 def _list(demo, *args: str) -> str:
@@ -19,7 +19,7 @@ def _list(demo, *args: str) -> str:
 
 
 def test_default_is_one_line_per_cause_not_per_row(demo):
-    entries = quarantine.list_rows(runcat.connect(demo[0].catalog_url), status="open")
+    entries = quarantine.list_rows(runrecord.connect(demo[0].catalog_url), status="open")
     out = _list(demo)
     assert f"{len(entries)} open quarantined rows by cause" in out
     assert "is not a date-time in the configured formats" in out
@@ -30,7 +30,7 @@ def test_json_is_one_parseable_object_per_line_with_the_run_status(demo):
     lines = _list(demo, "--json").strip().splitlines()
     records = [json.loads(line) for line in lines]
     assert records and all(r["run_status"] == "succeeded" and r["status"] == "open" for r in records)
-    assert len(records) == len(quarantine.list_rows(runcat.connect(demo[0].catalog_url), status="open"))
+    assert len(records) == len(quarantine.list_rows(runrecord.connect(demo[0].catalog_url), status="open"))
 
 
 def test_cause_filter_and_limit(demo):
@@ -41,13 +41,13 @@ def test_cause_filter_and_limit(demo):
 
 
 def test_entries_from_a_failed_run_are_marked(demo):
-    engine = runcat.connect(demo[0].catalog_url)
+    engine = runrecord.connect(demo[0].catalog_url)
     entry = quarantine.list_rows(engine, status="open")[0]
     with engine.begin() as conn:
-        conn.execute(runcat.runs.update().where(runcat.runs.c.run_id == entry["run_id"]).values(status="failed"))
+        conn.execute(runrecord.runs.update().where(runrecord.runs.c.run_id == entry["run_id"]).values(status="failed"))
     try:
         assert "from a failed run" in _list(demo)
         assert "(failed run)" in _list(demo, "--rows", "--limit", "1000")
     finally:
         with engine.begin() as conn:
-            conn.execute(runcat.runs.update().where(runcat.runs.c.run_id == entry["run_id"]).values(status="succeeded"))
+            conn.execute(runrecord.runs.update().where(runrecord.runs.c.run_id == entry["run_id"]).values(status="succeeded"))

@@ -24,7 +24,7 @@ from hub.demo import generator as G
 from hub.fhir.ids import resource_id
 from hub.identifiers import resident_id_check_char
 from hub.lakehouse.tables import ARROW_SCHEMA, open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 from hub.research import ReleaseError, build_release, releases
@@ -134,7 +134,7 @@ def test_gate_k_equals_k_of_real_persons_over_written_rows(world, keys):
     assert report.suppressed_classes[0]["institution"] == XS and report.suppressed_classes[0]["people"] == 1
     assert 0 < report.levels[-1].share_records_below_k < 0.1
     assert set(report.snapshots_read) >= {"Patient", "Observation"} and report.snapshots_written == release.snapshots
-    with runcat.connect(region.catalog_url).connect() as conn:
+    with runrecord.connect(region.catalog_url).connect() as conn:
         stored = conn.execute(sa.select(releases.c.status, releases.c.risk_report).where(releases.c.name == "truth")).one()
     assert stored.status == "published" and '"snapshots_read"' in stored.risk_report
 
@@ -178,7 +178,7 @@ def test_release_names_are_unique_and_tags_never_move(world, keys):
     with pytest.raises(ReleaseError, match="release name 'dup' is taken"):
         build_release(region, keys, name="dup", k=3, max_suppression=0.1)
     # the database refuses it too, whoever inserts
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(releases.insert().values(release_id="forged", name="dup", created_at=dt.datetime.now(dt.UTC),
                                               status="published", k=3, ruleset="x", key_id="x", risk_report="{}"))

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from deid.actions import pseudonym, shift_days
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.research import build_release, releases
 from tests.conftest import publish_region
 
@@ -29,7 +29,7 @@ def _table(region, name, **scan):
 def test_refused_release_publishes_nothing_and_keeps_its_report(published, keys):
     release = build_release(published, keys, name="too-strict", k=500)
     assert release.status == "refused" and "cannot be met" in release.report.reason
-    with runcat.connect(published.catalog_url).connect() as conn:
+    with runrecord.connect(published.catalog_url).connect() as conn:
         row = conn.execute(sa.select(releases).where(releases.c.release_id == release.release_id)).one()
     assert row.status == "refused" and json.loads(row.risk_report)["passed"] is False
     catalog = open_catalog(published.catalog_url, published.warehouse)

@@ -10,7 +10,7 @@ from deid.keys import Keyring, create_key_file, rotate
 from hub import quarantine
 from hub.demo.generator import generate_region
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import KeyMismatch, repseudonymize, run_institution
 from hub.region import load_region
 
@@ -39,7 +39,7 @@ def test_rotation_keeps_old_data_readable_and_repseudonymizes(tmp_path, monkeypa
     table = catalog.load_table("recognition.observation")
     before = table.scan().to_arrow()
     old_snapshot = table.current_snapshot().snapshot_id
-    entry = quarantine.list_rows(runcat.connect(region.catalog_url), institution=INST)[0]["id"]
+    entry = quarantine.list_rows(runrecord.connect(region.catalog_url), institution=INST)[0]["id"]
 
     old_id, new_id = rotate(region.key_file)
     new = Keyring.load(region.key_file)
@@ -48,7 +48,7 @@ def test_rotation_keeps_old_data_readable_and_repseudonymizes(tmp_path, monkeypa
 
     # sealed under the old key, still readable with the new keyring and the retired file
     assert decrypt(new, sealed, region.key_file) == "M0000001"
-    assert quarantine.open_row(runcat.connect(region.catalog_url), new, entry, region.key_file)
+    assert quarantine.open_row(runrecord.connect(region.catalog_url), new, entry, region.key_file)
 
     report, removed = repseudonymize(region, INST, new)
     after = table.refresh().scan().to_arrow()
@@ -73,8 +73,8 @@ def _published(region) -> dict[str, tuple[int | None, int]]:
 def _runs(region) -> int:
     import sqlalchemy as sa
 
-    with runcat.connect(region.catalog_url).connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(runcat.runs)).scalar_one()
+    with runrecord.connect(region.catalog_url).connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(runrecord.runs)).scalar_one()
 
 
 @pytest.fixture

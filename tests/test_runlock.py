@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from hub.demo.generator import generate_region
 from hub.lakehouse.orphans import find_orphans
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import run_institution
 from hub.region import load_region
 from tests.conftest import TEST_MASTER_KEY
@@ -65,24 +65,24 @@ def test_two_publishes_of_one_institution_at_once_publish_each_row_once(region):
     assert [p.returncode for p in procs] == [0, 0], [o[1][-800:] for o in outs]
     ids = _all_ids(region)
     assert ids and all(len(v) == len(set(v)) for v in ids.values()), {k: len(v) - len(set(v)) for k, v in ids.items()}
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     with engine.connect() as conn:
-        statuses = [s for (s,) in conn.execute(sa.select(runcat.runs.c.status).where(runcat.runs.c.institution == INST))]
+        statuses = [s for (s,) in conn.execute(sa.select(runrecord.runs.c.status).where(runrecord.runs.c.institution == INST))]
     assert statuses == ["succeeded", "succeeded"]
 
 
 def test_a_second_run_is_refused_while_a_live_run_holds_the_lock(region, keys):
     holder = _python(f"""
         import time
-        from hub.lineage import catalog as runcat
-        runcat.acquire_lock(runcat.connect(region.catalog_url), {INST!r}, "holder-run")
+        from hub.lineage import runrecord
+        runrecord.acquire_lock(runrecord.connect(region.catalog_url), {INST!r}, "holder-run")
         print("locked", flush=True)
         time.sleep(60)
     """, region.workspace)
     try:
         assert holder.stdout.readline().strip() == "locked"
         start = time.monotonic()
-        with pytest.raises(runcat.InstitutionBusy, match="is being published by run holder-run"):
+        with pytest.raises(runrecord.InstitutionBusy, match="is being published by run holder-run"):
             run_institution(region, INST, keys, lock_wait=1)
         assert time.monotonic() - start < 10
         assert _all_ids(region) == {}  # nothing was read or written
@@ -92,12 +92,12 @@ def test_a_second_run_is_refused_while_a_live_run_holds_the_lock(region, keys):
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_and_its_run_marked_failed(region, keys):
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     holder = _python(f"""
-        from hub.lineage import catalog as runcat
-        engine = runcat.connect(region.catalog_url)
-        runcat.start_run(engine, "killed-run", {INST!r}, "k", "r", "0")
-        runcat.acquire_lock(engine, {INST!r}, "killed-run")
+        from hub.lineage import runrecord
+        engine = runrecord.connect(region.catalog_url)
+        runrecord.start_run(engine, "killed-run", {INST!r}, "k", "r", "0")
+        runrecord.acquire_lock(engine, {INST!r}, "killed-run")
         print("locked", flush=True)
         import time; time.sleep(60)
     """, region.workspace)
@@ -107,8 +107,8 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_its_run_marked_failed
     report = run_institution(region, INST, keys)
     assert report.abandoned_runs == ["killed-run"]
     with engine.connect() as conn:
-        status = conn.execute(sa.select(runcat.runs.c.status).where(runcat.runs.c.run_id == "killed-run")).scalar_one()
-        locks = conn.execute(sa.select(sa.func.count()).select_from(runcat.run_locks)).scalar_one()
+        status = conn.execute(sa.select(runrecord.runs.c.status).where(runrecord.runs.c.run_id == "killed-run")).scalar_one()
+        locks = conn.execute(sa.select(sa.func.count()).select_from(runrecord.run_locks)).scalar_one()
     assert status == "failed" and locks == 0
 
 
@@ -150,9 +150,9 @@ def test_processes_opening_a_new_catalog_at_once_all_succeed(tmp_path):
         import sys, time
         from pathlib import Path
         from hub.lakehouse.tables import ensure_table, open_catalog
-        from hub.lineage import catalog as runcat
+        from hub.lineage import runrecord
         time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # start together
-        runcat.connect({url!r})
+        runrecord.connect({url!r})
         ensure_table(open_catalog({url!r}, Path({str(warehouse)!r})), "recognition", "Observation")
     """
     start = str(time.time() + 3)

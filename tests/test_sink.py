@@ -19,8 +19,7 @@ from hub.fhir.jsonio import content_hash, dumps
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ARROW_SCHEMA, ensure_table, open_catalog, primary_code
 from hub.leakscan import LeakBlocked, Scanner, load_scan_policy
-from hub.lineage import catalog as runcat
-from hub.lineage import manifests
+from hub.lineage import manifests, runrecord
 from hub.lineage.manifests import file_sha256
 from hub.lineage.signing import create_key_file
 
@@ -32,7 +31,7 @@ SURVIVOR = {"valueString": "请回电 138 0013 8000"}  # what a ruleset that kee
 @pytest.fixture()
 def lake(tmp_path):
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    return open_catalog(url, tmp_path / "warehouse"), runcat.connect(url), create_key_file(tmp_path / "keys" / "signing.key")
+    return open_catalog(url, tmp_path / "warehouse"), runrecord.connect(url), create_key_file(tmp_path / "keys" / "signing.key")
 
 
 def _publication(lake, kind: str = "run") -> Publication:
@@ -161,7 +160,7 @@ def test_recognition_index_build_blocks_a_survivor_in_the_zone_and_writes_nothin
     assert exc.value.hits[0].where.startswith("recognition_results.resource")
     with engine.connect() as conn:
         assert [conn.execute(sa.select(sa.func.count()).select_from(t)).scalar() for t in (index.results, index.builds)] == [0, 0]
-    assert _manifest_bodies(runcat.connect(region.catalog_url)) == []
+    assert _manifest_bodies(runrecord.connect(region.catalog_url)) == []
 
 
 # ---- a clean publication: one signed manifest listing everything written ------------------
@@ -242,7 +241,7 @@ def test_a_row_whose_result_is_an_id_number_is_quarantined_and_the_run_publishes
     report = run_institution(region, "city-first", keys)
     leaks = [k for k in report.causes if "leak scan" in k]
     assert leaks == ["Observation.valueQuantity.value: the leak scan finds a resident ID number here after de-identification"]
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     reasons = [e["reason"] for e in quarantine.list_rows(engine, institution="city-first") if "leak scan" in e["reason"]]
     assert len(reasons) == 1 and id_number not in reasons[0]
     assert report.by_resource()["Observation"]["published"] > 0 and report.manifest is not None

@@ -107,7 +107,7 @@ def test_wide_table_vendor_on_postgres_and_his_on_mariadb(servers, keys, tmp_pat
 
 @pytest.fixture()
 def pg_catalog_db(servers):
-    """A fresh PostgreSQL database for the Iceberg and lineage catalog, dropped afterwards."""
+    """A fresh PostgreSQL database for the Iceberg and run record, dropped afterwards."""
     import secrets
 
     name = f"hub_catalog_{secrets.token_hex(4)}"
@@ -124,7 +124,7 @@ def pg_catalog_db(servers):
 @pytest.mark.slow
 def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
     from hub.demo.generator import generate_region
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.lineage.audit import verify_region
 
     generate_region(tmp_path, patients=15)
@@ -139,7 +139,7 @@ def test_catalog_on_postgres(pg_catalog_db, keys, tmp_path):
     assert all(c["written"] == 0 for c in second.by_resource().values())
     obs = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation").scan().to_arrow()
     assert obs.num_rows == first.by_resource()["Observation"]["published"]
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     with engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
     assert {"iceberg_tables", "hub_runs", "hub_quarantine", "hub_manifests", "hub_watermarks"} <= tables
@@ -152,9 +152,9 @@ def test_recognition_index_on_postgres(pg_catalog_db, keys, tmp_path):
     import datetime as dt
 
     from hub.demo.generator import canary, generate_region
-    from hub.recognition.catalog import load_catalog
     from hub.recognition.index import build, connect, index_url
     from hub.recognition.query import patient_for, query
+    from hub.recognition.rules import load_rules
 
     generate_region(tmp_path, patients=10)
     doc = yaml.safe_load((tmp_path / "region.yaml").read_text(encoding="utf-8"))
@@ -167,5 +167,5 @@ def test_recognition_index_on_postgres(pg_catalog_db, keys, tmp_path):
     assert index.dialect.name == "postgresql"
     assert build(region, index) > 0 and build(region, index) == 0  # incremental: nothing new the second time
     patient = patient_for(index, keys, "urn:oid:2.16.156.10011.1.3", canary().id_number)
-    verdicts = query(index, load_catalog(), patient, "beishan-chc", at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    verdicts = query(index, load_rules(), patient, "beishan-chc", at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert {v.institution for v in verdicts} >= {"city-first", "xihu-second"}

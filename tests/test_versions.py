@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from hub.demo.generator import generate_region
 from hub.fhir.ids import resource_id
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.pipeline import deletions, run_institution
 from hub.region import load_region
 
@@ -68,7 +68,7 @@ def test_a_row_deleted_at_the_source_is_removed_and_recorded(region, keys):
 
     gone, table = _observation(region, keys, 15)
     assert gone == []
-    with runcat.connect(region.catalog_url).connect() as conn:
+    with runrecord.connect(region.catalog_url).connect() as conn:
         recorded = conn.execute(sa.select(deletions)).all()
     assert [(r.resource_type, r.resource_id, r.run_id) for r in recorded] == [("Observation", before[0]["id"], full.run_id)]
     old = table.scan(snapshot_id=snapshot, row_filter=f"id == '{before[0]['id']}'").to_arrow()

@@ -90,7 +90,7 @@ def audit_adopt(
 
     from hub.errors import NotFound
     from hub.lakehouse.tables import open_catalog
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.lineage.manifests import adopt
     from hub.lineage.signing import load_signer
     from hub.region import load_region
@@ -102,7 +102,7 @@ def audit_adopt(
     except NoSuchTableError:
         raise NotFound(f"no table {table} in the catalog of {workspace}") from None
     try:
-        seq, digest = adopt(runcat.connect(region.catalog_url), signer, target, snapshots or [], reason)
+        seq, digest = adopt(runrecord.connect(region.catalog_url), signer, target, snapshots or [], reason)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console.print(f"Adopted {len(snapshots or [])} snapshot(s) and the current metadata of {table} in manifest {seq}; "
@@ -122,12 +122,11 @@ def audit_access(
     import datetime as dt
     import json
 
-    from hub.lineage import access
-    from hub.lineage import catalog as runcat
+    from hub.lineage import access, runrecord
     from hub.region import load_region
 
     start = dt.datetime.fromisoformat(since).replace(tzinfo=dt.UTC) if since else None
-    rows = access.entries(runcat.connect(load_region(workspace).catalog_url), who, action, start)
+    rows = access.entries(runrecord.connect(load_region(workspace).catalog_url), who, action, start)
     if fhir:
         for event in access.as_audit_events(rows):
             print(json.dumps(event, ensure_ascii=False))

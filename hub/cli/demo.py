@@ -73,7 +73,7 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
     import importlib
 
     from hub import progress as hub_progress
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.region import load_region
 
     os.environ["HUB_WORKSPACE"] = str(workspace)
@@ -95,7 +95,7 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
         finally:
             shown.finish()
             hub_progress.set_reporter(None)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     for iid in ids:
         reports.append(_latest_report(engine, iid))
     return reports
@@ -106,7 +106,7 @@ def _latest_report(engine, institution: str) -> dict:
 
     import sqlalchemy as sa
 
-    from hub.lineage.catalog import runs
+    from hub.lineage.runrecord import runs
 
     with engine.connect() as conn:
         row = conn.execute(

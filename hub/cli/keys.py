@@ -75,7 +75,7 @@ def keys_signing_create(
     verifying under the key that signed them. Then point HUB_SIGNING_KEY_FILE (or
     signing_key_file in region.yaml) at PATH.
     """
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.lineage.manifests import head
     from hub.lineage.signing import add_trusted, create_key_file
     from hub.region import load_region
@@ -83,7 +83,7 @@ def keys_signing_create(
     if path.exists():
         raise typer.BadParameter(f"{path} exists; signing keys are never overwritten")
     region = load_region(workspace)
-    current = head(runcat.connect(region.catalog_url))
+    current = head(runrecord.connect(region.catalog_url))
     from_seq = current[0] + 1 if current else 1
     signer = create_key_file(path)
     console.print(f"Created signing key {signer.key_id} at {path} (mode 600); it may sign manifests from {from_seq} on.", highlight=False)

@@ -38,16 +38,16 @@ def quarantine_list(
     import sqlalchemy as sa
 
     from hub import quarantine
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.region import load_region
 
-    engine = runcat.connect(load_region(workspace).catalog_url)
+    engine = runrecord.connect(load_region(workspace).catalog_url)
     entries = quarantine.list_rows(engine, run_id, institution, None if show_all else "open")
     if cause:
         entries = [e for e in entries if cause.lower() in e["cause"].lower()]
     run_ids = sorted({e["run_id"] for e in entries})
     with engine.connect() as conn:
-        status = dict(conn.execute(sa.select(runcat.runs.c.run_id, runcat.runs.c.status).where(runcat.runs.c.run_id.in_(run_ids))).tuples().all()) if run_ids else {}
+        status = dict(conn.execute(sa.select(runrecord.runs.c.run_id, runrecord.runs.c.status).where(runrecord.runs.c.run_id.in_(run_ids))).tuples().all()) if run_ids else {}
     for e in entries:
         e["run_status"] = status.get(e["run_id"], "unknown")
     if rows:
@@ -91,12 +91,12 @@ def quarantine_show(
 
     from deid.keys import Keyring
     from hub import quarantine
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.region import load_region
 
     region = load_region(workspace)
     keys = Keyring.load(region.key_file)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     meta = quarantine.list_rows(engine, ids=[entry])
     if not meta:
         raise NotFound(f"no quarantine entry {entry}")

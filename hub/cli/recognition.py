@@ -15,12 +15,12 @@ app.add_typer(recognition_app, name="recognition")
 
 def _recognition(workspace: Path):
     from deid.keys import Keyring
-    from hub.recognition.catalog import load_catalog
     from hub.recognition.index import connect, index_url
+    from hub.recognition.rules import load_rules
     from hub.region import load_region
 
     region = load_region(workspace)
-    return region, Keyring.load(region.key_file), connect(index_url(region)), load_catalog()
+    return region, Keyring.load(region.key_file), connect(index_url(region)), load_rules()
 
 
 @recognition_app.command("build-index")
@@ -120,8 +120,7 @@ def recognition_query(
     import datetime as dt
 
     from hub.errors import CommandFailed
-    from hub.lineage import access
-    from hub.lineage import catalog as runcat
+    from hub.lineage import access, runrecord
     from hub.recognition.query import (
         ID_CARD_SYSTEMS,
         IdentifierRefused,
@@ -130,7 +129,7 @@ def recognition_query(
         query,
     )
 
-    region, keys, index, catalog = _recognition(workspace)
+    region, keys, index, rules = _recognition(workspace)
     region.institution(requester)
     if bool(id_number) == bool(mrn):
         raise typer.BadParameter("give --id-number or --mrn")
@@ -138,12 +137,12 @@ def recognition_query(
     try:
         patient = patient_for(index, keys, system, value, requester=requester)
     except IdentifierRefused as exc:
-        access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",
+        access.record(runrecord.connect(region.catalog_url), "recognition-query", "recognition (command line)",
                       {"requester": requester, "refused": exc.cause}, "refused")
         raise CommandFailed(str(exc)) from None
     when = dt.datetime.fromisoformat(at).replace(tzinfo=dt.UTC) if at else None
-    verdicts = query(index, catalog, patient, requester, code or None, at=when) if patient else []
-    access.record(runcat.connect(region.catalog_url), "recognition-query", "recognition (command line)",
+    verdicts = query(index, rules, patient, requester, code or None, at=when) if patient else []
+    access.record(runrecord.connect(region.catalog_url), "recognition-query", "recognition (command line)",
                   {"requester": requester, "codes": code or None, "results": len(verdicts)})
     if as_json:
         print_json_lines(_verdict_row(v) for v in verdicts)
@@ -193,5 +192,5 @@ def serve(
     from hub.recognition.api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s %(message)s")
-    region, keys, index, catalog = _recognition(workspace)
-    uvicorn.run(create_app(region, keys, index, catalog, base_url=base_url), host=host, port=port, access_log=False, log_level="info")
+    region, keys, index, rules = _recognition(workspace)
+    uvicorn.run(create_app(region, keys, index, rules, base_url=base_url), host=host, port=port, access_log=False, log_level="info")

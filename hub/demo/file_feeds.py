@@ -1,7 +1,7 @@
 """The demo's two institutions that do not open a database: one sends HL7 v2, one exports FHIR NDJSON.
 
-Both draw from the same synthetic people as the SQL institutions (the same seed gives the
-same people), so a person can have results at a hospital's LIS, at the independent lab and
+Both draw from the same synthetic people as the SQL institutions (hub.demo.generator hands
+them over), so a person can have results at a hospital's LIS, at the independent lab and
 in the FHIR export:
 
 - ``gongshu-lab`` (an independent laboratory) drops ORU^R01 messages into a folder, in GB18030
@@ -19,12 +19,10 @@ import datetime as dt
 import gzip
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from faker import Faker
-
-from hub.demo.generator import DEFAULT_SEED, Person, _person, _visits, start_of
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,20 +45,16 @@ _STATUS_FHIR = {"final": "final", "preliminary": "preliminary", "corrected": "co
 MESSAGES_PER_FILE = 50
 
 
-def _people(patients: int, seed: int) -> list[Person]:
-    """The same people build_region makes first (same seed, same draws)."""
-    rng = random.Random(seed)
-    fake = Faker("zh_CN")
-    fake.seed_instance(seed)
-    return [_person(rng, fake) for _ in range(patients)]
+#: The generator's visit maker: (rng, person, first day) -> visits with orders and results.
+Visits = Callable[[random.Random, Any, dt.datetime], list]
 
 
-def _members(inst: FileInstitution, people: list[Person], seed: int, start: dt.datetime, n: int):
+def _members(inst: FileInstitution, people: list, visits: Visits, seed: int, start: dt.datetime, n: int):
     rng = random.Random(seed * 53 + n)
     out = []
     for p in people:
         if rng.random() < inst.share:
-            out.append((p, f"{inst.id[:2].upper()}{(n + 1) * 1_000_000 + len(out) + 1:07d}", _visits(rng, p, start)))
+            out.append((p, f"{inst.id[:2].upper()}{(n + 1) * 1_000_000 + len(out) + 1:07d}", visits(rng, p, start)))
     return out
 
 
@@ -73,7 +67,7 @@ def _ts(t: dt.datetime) -> str:
     return f"{t:%Y%m%d%H%M%S}+0800"
 
 
-def _oru(inst: FileInstitution, person: Person, mrn: str, order, control: str) -> str:
+def _oru(inst: FileInstitution, person, mrn: str, order, control: str) -> str:
     family, given = person.name[:1], person.name[1:]
     ids = f"{mrn}^^^{inst.id.upper()}^MR" + (f"~{person.id_number}^^^CHN^NI" if person.id_number else "")
     segments = [
@@ -145,13 +139,13 @@ def write_ndjson_export(folder: Path, inst: FileInstitution, members) -> dict[st
     return {"Patient": len(patients), "Observation": len(observations)}
 
 
-def generate_file_feeds(workspace: Path, patients: int = 300, seed: int = DEFAULT_SEED,
-                        as_of: dt.date | None = None) -> tuple[list[dict], dict[str, dict[str, int]]]:
-    """Write both institutions' files under workspace/sources; return their region.yaml entries and counts."""
-    people, start = _people(patients, seed), start_of(as_of)
+def generate_file_feeds(workspace: Path, people: list, visits: Visits, seed: int,
+                        start: dt.datetime) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """Write both institutions' files under workspace/sources for the generator's people (its
+    visit maker and first day given by hub.demo.generator); return region.yaml entries and counts."""
     entries, counts = [], {}
     for n, inst in enumerate(FILE_INSTITUTIONS):
-        members = _members(inst, people, seed, start, n)
+        members = _members(inst, people, visits, seed, start, n)
         folder = Path(workspace) / "sources" / inst.id
         if inst.kind == "hl7v2":
             counts[f"{inst.id}/lis"] = {"messages": write_hl7v2_drop(folder, inst, members)}

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 import yaml
 from faker import Faker
 
-from hub.demo import catalog as C
+from hub.demo import content as C
 from hub.demo import vendors
 from hub.identifiers import resident_id_check_char
 from hub.lineage.signing import DEMO_KEY_NAME, DEMO_TRUSTED_NAME, ensure_demo_keys
@@ -539,7 +539,11 @@ def generate_region(workspace: Path, patients: int = 300, seed: int = DEFAULT_SE
     if file_feeds:
         from hub.demo.file_feeds import generate_file_feeds
 
-        entries, file_counts = generate_file_feeds(workspace, patients, seed, as_of)
+        rng = random.Random(seed)  # the same people build_region made first (same seed, same draws)
+        fake = Faker("zh_CN")
+        fake.seed_instance(seed)
+        people = [_person(rng, fake) for _ in range(patients)]
+        entries, file_counts = generate_file_feeds(workspace, people, _visits, seed, start_of(as_of))
         region["institutions"] += entries
         counts.update(file_counts)
     c = canary()

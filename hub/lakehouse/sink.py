@@ -130,7 +130,7 @@ class Publication:
 
     def __init__(self, engine: sa.Engine, signer: Signer, kind: str, publication_id: str | None = None, *,
                  scanner: Scanner | None = None, key_id: str | None = None):
-        """engine: the run catalog (manifests); signer: the manifest signing key; key_id: the
+        """engine: the run record (manifests); signer: the manifest signing key; key_id: the
         master key the published pseudonyms were made with (recorded in the manifest)."""
         if kind not in KINDS:
             raise ValueError(f"unknown publication kind {kind!r}; kinds: {', '.join(KINDS)}")
@@ -149,16 +149,16 @@ class Publication:
     @classmethod
     def open(cls, region, keys: Keyring | None, kind: str, publication_id: str | None = None, *,
              engine: sa.Engine | None = None, signer: Signer | None = None) -> Publication:
-        """A publication for a region: its run catalog, signing key, canaries and the ruleset's leak_scan policy.
+        """A publication for a region: its run record, signing key, canaries and the ruleset's leak_scan policy.
 
         keys: the master key of what is published (its key id goes into the manifest), or None.
         The signing key is loaded before anything is staged: no key, no publication.
         """
-        from hub.lineage import catalog as runcat
+        from hub.lineage import runrecord
 
         signer = signer or load_signer(region)
         scanner = Scanner(load_canaries(region.workspace), load_scan_policy(region.ruleset))
-        return cls(engine or runcat.connect(region.catalog_url), signer, kind, publication_id, scanner=scanner,
+        return cls(engine or runrecord.connect(region.catalog_url), signer, kind, publication_id, scanner=scanner,
                    key_id=keys.key_id if keys is not None else None)
 
     def __enter__(self) -> Publication:

@@ -1,1 +1,1 @@
-"""Lineage: the run catalog (runs, counts) kept in the same SQL database as the lakehouse catalog."""
+"""Lineage: the run record (runs, counts) kept in the same SQL database as the lakehouse catalog."""

@@ -40,7 +40,7 @@ def verify_region(region, trusted: TrustedKeys | None = None, *, last: int | Non
     import os
 
     from hub.lakehouse.tables import open_catalog
-    from hub.lineage.catalog import connect
+    from hub.lineage.runrecord import connect
     from hub.lineage.signing import ENV_SIGNING_KEY, ENV_SIGNING_KEY_FILE, trusted_for
 
     trusted = trusted if trusted is not None else trusted_for(region)

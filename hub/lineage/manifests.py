@@ -418,7 +418,7 @@ def _check_chain(rows, trusted: TrustedKeys, report: VerifyReport) -> list[tuple
 
 def _in_flight_runs(engine: sa.Engine) -> dict[str, str]:
     """run id -> institution of runs still running (started within IN_FLIGHT_FOR)."""
-    from hub.lineage.catalog import runs
+    from hub.lineage.runrecord import runs
 
     since = dt.datetime.now(dt.UTC) - IN_FLIGHT_FOR
     with engine.connect() as conn:
@@ -428,7 +428,7 @@ def _in_flight_runs(engine: sa.Engine) -> dict[str, str]:
 
 
 def _run_status(engine: sa.Engine, run_id: str | None) -> str | None:
-    from hub.lineage.catalog import runs
+    from hub.lineage.runrecord import runs
 
     if not run_id:
         return None

@@ -1,10 +1,10 @@
-"""The run catalog's tables, all of them, in one module at the bottom: it imports nothing of hub.
+"""The run record's tables, all of them, in one module at the bottom: it imports nothing of hub.
 
 Runs and their counts, the run lock, watermarks, quarantine, deletions found at the source,
 research releases, signed manifests, the access log and NDJSON file positions live in the
-run-catalog database (the same database as the Iceberg catalog: SQLite by default,
+run-record database (the same database as the Iceberg catalog: SQLite by default,
 PostgreSQL in production). Every module that records something imports its table from here,
-so creating the schema (``hub.lineage.catalog.connect``) needs no other module.
+so creating the schema (``hub.lineage.runrecord.connect``) needs no other module.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ metadata = sa.MetaData()
 #: research release states that hold a release's name: no other release may take it
 LIVE = ("building", "published")
 
-# ---- hub/lineage/catalog.py ----------------------------------------------------------
+# ---- hub/lineage/runrecord.py ----------------------------------------------------------
 
 runs = sa.Table(
     "hub_runs", metadata,

@@ -21,8 +21,7 @@ from deid.keys import Keyring
 from hub.errors import NotFound
 from hub.fhir.ids import source_key_hash
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.lineage.manifests import file_sha256, local_path, manifests
 from hub.mapping.spec import load_mapping
 from hub.region import Region
@@ -32,7 +31,7 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
     """The lineage chain of ``Type/id`` (recognition or research zone)."""
     rtype, _, rid = reference.partition("/")
     icat = open_catalog(region.catalog_url, region.warehouse)
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     for zone in (region.zone, "research"):
         try:
             table = icat.load_table(f"{zone}.{rtype.lower()}")
@@ -49,10 +48,10 @@ def trace(region: Region, keys: Keyring, reference: str, source_key: list[str] |
         "row": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k != "resource"},
     }
     with engine.connect() as conn:
-        run = conn.execute(sa.select(runcat.runs).where(runcat.runs.c.run_id == row["run_id"])).first()
-        counts = conn.execute(sa.select(runcat.run_counts).where(
-            runcat.run_counts.c.run_id == row["run_id"], runcat.run_counts.c.source_table == row["source_table"],
-            runcat.run_counts.c.resource_type == rtype)).first()
+        run = conn.execute(sa.select(runrecord.runs).where(runrecord.runs.c.run_id == row["run_id"])).first()
+        counts = conn.execute(sa.select(runrecord.run_counts).where(
+            runrecord.run_counts.c.run_id == row["run_id"], runrecord.run_counts.c.source_table == row["source_table"],
+            runrecord.run_counts.c.resource_type == rtype)).first()
         recorded = list(conn.execute(sa.select(manifests).where(manifests.c.run_id == row["run_id"])))
     if run is not None:
         out["run"] = {"run_id": run.run_id, "started_at": run.started_at.isoformat(), "finished_at": run.finished_at.isoformat() if run.finished_at else None,

@@ -56,9 +56,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deid.keys import Keyring
-from hub.lineage import access
-from hub.lineage import catalog as runcat
-from hub.recognition.catalog import Catalog
+from hub.lineage import access, runrecord
 from hub.recognition.conformance import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -82,6 +80,7 @@ from hub.recognition.query import (
     query,
     verdict_for,
 )
+from hub.recognition.rules import RecognitionRules
 from hub.recognition.served import READABLE, Served
 from hub.region import Region
 
@@ -189,7 +188,7 @@ def outcome(status: int, code: str, text: str, headers: dict[str, str] | None = 
 class Decision(BaseModel):
     resource: str  # the fullUrl the search returned, or Observation/<id> or DiagnosticReport/<id>
     decision: str  # accept | retest
-    reason: str | None = None  # a code from recognition/reasons.yaml, required for retest
+    reason: str | None = None  # a code from recognition-rules/reasons.yaml, required for retest
 
 
 def _bearer(request: Request) -> str:
@@ -244,7 +243,7 @@ SEARCH_PARAMS = ("patient.identifier", "code", "date", "requester", "at", "_at",
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog, tokens: dict[str, str] | None = None,
+def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: RecognitionRules, tokens: dict[str, str] | None = None,
                clock: Callable[[], float] = time.time, base_url: str | None = None) -> FastAPI:
     """The API over an index. Without ``tokens``, the region's token file is followed live.
 
@@ -264,7 +263,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
 
     app = FastAPI(title="hub recognition API", version="1", description=__doc__, lifespan=lifespan)
     app.state.limiter = limiter
-    audit = runcat.connect(region.catalog_url)
+    audit = runrecord.connect(region.catalog_url)
     store = TokenStore(token_file(region)) if tokens is None else None
 
     def fhir_base(request: Request) -> str:
@@ -350,7 +349,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         by_id = system in ID_CARD_SYSTEMS
         # the same queries and writes for every lookup, known person or not: a miss must not answer faster
         known = known_patient(index, patient or "")
-        verdicts = query(index, catalog, patient or "", requester, codes, at=at, since=since, resource_type=resource_type)
+        verdicts = query(index, rules, patient or "", requester, codes, at=at, since=since, resource_type=resource_type)
         served.grant(who, patient or "", clock(), limiter.policy.of(who).read_hours * 3600)
         if by_id and not known:
             until = limiter.miss(bearer, who)
@@ -389,7 +388,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
 
     @app.get("/fhir/metadata", summary="CapabilityStatement")
     def metadata(request: Request):
-        description = f"hub recognition API ({catalog.mark} {catalog.scope}); verdicts: {', '.join(VERDICTS)}"
+        description = f"hub recognition API ({rules.mark} {rules.scope}); verdicts: {', '.join(VERDICTS)}"
         return JSONResponse(media_type=FHIR_JSON, content=capability_statement(fhir_base(request), description))
 
     @app.get("/fhir/SearchParameter/{sp_id}", summary="A search parameter this server declares")
@@ -434,7 +433,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
                           {"resource": resource_type, "refused": "unknown id, or no search for the person"})
         resource = found.resource
         if resource_type in SEARCHED:
-            resource = annotated(verdict_for(catalog, who, resource, found.loinc or "", found.institution, found.status,
+            resource = annotated(verdict_for(rules, who, resource, found.loinc or "", found.institution, found.status,
                                              found.when if found.when is None or found.when.tzinfo else found.when.replace(tzinfo=dt.UTC), at))
         access.record(audit, action, "recognition", {"resource": f"{resource_type}/{rid}"}, who=who)
         return JSONResponse(media_type=FHIR_JSON, content=resource)
@@ -455,8 +454,8 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
         # until the id is known to the index, only its type is logged: the rest is caller text
         if decision not in ("accept", "retest"):
             return refuse(400, "invalid", "decision must be accept or retest", who, action, {"resource": rtype, "refused": "unknown decision"})
-        if (reason is not None and reason not in catalog.reasons) or (decision == "retest" and reason is None):
-            return refuse(400, "invalid", f"a re-test needs a reason code, and any reason must be one of {', '.join(catalog.reasons)}",
+        if (reason is not None and reason not in rules.reasons) or (decision == "retest" and reason is None):
+            return refuse(400, "invalid", f"a re-test needs a reason code, and any reason must be one of {', '.join(rules.reasons)}",
                           who, action, {"resource": rtype, "decision": decision, "refused": "reason not a code of reasons.yaml"})
         row = indexed_result(index, rtype, rid)
         if row is None or not served.granted(who, row.patient, clock()):
@@ -468,7 +467,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, catalog: Catalog
                                                    decision=decision, reason=reason))
         at = at or dt.datetime.fromtimestamp(int(clock()), dt.UTC)
         when = row.effective_time if row.effective_time is None or row.effective_time.tzinfo else row.effective_time.replace(tzinfo=dt.UTC)
-        verdict = verdict_for(catalog, who, json.loads(row.resource), row.loinc, row.institution, row.status, when, at)
+        verdict = verdict_for(rules, who, json.loads(row.resource), row.loinc, row.institution, row.status, when, at)
         access.record(audit, action, "recognition", {"resource": f"{rtype}/{rid}", "decision": decision, "reason": reason,
                                                      "verdict": verdict.code}, who=who)
         return verdict

@@ -26,8 +26,8 @@ from pyiceberg.expressions import AlwaysTrue, GreaterThan
 from deid.keys import Keyring
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
-from hub.lineage.catalog import create_all_concurrently
 from hub.lineage.manifests import sql_state
+from hub.lineage.runrecord import create_all_concurrently
 from hub.region import Region
 
 LOINC = "http://loinc.org"
@@ -169,10 +169,10 @@ _MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 def _deleted_since(region: Region, since: dt.datetime) -> bool:
     """True when a full pull removed rows deleted at the source after the last build."""
-    from hub.lineage import catalog as runcat
+    from hub.lineage import runrecord
     from hub.lineage.schema import deletions
 
-    with runcat.connect(region.catalog_url).connect() as conn:
+    with runrecord.connect(region.catalog_url).connect() as conn:
         latest = conn.execute(sa.select(sa.func.max(deletions.c.detected_at))).scalar()
     return latest is not None and _utc(latest) > since
 

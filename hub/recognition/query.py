@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from deid.actions import pseudonym
 from deid.keys import Keyring
 from hub.identifiers import is_valid_resident_id
-from hub.recognition.catalog import Catalog
 from hub.recognition.index import patient_ids, results
+from hub.recognition.rules import RecognitionRules
 
 ID_CARD_SYSTEMS = ("urn:oid:2.16.156.10011.1.3", "urn:oid:2.16.840.1.113883.2.23.1.19.1")
 FINAL = ("final", "amended", "corrected")
@@ -134,9 +134,9 @@ def result_exists(engine: sa.Engine, resource_type: str, resource_id: str) -> bo
             results.c.resource_type == resource_type, results.c.observation_id == resource_id).limit(1)).first() is not None
 
 
-def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status: str, when: dt.datetime | None, at: dt.datetime) -> tuple[str, int | None, int | None]:
+def judge(rules: RecognitionRules, requester: str, loinc: str, institution: str, status: str, when: dt.datetime | None, at: dt.datetime) -> tuple[str, int | None, int | None]:
     """(verdict code, age in days, window) for one result; checks in the order a doctor would."""
-    item = catalog.items.get(loinc)
+    item = rules.items.get(loinc)
     age = (at - when).days if when else None
     window = item.window_days if item else None
     if institution == requester:
@@ -145,7 +145,7 @@ def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status
         return "not-listed", age, window
     if status not in FINAL:
         return "not-final", age, window
-    eqa = catalog.eqa_passed(institution, loinc, when.year) if when else None
+    eqa = rules.eqa_passed(institution, loinc, when.year) if when else None
     if eqa is False:
         return "eqa-failed", age, window
     if eqa is None:
@@ -155,20 +155,20 @@ def judge(catalog: Catalog, requester: str, loinc: str, institution: str, status
     return "recognisable", age, window
 
 
-def verdict_for(catalog: Catalog, requester: str, resource: dict, loinc: str, institution: str, status: str,
+def verdict_for(rules: RecognitionRules, requester: str, resource: dict, loinc: str, institution: str, status: str,
                 when: dt.datetime | None, at: dt.datetime) -> Verdict:
     """The verdict on one result for a requester, judged at ``at``."""
-    code, age, window = judge(catalog, requester, loinc, institution, status, when, at)
+    code, age, window = judge(rules, requester, loinc, institution, status, when, at)
     ok = code == "recognisable"
     return Verdict(resource, institution, loinc, code, ok, VERDICTS[code],
-                   f"{catalog.mark} {catalog.scope}".strip() if ok else None, age, window)
+                   f"{rules.mark} {rules.scope}".strip() if ok else None, age, window)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value is None or value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def query(engine: sa.Engine, catalog: Catalog, patient: str, requester: str, loincs: list[str] | None = None,
+def query(engine: sa.Engine, rules: RecognitionRules, patient: str, requester: str, loincs: list[str] | None = None,
           at: dt.datetime | None = None, since: dt.datetime | None = None, resource_type: str = "Observation") -> list[Verdict]:
     """A patient's results with their verdicts, in a stable order (item, newest first, issuer, id): pages do not shift."""
     at = at or dt.datetime.now(dt.UTC)
@@ -183,7 +183,7 @@ def query(engine: sa.Engine, catalog: Catalog, patient: str, requester: str, loi
         when = _utc(r.effective_time)
         if (since and when and when < since) or (when and when > at):
             continue  # outside the asked period, or after the moment being judged
-        out.append(verdict_for(catalog, requester, json.loads(r.resource), r.loinc, r.institution, r.status, when, at))
+        out.append(verdict_for(rules, requester, json.loads(r.resource), r.loinc, r.institution, r.status, when, at))
     return out
 
 

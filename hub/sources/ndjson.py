@@ -197,7 +197,7 @@ class LineReader:
 # ---- positions ---------------------------------------------------------------------------
 
 def _ensure_tables(engine: sa.Engine) -> None:
-    from hub.lineage.catalog import create_all_concurrently
+    from hub.lineage.runrecord import create_all_concurrently
 
     create_all_concurrently(metadata, engine, tables=[positions, lines])
 

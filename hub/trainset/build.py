@@ -30,8 +30,7 @@ from deid.keys import Keyring
 from hub.errors import NotFound
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import open_catalog
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.region import Region
 from hub.views.runner import ViewRunner, run_over_table
 from hub.yamlio import ConfigError, LineDict, load_yaml
@@ -207,7 +206,7 @@ def build(region: Region, keys: Keyring, spec_path: Path, out: Path, purpose: st
     label_rows = labels(spec, rows, people)
     feature_rows = features(spec, rows, label_rows)
     split_of = {p: assign_split(keys, p, spec.split) for p in label_rows}
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     risk = None
     if spec.zone == "research":
         from hub.research import releases

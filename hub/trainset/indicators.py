@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+from pyiceberg.exceptions import NoSuchTableError
 
 from hub.lakehouse.tables import open_catalog
 from hub.region import REPO_ROOT, Region
@@ -37,19 +38,24 @@ def compute(region: Region, as_of: str | None = None) -> pa.Table:
     icat = open_catalog(region.catalog_url, region.warehouse)
     zone = region.zone
 
-    def view(name: str, table: str, extra: list[dict] | None = None) -> list[dict]:
+    def view(name: str, table: str, extra: list[dict] | None = None, row_filter: str = "True") -> list[dict]:
         v = json.loads((VIEWS / f"{name}.json").read_text(encoding="utf-8"))
         v["select"][0]["column"] += extra or []
         t = icat.load_table(f"{zone}.{table}")
         snap = t.snapshot_by_name(as_of).snapshot_id if as_of else None
-        return run_over_table(t, v, snap).to_pylist()
+        return run_over_table(t, v, snap, row_filter).to_pylist()
 
+    try:
+        org_names = {r["id"]: r["name"] for r in run_over_table(icat.load_table(f"{zone}.organization"), {
+            "resource": "Organization", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "name", "path": "name"}]}]}).to_pylist()}
+    except NoSuchTableError:
+        org_names = {}
     inst_col = [{"name": "institution", "path": "performer.getReferenceKey(Organization).first()", "type": "string"}]
-    labs = view("labs", "observation", inst_col)
-    org_names = {r["id"]: r["name"] for r in run_over_table(icat.load_table(f"{zone}.organization"), {
-        "resource": "Organization", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}, {"name": "name", "path": "name"}]}]}).to_pylist()}
-    for r in labs:
-        r["institution"] = org_names.get(r["institution"], r["institution"])
+    labs = []
+    for inst in region.institutions:  # the issuer: the performing Organization, else the publishing institution
+        for r in view("labs", "observation", inst_col, f"institution == '{inst.id}'"):
+            r["institution"] = org_names.get(r["institution"], r["institution"]) if r["institution"] else inst.name
+            labs.append(r)
     conditions = view("conditions", "condition")
     diabetic = {r["patient"] for r in conditions if (r["code"] or "").startswith("E11")}
     hypertensive = {r["patient"] for r in conditions if (r["code"] or "").startswith("I10")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hub import quarantine
-from hub.lineage import catalog as runcat
+from hub.lineage import runrecord
 from hub.lineage.signing import DEMO_KEY_NAME, DEMO_TRUSTED_NAME, ensure_demo_keys
 from hub.pipeline import run_institution
 from hub.region import load_region
@@ -42,7 +42,7 @@ def _counts(report) -> dict[str, tuple[int, int, int]]:
 
 
 def _open_causes(region) -> list[str]:
-    engine = runcat.connect(region.catalog_url)
+    engine = runrecord.connect(region.catalog_url)
     return [e["cause"] for e in quarantine.list_rows(engine, institution=INST, status="open")]
 
 

@@ -16,11 +16,10 @@ from fastapi.testclient import TestClient
 
 from hub.demo.generator import canary
 from hub.leakscan import load_canaries, scan_text
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.recognition.api import create_app, issue_token, revoke_token
-from hub.recognition.catalog import load_catalog
 from hub.recognition.index import build, connect, index_url
+from hub.recognition.rules import load_rules
 from hub.region import load_region
 from tests.conftest import publish_region
 
@@ -37,7 +36,7 @@ def served(tmp_path_factory, keys):
     index = connect(index_url(region))
     build(region, index)
     tokens = {inst.id: issue_token(region, inst.id) for inst in region.institutions}
-    client = TestClient(create_app(region, keys, index, load_catalog()))
+    client = TestClient(create_app(region, keys, index, load_rules()))
     return region, client, tokens
 
 
@@ -90,7 +89,7 @@ def test_decisions_are_recorded_and_every_query_is_logged_without_identifiers(se
     assert client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest"}, headers=t).status_code == 400
     ok = client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest", "reason": "condition-changed"}, headers=t)
     assert ok.status_code == 201
-    log = access.entries(runcat.connect(region.catalog_url))
+    log = access.entries(runrecord.connect(region.catalog_url))
     actions = [e["action"] for e in log]
     assert "recognition-query" in actions and actions[-1] == "recognition-decision"
     assert any(e["outcome"] == "refused" and e["who"] == "beishan-chc" for e in log)
@@ -157,11 +156,11 @@ def _mrn(region, institution: str, name: str) -> str:
 
 
 def _log_since(region, start: int) -> list[dict]:
-    return access.entries(runcat.connect(region.catalog_url))[start:]
+    return access.entries(runrecord.connect(region.catalog_url))[start:]
 
 
 def _log_size(region) -> int:
-    return len(access.entries(runcat.connect(region.catalog_url)))
+    return len(access.entries(runrecord.connect(region.catalog_url)))
 
 
 def _search(client, token, identifier):
@@ -308,5 +307,5 @@ def test_tokens_issued_and_revoked_while_the_server_runs_take_effect_at_once(ser
 
     tokens["xihu-second"] = issue_token(region, "xihu-second")  # leave the module's tokens valid
     assert (region.workspace / "recognition_tokens.yaml").stat().st_mode & 0o077 == 0
-    refused = [e for e in access.entries(runcat.connect(region.catalog_url)) if e["who"] == "(no valid token)"]
+    refused = [e for e in access.entries(runrecord.connect(region.catalog_url)) if e["who"] == "(no valid token)"]
     assert refused and all(e["outcome"] == "refused" for e in refused)

@@ -35,11 +35,10 @@ from fhirpy.base.searchset import Raw
 
 from hub.demo.generator import canary
 from hub.leakscan import load_canaries, scan_text
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.recognition.api import create_app, issue_token, revoke_token
-from hub.recognition.catalog import load_catalog
 from hub.recognition.index import build, connect, decisions, index_url
+from hub.recognition.rules import load_rules
 from hub.region import load_region
 from tests.conftest import publish_region
 
@@ -64,7 +63,7 @@ def server(tmp_path_factory, keys):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(region, keys, index, load_catalog()), access_log=False, log_level="warning")
+    config = uvicorn.Config(create_app(region, keys, index, load_rules()), access_log=False, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -88,7 +87,7 @@ def canary_search(fhir: SyncFHIRClient, resource: str = "Observation", **params)
 
 
 def _log(region) -> list[dict]:
-    return access.entries(runcat.connect(region.catalog_url))
+    return access.entries(runrecord.connect(region.catalog_url))
 
 
 def test_the_capability_statement_validates_and_declares_what_is_served(server):
@@ -299,7 +298,7 @@ def test_every_error_is_an_operation_outcome_without_the_identifier(server):
     log = _log(region)
     endpoints = [e for e in log if e["action"] == "recognition-request" and e["outcome"] == "refused"]
     assert {(e["who"], e["what"]["status"]) for e in endpoints} >= {("beishan-chc", 404), ("beishan-chc", 405)}
-    assert access.check(runcat.connect(region.catalog_url), []).breaks == []  # the chain still verifies
+    assert access.check(runrecord.connect(region.catalog_url), []).breaks == []  # the chain still verifies
     assert number not in json.dumps(log, default=str) and bad_number not in json.dumps(log, default=str)
 
 
@@ -315,7 +314,7 @@ def test_revoked_tokens_and_the_public_base_url(server, keys):
         canary_search(client(base, token)).fetch()
     tokens["beishan-chc"] = issue_token(region, "beishan-chc")
 
-    proxied = TestClient(create_app(region, keys, index, load_catalog(), base_url="https://hub.example/fhir"))
+    proxied = TestClient(create_app(region, keys, index, load_rules(), base_url="https://hub.example/fhir"))
     res = proxied.get("/fhir/Observation", params={"patient.identifier": f"{ID}|{canary().id_number}", "_count": 2},
                       headers={"Authorization": f"Bearer {tokens['beishan-chc']}"})
     bundle = res.json()

@@ -17,14 +17,13 @@ import yaml
 from fastapi.testclient import TestClient
 
 from hub.identifiers import resident_id_check_char
-from hub.lineage import access
-from hub.lineage import catalog as runcat
+from hub.lineage import access, runrecord
 from hub.recognition import api as api_module
 from hub.recognition.api import create_app, issue_token
-from hub.recognition.catalog import load_catalog
 from hub.recognition.index import connect, index_url, patient_ids, results
 from hub.recognition.limits import limit_states, load_limits
 from hub.recognition.query import patient_for
+from hub.recognition.rules import load_rules
 from hub.region import load_region
 from hub.yamlio import ConfigError
 
@@ -88,7 +87,7 @@ def make_region(tmp_path, keys, limits: dict | None = None):
 
 
 def make_app(region, index, keys, clock):
-    return create_app(region, keys, index, load_catalog(), clock=clock)
+    return create_app(region, keys, index, load_rules(), clock=clock)
 
 
 def lookup(client, token, idn: str, resource: str = "Observation", **params):
@@ -97,7 +96,7 @@ def lookup(client, token, idn: str, resource: str = "Observation", **params):
 
 
 def log(region, action: str | None = None) -> list[dict]:
-    return access.entries(runcat.connect(region.catalog_url), action=action)
+    return access.entries(runrecord.connect(region.catalog_url), action=action)
 
 
 @pytest.mark.slow  # 1000 requests, each writing the access log: about 8 s

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from hub.recognition.catalog import load_catalog
 from hub.recognition.index import connect, results
 from hub.recognition.query import judge, query
+from hub.recognition.rules import load_rules
 
 AT = dt.datetime(2024, 6, 30, 12, tzinfo=dt.UTC)
-CATALOG = load_catalog()
+RULES = load_rules()
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ CATALOG = load_catalog()
     ],
 )
 def test_each_verdict(loinc, issuer, status, days_ago, expected):
-    code, age, _ = judge(CATALOG, "beishan-chc", loinc, issuer, status, AT - dt.timedelta(days=days_ago), AT)
+    code, age, _ = judge(RULES, "beishan-chc", loinc, issuer, status, AT - dt.timedelta(days=days_ago), AT)
     assert code == expected and age == days_ago
 
 
@@ -40,30 +40,30 @@ def test_query_marks_recognisable_results_and_skips_later_ones(tmp_path):
                 "resource": json.dumps({"resourceType": "Observation", "id": f"{loinc}-{inst}", "status": status})}
     with engine.begin() as conn:
         conn.execute(results.insert(), [row("4548-4", "city-first", 20), row("4548-4", "xihu-second", -3), row("2823-3", "city-first", 30)])
-    verdicts = query(engine, CATALOG, "p", "beishan-chc", at=AT)
+    verdicts = query(engine, RULES, "p", "beishan-chc", at=AT)
     assert [(v.loinc, v.institution, v.code, v.mark) for v in verdicts] == [
         ("2823-3", "city-first", "outside-window", None), ("4548-4", "city-first", "recognisable", "HR 杭州市"),
     ]
-    assert [v.loinc for v in query(engine, CATALOG, "p", "beishan-chc", ["2823-3"], at=AT)] == ["2823-3"]
+    assert [v.loinc for v in query(engine, RULES, "p", "beishan-chc", ["2823-3"], at=AT)] == ["2823-3"]
 
 
 def test_catalog_errors_name_file_and_line(tmp_path):
     import shutil
 
-    from hub.recognition.catalog import DEFAULT_DIR
+    from hub.recognition.rules import DEFAULT_DIR
     from hub.yamlio import ConfigError
 
     shutil.copytree(DEFAULT_DIR, tmp_path / "rec")
     text = (tmp_path / "rec" / "items.yaml").read_text(encoding="utf-8").replace("window_days: 60", "window_days: sixty")
     (tmp_path / "rec" / "items.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as exc:
-        load_catalog(tmp_path / "rec")
+        load_rules(tmp_path / "rec")
     assert "items.yaml" in str(exc.value) and exc.value.field == "items.window_days" and exc.value.line > 1
 
 
 def test_eqa_unknown_when_the_catalog_requires_explicit_records():
     import dataclasses
 
-    strict = dataclasses.replace(CATALOG, eqa_default="unknown")
+    strict = dataclasses.replace(RULES, eqa_default="unknown")
     assert judge(strict, "beishan-chc", "4548-4", "city-first", "final", AT - dt.timedelta(days=3), AT)[0] == "eqa-unknown"
     assert judge(strict, "beishan-chc", "4548-4", "xihu-second", "final", dt.datetime(2025, 3, 1, tzinfo=dt.UTC), dt.datetime(2025, 3, 10, tzinfo=dt.UTC))[0] == "recognisable"

@@ -99,10 +99,9 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
     assert arrow.num_rows == frame.height == n == sum(len(b["patient"]) for b in batches) == len(ParquetBatches(train))
     assert len(batches) == -(-arrow.num_rows // 50)
 
-    from hub.lineage import access
-    from hub.lineage import catalog as runcat
+    from hub.lineage import access, runrecord
 
-    assert [e["action"] for e in access.entries(runcat.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 2
+    assert [e["action"] for e in access.entries(runrecord.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 2
 
     # lineage goes forward from a published result to the training sets that include its patient
     from hub.lakehouse.tables import open_catalog

@@ -1,4 +1,4 @@
-"""The recognition catalog as data: recognised items, EQA results per lab, re-test reasons.
+"""The recognition rules as data: recognised items, EQA results per lab, re-test reasons.
 
 Three editable files in one folder (``recognition/`` by default): ``items.yaml`` (LOINC,
 name, category lab|exam, validity window in days; the region's scope and mark),
@@ -14,7 +14,7 @@ from pathlib import Path
 from hub.region import REPO_ROOT
 from hub.yamlio import ConfigError, LineDict, load_yaml
 
-DEFAULT_DIR = REPO_ROOT / "recognition"
+DEFAULT_DIR = REPO_ROOT / "recognition-rules"
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Catalog:
+class RecognitionRules:
     scope: str
     mark: str
     items: dict[str, Item]  # by LOINC
@@ -41,7 +41,7 @@ class Catalog:
         return True if self.eqa_default == "passed" else None
 
 
-def load_catalog(folder: Path = DEFAULT_DIR) -> Catalog:
+def load_rules(folder: Path = DEFAULT_DIR) -> RecognitionRules:
     folder = Path(folder)
     items_doc = load_yaml(folder / "items.yaml")
     f = str(folder / "items.yaml")
@@ -76,4 +76,4 @@ def load_catalog(folder: Path = DEFAULT_DIR) -> Catalog:
     reasons = {str(k): str(v) for k, v in (reasons_doc.get("reasons") or {}).items()}
     if not reasons:
         raise ConfigError(str(folder / "reasons.yaml"), 1, "reasons", "is empty", "code: text lines")
-    return Catalog(str(items_doc.get("scope", "")), str(items_doc.get("mark", "HR")), items, eqa, default, reasons)
+    return RecognitionRules(str(items_doc.get("scope", "")), str(items_doc.get("mark", "HR")), items, eqa, default, reasons)

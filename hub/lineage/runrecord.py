@@ -1,4 +1,4 @@
-"""The run catalog: runs and their row counts per institution, feed and resource type.
+"""The run record: runs and their row counts per institution, feed and resource type.
 
 Kept with SQLAlchemy in the same database as the Iceberg catalog (SQLite by default).
 Every run records rows read, published and quarantined, so rows in = published +
