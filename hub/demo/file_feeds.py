@@ -35,8 +35,8 @@ class FileInstitution:
 
 
 FILE_INSTITUTIONS = [
-    FileInstitution("gongshu-lab", "拱墅区独立医学检验实验室", "independent laboratory", "hl7v2", 0.25),
-    FileInstitution("binjiang-fhir", "滨江区医院", "secondary hospital", "ndjson", 0.2),
+    FileInstitution("gongshu-lab", "拱墅区独立医学检验实验室", "independent laboratory", "hl7v2", 0.06),
+    FileInstitution("binjiang-fhir", "滨江区医院", "secondary hospital", "ndjson", 0.06),
 ]
 RESIDENT_ID_SYSTEM = "urn:oid:2.16.156.10011.1.3"
 _SEX_V2 = {"male": "M", "female": "F"}

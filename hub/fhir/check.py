@@ -20,7 +20,7 @@ even though the models would coerce them; likewise an explicit null for a requir
 element, a ``resourceType`` inside a datatype, and a python attribute name (``class_``,
 ``status__ext``) where FHIR JSON has ``class`` or ``_status``, all of which the models let
 through. Everything else gives the same verdict as
-``fhir.resources`` (tests/test_fhir_check.py compares the two on the demo's resources and
+``fhir.resources`` (tests/fhir/test_fhir_check.py compares the two on the demo's resources and
 on thousands of mutations of them).
 
 Where it cannot decide as the models would (rare types such as time, url, uuid, oid,

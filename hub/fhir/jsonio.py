@@ -29,7 +29,7 @@ def dumps(resource: dict, indent: int | None = None) -> str:
     """Key-sorted JSON with Decimals written exactly as their text; compact unless indent is given.
 
     Compact text comes from orjson (byte-identical to the standard library's here, 4x faster:
-    tests/test_jsonio.py compares them); what orjson refuses (integers beyond 64 bits, keys
+    tests/fhir/test_jsonio.py compares them); what orjson refuses (integers beyond 64 bits, keys
     that are not strings) falls back to the standard library."""
     if indent is None:
         try:

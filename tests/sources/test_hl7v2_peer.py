@@ -23,7 +23,7 @@ from hub.prepare import Preparer, Ready
 from hub.region import REPO_ROOT, Feed
 from hub.sources import hl7v2
 
-DATA = Path(__file__).parent / "data" / "hl7v2"
+DATA = Path(__file__).parents[1] / "data" / "hl7v2"
 SAMPLES = sorted((DATA / "messages").glob("*.hl7"))
 #: (peer status, hub status) pairs the comparison document explains (OBX-11 I and S, OBR-25 / ADT events)
 STATUS_DIFFERENCES = {

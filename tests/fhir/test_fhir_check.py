@@ -20,7 +20,7 @@ from hub.fhir.check import Validator, check
 from hub.fhir.jsonio import loads
 from hub.fhir.validate import validation_problems
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 GOLDEN = [loads(line) for f in sorted(DATA.glob("*/expected/*.ndjson")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 #: Values a mutation writes anywhere: wrong types, empty things, bad dates, bad codes and ids.

@@ -36,7 +36,7 @@ def test_the_fast_encoder_writes_what_the_standard_library_writes():
     def reference(doc):
         return _MARK_RE.sub(r"\1", json.dumps(doc, default=_default, ensure_ascii=False, separators=(",", ":"), sort_keys=True))
 
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parents[1] / "data"
     docs = [loads(line) for f in sorted(data.glob("*/expected/*.ndjson")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     docs += [{"a": "\u2028\u2029\x00\x1f\x7f\"\\/é中𝄞", "b": [1.5, 1e16, 0.1 + 0.2, -0.0, Decimal("1.50"), Decimal("-1E-7")],
               "c": {"z": None, "y": True, "A": 2**63 - 1}}]

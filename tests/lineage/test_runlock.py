@@ -29,7 +29,7 @@ from tests.conftest import TEST_MASTER_KEY
 
 pytestmark = pytest.mark.slow
 INST = "city-first"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def region(tmp_path_factory, keys):
     ws = tmp_path_factory.mktemp("demo-files")
-    generate_region(ws, patients=40, file_feeds=True)
+    generate_region(ws, patients=120, file_feeds=True)
     region = load_region(ws)
     reports = {i.id: run_institution(region, i.id, keys) for i in region.institutions}
     return region, reports

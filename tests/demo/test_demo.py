@@ -84,7 +84,7 @@ def test_the_canary_has_an_hba1c_at_xihu_second_20_days_before_as_of():
 
 def test_the_onboarding_snippet_appends_a_fourth_institution(tmp_path: Path):
     G.generate_region(tmp_path, patients=2, as_of=DAY)
-    guide = (Path(__file__).resolve().parents[1] / "docs" / "onboarding.md").read_text(encoding="utf-8")
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "onboarding.md").read_text(encoding="utf-8")
     snippet = re.search(r"cat >> \.hub/region\.yaml <<'EOF'\n(.*?)\nEOF\n", guide, re.S).group(1)
     with (tmp_path / "region.yaml").open("a", encoding="utf-8") as f:
         f.write(snippet + "\n")

@@ -26,7 +26,7 @@ from hub.yamlio import ConfigError
 from tests.conftest import with_signing_key
 
 pytestmark = pytest.mark.slow
-SAMPLES = Path(__file__).parent / "data" / "hl7v2" / "messages"
+SAMPLES = Path(__file__).parents[1] / "data" / "hl7v2" / "messages"
 INST = "lab-hl7"
 MAPPINGS = ["hl7v2_adt", "hl7v2_oru_r01", "hl7v2_orders"]
 NAME = "欧阳娜娜"
