@@ -37,7 +37,7 @@ def _root(
 ) -> None:
     """hub: pull HIS/LIS records, map them to FHIR R4, de-identify, and publish a lakehouse.
 
-    Start with `hub demo`, which builds a three-institution demo region in .hub/ and publishes it.
+    Start with `hub demo`, which builds a five-institution demo region in .hub/ and publishes it.
 
     Exit codes: 0 success; 1 the command ran and found problems (rows that would be quarantined, a leak blocked, a broken audit chain, a refused release); 2 it could not run (configuration, key, missing file, or an unexpected error: add --debug for the traceback).
     """

@@ -186,7 +186,7 @@ def demo(
                                "(institutions you registered there and fixes to its sources are lost)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Generate a demo region (3 institutions, HIS + LIS each, 2 vendor schemas) and publish it.
+    """Generate a demo region and publish it: 3 institutions with HIS + LIS databases (2 vendor schemas), a lab sending HL7 v2 files, a hospital exporting FHIR NDJSON.
 
     Writes SQLite source databases and region.yaml into the workspace, then runs the main
     job (extract, map, validate, de-identify, publish) for each institution through Dagster.
