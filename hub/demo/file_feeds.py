@@ -43,6 +43,7 @@ _SEX_V2 = {"male": "M", "female": "F"}
 _STATUS_V2 = {"final": "F", "preliminary": "P", "corrected": "C"}
 _STATUS_FHIR = {"final": "final", "preliminary": "preliminary", "corrected": "corrected"}
 MESSAGES_PER_FILE = 50
+MIN_MEMBERS = 3  # people with results at each file institution, however small the demo
 
 
 #: The generator's visit maker: (rng, person, first day) -> visits with orders and results.
@@ -51,11 +52,10 @@ Visits = Callable[[random.Random, Any, dt.datetime], list]
 
 def _members(inst: FileInstitution, people: list, visits: Visits, seed: int, start: dt.datetime, n: int):
     rng = random.Random(seed * 53 + n)
-    out = []
-    for p in people:
-        if rng.random() < inst.share:
-            out.append((p, f"{inst.id[:2].upper()}{(n + 1) * 1_000_000 + len(out) + 1:07d}", visits(rng, p, start)))
-    return out
+    chosen = [p for p in people if rng.random() < inst.share]
+    if len(chosen) < MIN_MEMBERS:  # a small demo still shows the feed at work
+        chosen += [p for p in people if p not in chosen][:MIN_MEMBERS - len(chosen)]
+    return [(p, f"{inst.id[:2].upper()}{(n + 1) * 1_000_000 + i + 1:07d}", visits(rng, p, start)) for i, p in enumerate(chosen)]
 
 
 def _v2(text: str) -> str:
