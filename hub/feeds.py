@@ -103,22 +103,7 @@ def check_feed(
             select, check.sample = spread_sample(engine, block_select(compiled, schema), limit)
             for rows in iter_batches(engine, select, min(limit, 5000)):
                 batch = preparer.prepare(str(mapping.path), index, rows)
-                ready = [(row, item) for row, item in zip(batch.rows, batch.items, strict=True) if not isinstance(item, Rejected)]
-                scanned.add(scanner.columns(
-                    {"resource": [i.text for _, i in ready], "code": [i.code for _, i in ready]},
-                    f"{block.table}→{block.resource}", ids=[compiled.row_label(r) for r, _ in ready]))
-                for item in batch.items:
-                    check.rows += 1
-                    if not isinstance(item, Rejected):
-                        check.would_publish += 1
-                        continue
-                    check.would_quarantine += 1
-                    for p in item.problems:
-                        cause = f"{p.location} {p.element}: {p.problem}"
-                        group = groups.setdefault(cause, CauseGroup(cause, example=p.reason(item.label)))
-                        group.count += 1
-                        if len(group.rows) < rows_per_cause:
-                            group.rows.append(item.label)
+                scanned.add(_tally(batch, compiled, check, groups, scanner, rows_per_cause))
             unmapped.update(compiled.unmapped)
     finally:
         engine.dispose()
@@ -151,6 +136,28 @@ def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
+
+
+def _tally(batch, compiled, check, groups: dict, scanner: Scanner, rows_per_cause: int) -> ScanResult:
+    """Count one prepared batch into a block's check and the cause groups; return the leak scan
+    of what would be published (resource texts and codes, labelled by source row)."""
+    block = compiled.block
+    ready = [(row, item) for row, item in zip(batch.rows, batch.items, strict=True) if not isinstance(item, Rejected)]
+    result = scanner.columns({"resource": [i.text for _, i in ready], "code": [i.code for _, i in ready]},
+                             f"{block.table}→{block.resource}", ids=[compiled.row_label(r) for r, _ in ready])
+    for item in batch.items:
+        check.rows += 1
+        if not isinstance(item, Rejected):
+            check.would_publish += 1
+            continue
+        check.would_quarantine += 1
+        for p in item.problems:
+            cause = f"{p.location} {p.element}: {p.problem}"
+            group = groups.setdefault(cause, CauseGroup(cause, example=p.reason(item.label)))
+            group.count += 1
+            if len(group.rows) < rows_per_cause:
+                group.rows.append(item.label)
+    return result
 
 def check_ndjson_feed(
     feed, institution: str, ruleset_path: Path, zone: str = "recognition", keys: Keyring | None = None,
@@ -267,21 +274,7 @@ def check_hl7v2_feed(
             continue
         blocks.append(check)
         batch = preparer.prepare(str(mapping.path), index, rows)
-        ready = [(row, item) for row, item in zip(batch.rows, batch.items, strict=True) if not isinstance(item, Rejected)]
-        scanned.add(scanner.columns({"resource": [i.text for _, i in ready], "code": [i.code for _, i in ready]},
-                                    f"{block.table}→{block.resource}", ids=[compiled.row_label(r) for r, _ in ready]))
-        for item in batch.items:
-            check.rows += 1
-            if not isinstance(item, Rejected):
-                check.would_publish += 1
-                continue
-            check.would_quarantine += 1
-            for p in item.problems:
-                cause = f"{p.location} {p.element}: {p.problem}"
-                group = groups.setdefault(cause, CauseGroup(cause, example=p.reason(item.label)))
-                group.count += 1
-                if len(group.rows) < rows_per_cause:
-                    group.rows.append(item.label)
+        scanned.add(_tally(batch, compiled, check, groups, scanner, rows_per_cause))
         unmapped.update(compiled.unmapped)
     for label, msg in messages:
         if not read[label]:
