@@ -95,17 +95,21 @@ def _mapping_path(name: str, region_file: Path, mappings_dir: Path) -> Path:
     return (mappings_dir / p).resolve()
 
 
-def _ndjson_feed(fnode: LineDict, workspace: Path, region_file: Path, iid: str) -> Feed:
-    """A `kind: ndjson` feed: `path` is a folder of NDJSON files or a bulk-export manifest."""
+def _file_feed(fnode: LineDict, workspace: Path, region_file: Path, iid: str, what_path: str) -> tuple[str, str, Path]:
+    """(file, field prefix, absolute path) of a feed read from files: its name and path are required."""
     f = str(region_file)
     if not fnode.get("name"):
         raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.name", "is missing", "the feed's name")
     where = f"institutions[{iid}].feeds[{fnode['name']}]"
     if not fnode.get("path"):
-        raise ConfigError(f, fnode.line, f"{where}.path", "is missing", "a folder of .ndjson/.ndjson.gz files or a bulk-export manifest JSON")
+        raise ConfigError(f, fnode.line, f"{where}.path", "is missing", what_path)
     path = Path(_expand(str(fnode["path"]), workspace, f, fnode.line_of("path"), f"{where}.path"))
-    if not path.is_absolute():
-        path = (region_file.parent / path).resolve()
+    return f, where, path if path.is_absolute() else (region_file.parent / path).resolve()
+
+
+def _ndjson_feed(fnode: LineDict, workspace: Path, region_file: Path, iid: str) -> Feed:
+    """A `kind: ndjson` feed: `path` is a folder of NDJSON files or a bulk-export manifest."""
+    f, where, path = _file_feed(fnode, workspace, region_file, iid, "a folder of .ndjson/.ndjson.gz files or a bulk-export manifest JSON")
     tz = str(fnode.get("timezone", "+08:00"))
     if not re.fullmatch(r"[+-](0\d|1[0-4]):[0-5]\d", tz):
         raise ConfigError(f, fnode.line_of("timezone"), f"{where}.timezone", f"{tz!r} is not a UTC offset", "an offset like +08:00")
@@ -117,15 +121,7 @@ def _hl7v2_feed(fnode: LineDict, workspace: Path, region_file: Path, mappings_di
     character set of messages that leave MSH-18 empty."""
     from hub.sources.hl7charset import known_encoding
 
-    f = str(region_file)
-    if not fnode.get("name"):
-        raise ConfigError(f, fnode.line, f"institutions[{iid}].feeds.name", "is missing", "the feed's name")
-    where = f"institutions[{iid}].feeds[{fnode['name']}]"
-    if not fnode.get("path"):
-        raise ConfigError(f, fnode.line, f"{where}.path", "is missing", "a folder the sender drops HL7 v2 message files into")
-    path = Path(_expand(str(fnode["path"]), workspace, f, fnode.line_of("path"), f"{where}.path"))
-    if not path.is_absolute():
-        path = (region_file.parent / path).resolve()
+    f, where, path = _file_feed(fnode, workspace, region_file, iid, "a folder the sender drops HL7 v2 message files into")
     names = fnode.get("mapping")
     names = [names] if isinstance(names, str) else names
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
