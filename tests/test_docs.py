@@ -27,7 +27,7 @@ GUIDES = FIRST + sorted({str(p.relative_to(REPO)) for p in (REPO / "docs").glob(
 SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py"}
 MARKER = re.compile(r"<!--\s*(not run|exit (\d+))\s*:\s*(.*?)\s*-->")
-LINKED = ["mappings", "trainsets", "tests", "recognition", "deid", "docs", ".venv"]  # what the guides name by relative path
+LINKED = ["mappings", "trainsets", "indicators", "tests", "recognition", "deid", "docs", ".venv"]  # what the guides name by relative path
 
 
 @dataclass

@@ -7,6 +7,14 @@ the same person has a different MRN at each institution and the same resident ID
 A few rows are deliberately bad (unparseable date, unknown item code, missing patient) so
 that quarantine has something to explain.
 
+Care works: at each institution a managed patient's HbA1c, LDL-C and blood pressure improve
+with time under care there (months since the first visit, full effect after
+CARE_FULL_MONTHS), so the guideline indicators (hub.trainset.indicators) show a trend.
+Blood pressure taken at visits is drawn from its own random stream (seeded from the seed and
+the institution), and the lab improvement is a deterministic shift of the drawn values, so
+the people, visits, orders and counts of the other tables are what they were before blood
+pressure was added.
+
 Dates are relative to an evaluation day ``as_of``: visits span SPAN_DAYS days ending LEAD_DAYS
 before it, so `hub demo` (as_of = today) publishes recent results and the documented
 recognition examples work. The seed alone decides people, counts, codes and values; as_of
@@ -96,6 +104,7 @@ class Visit:
     diagnoses: list[str]
     drugs: list[tuple[str, str, str, str, str]]
     orders: list[Order]
+    bp: tuple[int, int, int] | None = None  # blood pressure taken: (minutes after the visit starts, systolic, diastolic)
 
 
 def _person(rng: random.Random, fake: Faker) -> Person:
@@ -155,6 +164,42 @@ def _value(rng: random.Random, item: C.LabItem, p: Person) -> tuple[str, str]:
     low, high = _bounds(item.ref)
     flag = "H" if high is not None and float(text) > high else "L" if low is not None and float(text) < low else ""
     return text, flag
+
+
+CARE_FULL_MONTHS = 12  # months under care after which the improvement is complete
+#: lab item -> (conditions any of which put the patient on treatment for it, full improvement)
+CARE_LAB_EFFECT = {"hba1c": ({"diabetes"}, 1.3), "ldl": ({"diabetes", "hypertension", "dyslipidaemia"}, 0.7)}
+
+
+def _bp_draw(rng: random.Random, p: Person, care: float) -> tuple[int, int]:
+    """Systolic and diastolic (mmHg) of a person after `care` (0..1) of the full improvement."""
+    htn, dm = "hypertension" in p.conditions, "diabetes" in p.conditions
+    (ms, ss, ds), (md, sd, dd) = ((152, 12, 18), (94, 8, 10)) if htn else ((134, 10, 6), (83, 7, 4)) if dm else ((122, 10, 0), (76, 7, 0))
+    z1, z2 = rng.gauss(0, 1), rng.gauss(0, 1)
+    systolic = ms - ds * care + ss * z1
+    diastolic = md - dd * care + sd * (0.6 * z1 + 0.8 * z2)  # the two correlate, as they do
+    return int(round(min(230, max(85, systolic)))), int(round(min(130, max(45, diastolic))))
+
+
+def _under_care(visits: list[Visit], p: Person, rng: random.Random) -> None:
+    """Improve lab values with time under care (no random draw) and take blood pressure (draws from rng)."""
+    if not visits:
+        return
+    first = visits[0].time
+    measured = 0.9 if p.conditions & {"diabetes", "hypertension"} else 0.4
+    for v in visits:
+        care = min(1.0, (v.time - first).days / 30.44 / CARE_FULL_MONTHS)
+        for o in v.orders:
+            for i, (item, text, flag) in enumerate(o.results):
+                effect = CARE_LAB_EFFECT.get(item.key)
+                if effect is None or not p.conditions & effect[0] or care == 0:
+                    continue
+                value = f"{max(0.1, float(text) - effect[1] * care):.{item.decimals}f}"
+                low, high = _bounds(item.ref)
+                flag = "H" if high is not None and float(value) > high else "L" if low is not None and float(value) < low else ""
+                o.results[i] = (item, value, flag)
+        if rng.random() < measured:
+            v.bp = (rng.randint(2, 20), *_bp_draw(rng, p, care))
 
 
 def _bounds(ref: str) -> tuple[float | None, float | None]:
@@ -246,7 +291,7 @@ def _render_his_a(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
                   start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     rows.add("hospital", {"hosp_code": inst.org_code, "hosp_name": inst.name, "hosp_level": inst.level})
-    visit_id = diag_id = rx_id = 0
+    visit_id = diag_id = rx_id = vital_id = 0
     for pid, (p, mrn, visits) in enumerate(enrolled, start=1):
         rows.add("patient", {
             "patient_id": pid, "mrn": mrn, "name": p.name, "sex": _SEX_A[p.sex], "birth_date": p.birth.strftime(A_DATE),
@@ -270,6 +315,11 @@ def _render_his_a(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
                     "rx_id": rx_id, "visit_id": visit_id, "drug_code": code, "drug_name": name, "dose": dose,
                     "dose_unit": unit, "freq_code": freq, "days": rng.choice([7, 14, 30]), "usage_note": "遵医嘱 口服", "rx_time": vt,
                 })
+            if v.bp is not None:
+                vital_id += 1
+                mt = (v.time + dt.timedelta(minutes=v.bp[0])).strftime(A_TS)
+                rows.add("vital_sign", {"vital_id": vital_id, "visit_id": visit_id, "measure_time": mt, "sbp": v.bp[1],
+                                        "dbp": v.bp[2], "unit": "mmHg", "updated_at": mt})
     return rows
 
 
@@ -277,7 +327,7 @@ def _render_his_b(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
                   start: dt.datetime = START) -> _Rows:
     rows = _Rows()
     rows.add("T_JG_YYXX", {"YYDM": inst.org_code, "YYMC": inst.name, "YYDJ": inst.level})
-    visit_id = diag_id = rx_id = 0
+    visit_id = diag_id = rx_id = vital_id = 0
     for brid, (p, mrn, visits) in enumerate(enrolled, start=1):
         rows.add("T_BR_JBXX", {
             "BRID": brid, "BAH": mrn, "XM": p.name, "XB": _SEX_B[p.sex], "CSRQ": p.birth.strftime(B_DATE),
@@ -301,6 +351,10 @@ def _render_his_b(inst: DemoInstitution, enrolled: list[tuple[Person, str, list[
                     "CFID": rx_id, "JZID": visit_id, "YPDM": code, "YPMC": name, "JL": dose,
                     "JLDW": "IU" if unit == "U" else unit, "PC": freq.lower(), "TS": rng.choice([7, 14, 30]), "KFSJ": vt,
                 })
+            if v.bp is not None:
+                vital_id += 1
+                rows.add("T_JZ_TZ", {"TZID": vital_id, "JZID": visit_id, "CLSJ": (v.time + dt.timedelta(minutes=v.bp[0])).strftime(B_TS),
+                                     "SSY": v.bp[1], "SZY": v.bp[2]})
     return rows
 
 
@@ -473,12 +527,15 @@ def build_region(patients: int, seed: int = DEFAULT_SEED, as_of: dt.date | None 
     out: dict[str, dict[str, dict[str, list[dict]]]] = {}
     for n, inst in enumerate(INSTITUTIONS):
         irng = random.Random(seed * 31 + n)
+        vrng = random.Random(f"{seed}:vital-signs:{inst.id}")  # its own stream: irng's draws stay as they were
         prefix = "M" if inst.his == "his_vendor_a" else "BA"
         enrolled = []
         for p, member in zip(people, memberships, strict=True):
             if inst.id in member:
                 mrn = f"{prefix}{(n + 1) * 1_000_000 + len(enrolled) + 1:07d}"
-                enrolled.append((p, mrn, _visits(irng, p, start)))
+                visits = _visits(irng, p, start)
+                _under_care(visits, p, vrng)
+                enrolled.append((p, mrn, visits))
         if as_of is not None:  # the canary's latest visit here is recent (docs/recognition.md's example)
             visits = enrolled[-1][2]  # the canary is the last person, and member everywhere
             target = dt.datetime.combine(as_of - dt.timedelta(days=CANARY_RECENT_DAYS[inst.id]), visits[-1].time.time())

@@ -4,6 +4,8 @@ Vendor A uses English snake_case tables, ISO-like text dates, sex codes M/F/U, i
 such as GLU and H/L flags. Vendor B uses pinyin-initial upper-case tables and columns
 (T_BR_JBXX, XM, SFZH ...), compact dates (20240305083000), GB/T 2261.1 sex codes (1/2/9),
 numeric item codes, unit spellings such as ×10^9/L and μmol/L, and ↑/↓ flags.
+Both HIS record blood pressure taken at a visit (vendor A ``vital_sign`` with a unit column,
+vendor B ``T_JZ_TZ`` 体征 with systolic 收缩压 SSY and diastolic 舒张压 SZY in mmHg, no unit).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def his_a() -> sa.MetaData:
         "prescription", md, sa.Column("rx_id", I, primary_key=True), sa.Column("visit_id", I),
         sa.Column("drug_code", T), sa.Column("drug_name", T), sa.Column("dose", T), sa.Column("dose_unit", T),
         sa.Column("freq_code", T), sa.Column("days", I), sa.Column("usage_note", T), sa.Column("rx_time", T),
+    )
+    sa.Table(
+        "vital_sign", md, sa.Column("vital_id", I, primary_key=True), sa.Column("visit_id", I),
+        sa.Column("measure_time", T), sa.Column("sbp", I), sa.Column("dbp", I), sa.Column("unit", T),
+        sa.Column("updated_at", T),
     )
     return md
 
@@ -76,6 +83,10 @@ def his_b() -> sa.MetaData:
         "T_JZ_CF", md, sa.Column("CFID", I, primary_key=True), sa.Column("JZID", I), sa.Column("YPDM", T),
         sa.Column("YPMC", T), sa.Column("JL", T), sa.Column("JLDW", T), sa.Column("PC", T), sa.Column("TS", I),
         sa.Column("KFSJ", T),
+    )
+    sa.Table(
+        "T_JZ_TZ", md, sa.Column("TZID", I, primary_key=True), sa.Column("JZID", I), sa.Column("CLSJ", T),
+        sa.Column("SSY", I), sa.Column("SZY", I),
     )
     return md
 

@@ -10,6 +10,7 @@ validated (every path compiled) before it runs; problems raise ViewError, naming
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -219,3 +220,26 @@ def run_over_table(table, view: dict, snapshot_id: int | None = None, row_filter
     for batch in scan.to_arrow_batch_reader():
         rows.extend(runner.rows(loads(text) for text in batch.column("resource").to_pylist()))
     return pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.null()) for c in runner.columns})
+
+
+_CODE_PATH_RE = re.compile(r"coding\.where\(\s*system\s*=\s*'([^']+)'\s*\)\.code\b")
+
+
+def code_columns(view: dict) -> dict[str, str]:
+    """{column: code system} for the view's columns that select a Coding's code under one system.
+
+    The leak scan applies that system's exemptions (e.g. NDC) to those columns only.
+    """
+    out: dict[str, str] = {}
+
+    def walk(selects: list) -> None:
+        for sel in selects or []:
+            for col in sel.get("column", []):
+                m = _CODE_PATH_RE.search(col.get("path", ""))
+                if m:
+                    out[col["name"]] = m.group(1)
+            walk(sel.get("select", []))
+            walk(sel.get("unionAll", []))
+
+    walk(view.get("select", []))
+    return out

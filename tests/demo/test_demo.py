@@ -15,7 +15,7 @@ FORMATS = (G.A_TS, G.A_DATE, G.B_TS, G.B_DATE, G.C_TS)
 BIRTH_COLUMNS = {"birth_date", "CSRQ"}
 DATE_COLUMNS = {"updated_at", "visit_time", "discharge_time", "diag_time", "rx_time", "order_time", "collect_time",
                 "receive_time", "report_time", "result_time", "GXSJ", "JZSJ", "CYSJ", "ZDSJ", "KFSJ", "SQSJ", "CJSJ",
-                "JSSJ", "BGSJ", "JYSJ", "XGSJ", "sample_time", "modify_time"}  # every time the vendor schemas hold
+                "JSSJ", "BGSJ", "JYSJ", "XGSJ", "sample_time", "modify_time", "measure_time", "CLSJ"}  # every time the vendor schemas hold
 
 
 def _as_date(value):

@@ -121,13 +121,17 @@ def test_research_table_replace_blocks_the_survivor_and_keeps_the_previous_relea
     assert [b["run_id"] for b in _manifest_bodies(engine)] == [first.id]
 
 
+def _schema(**columns) -> pa.Schema:
+    return pa.schema([("patient", pa.string()), *columns.items()])
+
+
 def test_training_set_files_are_all_or_nothing(lake, tmp_path):
     from hub.trainset.build import _write
 
     out = tmp_path / "trainset"
     with pytest.raises(LeakBlocked), _publication(lake, "trainset") as pub:
-        _write(pub, [{"patient": "c" * 32, "value": 7.1}], out / "train" / "labels.parquet")
-        _write(pub, [{"patient": "c" * 32, "note": "金丝雀"}], out / "test" / "labels.parquet")  # a canary name
+        _write(pub, [{"patient": "c" * 32, "value": 7.1}], _schema(value=pa.float64()), out / "train" / "labels.parquet")
+        _write(pub, [{"patient": "c" * 32, "note": "金丝雀"}], _schema(note=pa.string()), out / "test" / "labels.parquet")  # a canary name
     assert [p for p in out.rglob("*") if p.is_file()] == []  # the clean file is not kept either, nor any staged leftover
     assert _manifest_bodies(lake[1]) == []
 
@@ -136,7 +140,7 @@ def test_a_number_in_a_numeric_training_set_column_is_blocked(lake, tmp_path):
     from hub.trainset.build import _write
 
     with pytest.raises(LeakBlocked) as exc, _publication(lake, "trainset") as pub:
-        _write(pub, [{"patient": "c" * 32, "value": int(MOBILE)}], tmp_path / "labs.parquet")
+        _write(pub, [{"patient": "c" * 32, "value": int(MOBILE)}], _schema(value=pa.int64()), tmp_path / "labs.parquet")
     assert exc.value.hits[0].kind == "mobile" and not (tmp_path / "labs.parquet").exists()
 
 

@@ -1,4 +1,6 @@
-"""Training sets: cohort logic on golden rows, disjoint patient-level splits, reproducibility on a tag, loaders, indicators."""
+"""Training sets: cohort logic on golden rows, disjoint patient-level splits, both shapes built and reproducible on a tag, loaders.
+
+The indicators are tested in tests/trainset/test_indicators.py."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from hub.trainset.build import SPLITS, assign_split, build, cohort, features, la
 from tests.conftest import publish_region
 
 SPEC = REPO_ROOT / "trainsets" / "t2dm-hba1c.yaml"
+PATIENT_SPEC = REPO_ROOT / "trainsets" / "t2dm-hba1c-patient.yaml"
 
 
 def test_cohort_label_and_feature_windows_on_golden_rows():
@@ -73,6 +76,30 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
     for s in SPLITS:
         if patients[s]:
             assert set(pq.read_table(tmp_path / "a" / s / "labs.parquet")["patient"].to_pylist()) <= patients[s]
+    # typed times in the long shape; the datasheet summarises per code and unit and states the balance per split
+    assert str(pq.read_schema(tmp_path / "a" / "train" / "labs.parquet").field("time").type) == "timestamp[us, tz=UTC]"
+    assert str(pq.read_schema(tmp_path / "a" / "train" / "labels.parquet").field("label_time").type) == "timestamp[us, tz=UTC]"
+    by = first["features"]["labs"]["by_code_and_unit"]
+    assert len({(b["code"], b["unit"]) for b in by}) == len(by) and {"code": "4548-4", "unit": "%"}.items() <= next(
+        b for b in by if b["code"] == "4548-4").items()
+    for s in SPLITS:
+        c = first["splits"][s]
+        assert c["labels_true"] + c["labels_false"] == c["patients"] == len(patients[s])
+    assert "HbA1c (LOINC 4548-4)" in first["label"]["definition"]
+
+    # the per-patient shape on the same tag: one row per labelled patient, the same people and splits
+    wide = build(region, keys, PATIENT_SPEC, tmp_path / "p")
+    for s in SPLITS:
+        table = pq.read_table(tmp_path / "p" / s / "patients.parquet")
+        assert set(table["patient"].to_pylist()) == patients[s] and table.num_rows == len(patients[s])
+        assert str(table.schema.field("label_time").type) == "timestamp[us, tz=UTC]"
+        assert {"hba1c_4548_4_last_365d", "glucose_14771_0_slope_90d", "sex", "birth_year_band", "label_institution",
+                "med_metformin", "dx_hypertension"} <= set(table.column_names)
+    cols = wide["matrix"]["columns"]
+    assert cols["sex"]["missing_share"] == 0.0 and 0 < cols["hba1c_4548_4_last_365d"]["missing_share"] < 1
+    assert cols["med_metformin"]["true"] > 0 and cols["n_institutions"]["min"] >= 1
+    assert {b["code"] for b in wide["matrix"]["results_by_code_and_unit"]} == {"4548-4", "14771-0", "22748-8", "14682-9"}
+    assert "## Columns (per-patient table)" in (tmp_path / "p" / "datasheet.md").read_text()
 
     # later publishes and a newer release do not change a build pinned to the tag
     lis = sa.create_engine(next(f.url for f in region.institution("city-first").feeds if f.name == "lis"))
@@ -83,6 +110,8 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
     again = build(region, keys, SPEC, tmp_path / "b")
     assert again["files_sha256"] == first["files_sha256"]  # byte-for-byte
     assert json.loads((tmp_path / "b" / "datasheet.json").read_text()) == json.loads((tmp_path / "a" / "datasheet.json").read_text())
+    assert build(region, keys, PATIENT_SPEC, tmp_path / "p2")["files_sha256"] == wide["files_sha256"]
+    assert (tmp_path / "p2" / "datasheet.json").read_bytes() == (tmp_path / "p" / "datasheet.json").read_bytes()
     assert "## Risk report of the release" in (tmp_path / "a" / "datasheet.md").read_text()
 
     # loading recipes: pyarrow, polars, DuckDB, and a streaming iterable
@@ -101,7 +130,7 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
 
     from hub.lineage import access, runrecord
 
-    assert [e["action"] for e in access.entries(runrecord.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 2
+    assert [e["action"] for e in access.entries(runrecord.connect(region.catalog_url), action="trainset-build")] == ["trainset-build"] * 4
 
     # lineage goes forward from a published result to the training sets that include its patient
     from hub.lakehouse.tables import open_catalog
@@ -115,16 +144,3 @@ def test_build_is_disjoint_by_patient_and_reproducible_on_its_tag(tmp_path, keys
     row = next(o for o in obs if pseudonym(keys, "research-linkage", o["patient"]) == member)
     chain = trace(region, keys, f"Observation/{row['id']}")
     assert {"trainset": "t2dm-hba1c", "tag": "demo-release", "split": "train", "out": str((tmp_path / "a").resolve())} in chain["training_sets"]
-
-
-@pytest.mark.slow
-def test_indicators(demo):
-    from hub.trainset.indicators import compute
-
-    region, _, _ = demo
-    rows = compute(region).to_pylist()
-    hba1c = [r for r in rows if r["indicator"].startswith("diabetes")]
-    assert hba1c and all(0 <= r["numerator"] <= r["denominator"] for r in hba1c)
-    assert {r["institution"] for r in hba1c} >= {"杭州市第一人民医院"}
-    bp = [r for r in rows if r["indicator"].startswith("hypertension")]
-    assert bp == [{"institution": None, "month": None, "indicator": bp[0]["indicator"], "numerator": 0, "denominator": 0, "share": None}]

@@ -1,4 +1,4 @@
-"""Assets: the outcome indicators table, computed with ViewDefinitions from the published tables."""
+"""Assets: the guideline indicators table, computed with ViewDefinitions from the published tables."""
 
 from dagster import AssetKey, MaterializeResult, asset
 
@@ -8,12 +8,16 @@ from dagster_project.resources import HubResource
 
 @asset(
     key=AssetKey(["indicators", "outcomes"]),
-    deps=[table_key(t) for t in ("Observation", "Condition", "Organization")],
+    deps=[table_key(t) for t in ("Observation", "Condition", "Encounter")],
     group_name="indicators",
-    description="Outcome indicators per institution and month (HbA1c, LDL, blood pressure at target), as an Iceberg table",
+    description="Guideline indicators per institution and month (HbA1c, blood pressure, LDL-C, all three at target; "
+                "indicators/cn-t2dm-2020.yaml), as an Iceberg table",
 )
 def outcome_indicators(hub: HubResource) -> MaterializeResult:
     """Compute the indicators with ViewDefinitions and replace the indicators.outcomes table."""
+    from hub.trainset.indicator_config import load_config
     from hub.trainset.indicators import publish
 
-    return MaterializeResult(metadata={"dagster/row_count": publish(hub.region(), hub.keyring())})
+    config = load_config()
+    return MaterializeResult(metadata={"dagster/row_count": publish(hub.region(), hub.keyring(), config),
+                                       "config": config.label})
