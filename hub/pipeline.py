@@ -294,6 +294,7 @@ class InstitutionRun:
                     self.report.snapshots[rtype] = w.snapshot_ids[-1]
             counts = [_count_row(self.inst.id, c) for c in self.report.counts]
             self.report.leak_scan = self.publication.scan_report()
+            self.report.commit_retries = dict(self.publication.commit_retries)
             if status == "succeeded" and self.publication.state == "committed":
                 summary = {"institution": self.inst.id, "ruleset": self.ruleset.label, "code_version": hub.__version__, "counts": counts}
                 self.report.manifest = self.publication.finish(summary)

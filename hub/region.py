@@ -35,6 +35,10 @@ class Feed:
     timezone: str = "+08:00"  # ndjson: the offset of date-only values (effective_time)
     mappings: tuple[Path, ...] = ()  # hl7v2: every mapping file the feed's messages go through
     encoding: str | None = None  # hl7v2: the character set of messages whose MSH-18 is empty
+    #: sql: at most this many runs pull from the feed's database at once (the production Dagster
+    #: instance queues the others: dagster_project/instance.py); a database shared by several
+    #: feeds gets the smallest of their limits
+    max_connections: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,11 @@ def load_region(workspace: Path = DEFAULT_WORKSPACE) -> Region:
             if not mapping.exists():
                 raise ConfigError(f, fnode.line_of("mapping"), f"institutions[{iid}].feeds[{fnode['name']}].mapping", f"{fnode['mapping']!r} not found", f"a mapping file in {mappings_dir}")
             url = _expand(fnode["url"], workspace, f, fnode.line_of("url"), f"institutions[{iid}].feeds[{fnode['name']}].url")
-            feeds.append(Feed(fnode["name"], mapping, url))
+            limit = fnode.get("max_connections", 1)
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ConfigError(f, fnode.line_of("max_connections"), f"institutions[{iid}].feeds[{fnode['name']}].max_connections",
+                                  f"{limit!r} is not a connection limit", "an integer >= 1: the most runs that may pull from this database at once")
+            feeds.append(Feed(fnode["name"], mapping, url, max_connections=limit))
         institutions.append(Institution(iid, str(node.get("name", iid)), str(node.get("level", "")), tuple(feeds)))
     catalog = _expand(str(doc.get("catalog", "sqlite:///{workspace}/catalog.db")), workspace, f, doc.line_of("catalog"), "catalog")
     warehouse = Path(_expand(str(doc.get("warehouse", "{workspace}/warehouse")), workspace, f, doc.line_of("warehouse"), "warehouse"))

@@ -47,6 +47,7 @@ class RunReport:
     unwatermarked: dict[str, int] = field(default_factory=dict)
     leak_scan: dict = field(default_factory=dict)  # rows scanned and code-system exemptions used
     sources: dict = field(default_factory=dict)  # per file feed: files read from/to which line, references outside the export
+    commit_retries: dict[str, int] = field(default_factory=dict)  # per table: commits retried after another writer's commit
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -75,4 +76,5 @@ class RunReport:
             "rows_without_watermark": self.unwatermarked,
             "leak_scan": self.leak_scan,
             "sources": self.sources,
+            "commit_retries": self.commit_retries,
         }

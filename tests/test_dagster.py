@@ -82,7 +82,9 @@ def test_graph_has_each_domain_and_feed_specific_deps():
 
 def test_sensor_and_schedule_run_from_first_launch():
     assert {s.name: s.default_status for s in defs.sensors} == {"new_institutions": DefaultSensorStatus.RUNNING}
-    assert {s.name: s.default_status for s in defs.schedules} == {"hourly_pull": DefaultScheduleStatus.RUNNING}
+    assert {s.name: s.default_status for s in defs.schedules} == {
+        "hourly_pull": DefaultScheduleStatus.RUNNING, "nightly_compaction": DefaultScheduleStatus.RUNNING,
+        "daily_orphan_removal": DefaultScheduleStatus.RUNNING, "weekly_snapshot_expiry": DefaultScheduleStatus.STOPPED}
 
 
 def _region(path, *ids):

@@ -1,5 +1,5 @@
 """The ``hub`` command line: one module per noun (demo, feeds, quarantine, research, keys,
-deid, lakehouse, lineage, audit, recognition, views, trainset) and ``hub listen``.
+deid, lakehouse, lineage, audit, recognition, views, trainset, deploy) and ``hub listen``.
 
 Commands are ``hub <noun> <verb>`` where there is a noun; reports are Rich tables, long
 work shows progress bars with counts and rates, and ``--json`` is there for machines.
@@ -12,6 +12,7 @@ from hub.cli import (  # noqa: F401  - importing a module registers its commands
     dagster,
     deid_rules,
     demo,
+    deploy,
     feeds,
     keys,
     lakehouse,

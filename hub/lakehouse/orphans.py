@@ -10,8 +10,11 @@ de-identified patient data and take space, so they are found and removed:
   older than a grace period (a live run of another institution may be writing files it has
   not committed yet).
 
-Only data files under a table's ``data/`` folder are considered; metadata files are the
-catalog's history and are left to snapshot expiry.
+Data files under a table's ``data/`` folder are considered by ``find_orphans``. Snapshot expiry
+(``hub.lakehouse.maintenance``) deletes no file: the data files only expired snapshots read
+become orphans here, and ``find_metadata_orphans`` finds the Avro manifest lists and manifests
+under ``metadata/`` that no remaining snapshot reads. ``*.metadata.json`` files are never
+touched (they are the catalog's history).
 """
 
 from __future__ import annotations
@@ -60,6 +63,36 @@ def find_orphans(catalog: Catalog, namespaces: list[str], institution: str | Non
             referenced = referenced_files(table)
             name = ".".join(ident)
             for path in sorted(data_dir.rglob("*.parquet")):
+                stat = path.stat()
+                if stat.st_mtime <= cutoff and path.resolve() not in referenced:
+                    out.append(Orphan(name, path, stat.st_size))
+    return out
+
+
+def referenced_metadata(table) -> set[Path]:
+    """Every manifest list and manifest a remaining snapshot of the table reads."""
+    out: set[Path] = set()
+    for snap in table.snapshots():
+        out.add(local_path(snap.manifest_list).resolve())
+        out.update(local_path(mf.manifest_path).resolve() for mf in snap.manifests(table.io))
+    return out
+
+
+def find_metadata_orphans(catalog: Catalog, namespaces: list[str], older_than: float = GRACE_SECONDS) -> list[Orphan]:
+    """Avro manifest lists and manifests under each table's metadata/ that no snapshot reads (left by expired
+    snapshots, or by a commit that never landed), older than older_than seconds."""
+    cutoff = time.time() - older_than
+    out: list[Orphan] = []
+    existing = {ns[0] for ns in catalog.list_namespaces()}
+    for ns in (n for n in namespaces if n in existing):
+        for ident in catalog.list_tables(ns):
+            table = catalog.load_table(ident)
+            meta_dir = local_path(table.location()) / "metadata"
+            if not meta_dir.is_dir():
+                continue
+            referenced = referenced_metadata(table)
+            name = ".".join(ident)
+            for path in sorted(meta_dir.glob("*.avro")):
                 stat = path.stat()
                 if stat.st_mtime <= cutoff and path.resolve() not in referenced:
                     out.append(Orphan(name, path, stat.st_size))

@@ -10,7 +10,10 @@ through the publication, in three phases:
    transactions, files under a temporary name next to their target. A finding raises
    ``LeakBlocked`` (masked values only) before anything of the publication is visible.
 2. **commit** (``commit()``): Iceberg transactions are committed (tags created after),
-   files renamed into place.
+   files renamed into place. Other publications may commit to the same tables at the same
+   time: each commit is optimistic and retried with back-off on conflict
+   (``hub.lakehouse.writer.commit_with_retry``); ``commit_retries`` says how many retries
+   each table took, and the manifest records them when there were any.
 3. **finish** (``finish(summary)``): ONE manifest, signed with the region's signing key
    (``hub.lineage.signing``), is appended to the chain (``hub.lineage.manifests``), listing
    the Iceberg snapshots and data files, the plain files (SHA-256, bytes, rows), the rows
@@ -39,6 +42,7 @@ import hashlib
 import json
 import os
 import secrets
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,18 +51,32 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import AlwaysTrue, EqualTo
+from pyiceberg.io.pyarrow import (  # _dataframe_to_data_files: how pyiceberg's own writes make data files
+    ArrowScan,
+    _dataframe_to_data_files,
+)
 from pyiceberg.table import Table, Transaction
 
 from deid.keys import Keyring
 from hub.lakehouse.tables import ARROW_SCHEMA
-from hub.lakehouse.writer import TableWriter, committed_snapshots
+from hub.lakehouse.writer import (
+    COMMIT_RETRY,
+    CommitConflict,
+    RetryPolicy,
+    TableWriter,
+    commit_with_retry,
+    committed_snapshots,
+    counting,
+    refused_commits,
+    retry_commit,
+)
 from hub.leakscan import Scanner, ScanResult, load_canaries, load_scan_policy
 from hub.lineage import manifests
 from hub.lineage.signing import Signer, load_signer
 
 #: What a publication can be; recorded in its manifest.
-KINDS = ("run", "research-release", "trainset", "recognition-index", "export")
+KINDS = ("run", "research-release", "trainset", "recognition-index", "export", "maintenance")
 
 
 def new_publication_id(kind: str) -> str:
@@ -89,15 +107,29 @@ class StoreRecord:
 
 
 class TableReplacement:
-    """A whole-table replace (research releases): delete every row and append, in one transaction."""
+    """A whole-table replace (research releases): delete every row and append, in one transaction.
+
+    The rows appended are kept until commit: if another writer replaced or changed the table
+    meanwhile (the delete of every row then conflicts), the replacement is staged again from
+    scratch on the new head and committed, so the table ends up holding exactly these rows.
+    """
 
     def __init__(self, pub: Publication, table: Table, tag: str | None):
-        self.pub, self.table, self.tag = pub, table, tag
+        self.pub, self.table, self.tag = pub, counting(table), tag
         self.rows = 0
+        self.retries = 0
         self.snapshot_ids: list[int] = []
-        self.tx: Transaction | None = table.transaction()
-        if table.current_snapshot() is not None:
-            self.tx.delete(AlwaysTrue(), snapshot_properties=pub.props)
+        self._data: list[pa.Table] = []
+        self.tx: Transaction | None = self._begin()
+
+    def _begin(self) -> Transaction:
+        """A transaction that deletes every row. Staged on an empty table too: it then deletes nothing, but
+        the delete still makes pyiceberg refuse to rebase the replacement over rows that arrive meanwhile."""
+        tx = self.table.transaction()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            tx.delete(AlwaysTrue(), snapshot_properties=self.pub.props)
+        return tx
 
     @property
     def name(self) -> str:
@@ -115,23 +147,43 @@ class TableReplacement:
         self.pub.scan(data, self.name)
         if data.num_rows:
             self.tx.append(data, snapshot_properties=self.pub.props)
+            self._data.append(data)
             self.rows += data.num_rows
 
     def commit(self) -> None:
-        self.tx.commit_transaction()
-        self.tx = None
-        self.snapshot_ids = committed_snapshots(self.table, self.pub.id)
-        if self.tag and self.snapshot_ids:
-            self.table.manage_snapshots().create_tag(self.snapshot_ids[-1], self.tag).commit()
+        """Commit the replacement, staged again from scratch if a concurrent commit conflicts; then tag it."""
+        staged, self.tx, before = self.tx, None, refused_commits(self.table)
+
+        def attempt(table: Table) -> None:
+            nonlocal staged
+            tx, staged = staged or self._restage(), None
+            commit_with_retry(table, tx, self.pub.policy)
+
+        try:
+            retry_commit(self.table, attempt, self.pub.policy)
+            self.snapshot_ids = committed_snapshots(self.table, self.pub.id)
+            if self.tag and self.snapshot_ids:
+                retry_commit(self.table, lambda t: t.manage_snapshots().create_tag(self.snapshot_ids[-1], self.tag).commit(),
+                             self.pub.policy)
+        finally:
+            self.retries += refused_commits(self.table) - before
+
+    def _restage(self) -> Transaction:
+        tx = self._begin()
+        for data in self._data:
+            tx.append(data, snapshot_properties=self.pub.props)
+        return tx
 
 
 class Publication:
     """One publication: everything it writes is scanned, staged, committed together and signed once."""
 
     def __init__(self, engine: sa.Engine, signer: Signer, kind: str, publication_id: str | None = None, *,
-                 scanner: Scanner | None = None, key_id: str | None = None):
+                 scanner: Scanner | None = None, key_id: str | None = None, policy: RetryPolicy = COMMIT_RETRY):
         """engine: the run record (manifests); signer: the manifest signing key; key_id: the
-        master key the published pseudonyms were made with (recorded in the manifest)."""
+        master key the published pseudonyms were made with (recorded in the manifest);
+        policy: how each Iceberg commit retries when other writers commit to the same table."""
+        self.policy = policy
         if kind not in KINDS:
             raise ValueError(f"unknown publication kind {kind!r}; kinds: {', '.join(KINDS)}")
         self.engine, self.signer, self.kind, self.key_id = engine, signer, kind, key_id
@@ -140,6 +192,8 @@ class Publication:
         self.scanned = ScanResult()  # accumulated: rows scanned and exemptions used
         self.writers: list[TableWriter] = []
         self.replacements: list[TableReplacement] = []
+        self.commits: list[tuple[Table, list[int], int]] = []  # (table, snapshot ids, retries) of compactions
+        self.expired: dict[str, list[int]] = {}  # table -> snapshot ids expired by this publication (maintenance)
         self.files: list[StagedFile] = []
         self.stores: dict[str, StoreRecord] = {}
         self.store_states: dict[str, dict] = {}  # store -> {before, after} whole-content states (manifests.sql_state)
@@ -148,7 +202,7 @@ class Publication:
 
     @classmethod
     def open(cls, region, keys: Keyring | None, kind: str, publication_id: str | None = None, *,
-             engine: sa.Engine | None = None, signer: Signer | None = None) -> Publication:
+             engine: sa.Engine | None = None, signer: Signer | None = None, policy: RetryPolicy = COMMIT_RETRY) -> Publication:
         """A publication for a region: its run record, signing key, canaries and the ruleset's leak_scan policy.
 
         keys: the master key of what is published (its key id goes into the manifest), or None.
@@ -159,7 +213,7 @@ class Publication:
         signer = signer or load_signer(region)
         scanner = Scanner(load_canaries(region.workspace), load_scan_policy(region.ruleset))
         return cls(engine or runrecord.connect(region.catalog_url), signer, kind, publication_id, scanner=scanner,
-                   key_id=keys.key_id if keys is not None else None)
+                   key_id=keys.key_id if keys is not None else None, policy=policy)
 
     def __enter__(self) -> Publication:
         return self
@@ -205,7 +259,7 @@ class Publication:
     def table_writer(self, table: Table, institution: str, key_id: str | None = None) -> TableWriter:
         """The versioned, idempotent upsert of resource rows into one table for one institution."""
         self._staging()
-        writer = TableWriter(table, institution, self.id, self.scan, key_id)
+        writer = TableWriter(table, institution, self.id, self.scan, key_id, self.policy)
         self.writers.append(writer)
         return writer
 
@@ -215,6 +269,66 @@ class Publication:
         replacement = TableReplacement(self, table, tag)
         self.replacements.append(replacement)
         return replacement
+
+    def rewrite_small_files(self, table: Table, institution: str, small_bytes: int, min_files: int) -> dict[str, Any]:
+        """Compaction: rewrite the institution's data files of table smaller than small_bytes (at least
+        min_files of them) into as few files as the target size allows, sorted like every write; committed now.
+
+        The rows are the published ones, unchanged (they passed the scan when published, so they are
+        not scanned again). The overwrite names the exact files it replaces and is scoped to the
+        partition: a commit that lands first is rebased over, but one that added, deleted or
+        rewrote files of the partition makes it refused; then the files it wrote are deleted and it
+        is planned again from scratch on the new head (``retry_commit``, bounded by the policy).
+        The snapshot is recorded for the manifest. Returns what it did (files_before, files_after,
+        rows, bytes_before, bytes_after, snapshot_id, retries, skipped).
+        """
+        self._staging()
+        table = counting(table)
+        before = refused_commits(table)
+        props = {**self.props, "hub.maintenance": "compaction"}
+        out: dict[str, Any] = {"skipped": None}
+
+        def attempt(t: Table) -> int | None:
+            tasks = [task for task in t.scan(row_filter=EqualTo("institution", institution)).plan_files()
+                     if task.file.file_size_in_bytes < small_bytes and not task.delete_files
+                     and str(task.file.partition[0]) == institution] if t.current_snapshot() else []
+            if len(tasks) < min_files:
+                out["skipped"] = f"{len(tasks)} small file(s), fewer than {min_files}"
+                return None
+            data = ArrowScan(t.metadata, t.io, t.schema(), AlwaysTrue()).to_table(tasks=tasks).sort_by(
+                [("patient", "ascending"), ("effective_time", "ascending")])
+            tx, written = t.transaction(), []
+            try:
+                with tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite:
+                    rewrite.delete_by_predicate(EqualTo("institution", institution))  # scopes conflict checks to the partition
+                    for task in tasks:
+                        rewrite.delete_data_file(task.file)
+                    for data_file in _dataframe_to_data_files(table_metadata=tx.table_metadata, df=data, io=t.io,
+                                                              write_uuid=rewrite.commit_uuid):
+                        written.append(data_file)
+                        rewrite.append_data_file(data_file)
+                commit_with_retry(t, tx, self.policy)
+            except CommitConflict:
+                for data_file in written:  # the commit did not land: nobody references them
+                    t.io.delete(data_file.file_path)
+                raise
+            out.update(skipped=None, files_before=len(tasks), files_after=len(written), rows=data.num_rows,
+                       bytes_before=sum(task.file.file_size_in_bytes for task in tasks),
+                       bytes_after=sum(f.file_size_in_bytes for f in written))
+            return t.current_snapshot().snapshot_id
+
+        snapshot_id, restarts = retry_commit(table, attempt, self.policy)
+        out.update(snapshot_id=snapshot_id, retries=refused_commits(table) - before + restarts)
+        if snapshot_id is not None:
+            self.commits.append((table, [snapshot_id], out["retries"]))
+        return out
+
+    def record_expiry(self, name: str, snapshot_ids: list[int]) -> None:
+        """Record snapshots this publication expired from a table's history (``hub.lakehouse.maintenance``): the
+        manifest lists them under ``expired``, which is how verify tells an expiry from a rolled-back history."""
+        self._staging()
+        if snapshot_ids:
+            self.expired[name] = sorted(set(self.expired.get(name, [])) | set(snapshot_ids))
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -301,7 +415,8 @@ class Publication:
         tables: dict[str, Table] = {}
         ids: dict[str, list[int]] = {}
         for name, table, made in [(".".join(w.table.name()), w.table, w.snapshot_ids) for w in self.writers] + \
-                                 [(r.name, r.table, r.snapshot_ids) for r in self.replacements]:
+                                 [(r.name, r.table, r.snapshot_ids) for r in self.replacements] + \
+                                 [(".".join(t.name()), t, ids) for t, ids, _ in self.commits]:
             if not made:
                 continue
             table.refresh()
@@ -312,8 +427,18 @@ class Publication:
         return tables, ids
 
     @property
+    def commit_retries(self) -> dict[str, int]:
+        """Per table: commits the catalog refused because another writer committed first (each was retried)."""
+        out: dict[str, int] = {}
+        for name, n in [(".".join(w.table.name()), w.retries) for w in self.writers] + [(r.name, r.retries) for r in self.replacements] \
+                + [(".".join(t.name()), n) for t, _, n in self.commits]:
+            out[name] = out.get(name, 0) + n
+        return out
+
+    @property
     def wrote(self) -> bool:
         return bool(any(w.snapshot_ids for w in self.writers) or any(r.snapshot_ids for r in self.replacements)
+                    or any(ids for _, ids, _ in self.commits) or bool(self.expired)
                     or self.files or any(s.rows for s in self.stores.values()) or bool(self.store_states))
 
     def finish(self, summary: dict) -> tuple[int, str] | None:
@@ -327,6 +452,8 @@ class Publication:
             "kind": self.kind, "key_id": self.key_id, **summary,
             "stores": {name: s.entry() for name, s in sorted(self.stores.items())},
             **({"store_states": self.store_states} if self.store_states else {}),
+            **({"expired": dict(sorted(self.expired.items()))} if self.expired else {}),
+            **({"commit_retries": {t: n for t, n in sorted(self.commit_retries.items()) if n}} if any(self.commit_retries.values()) else {}),
             "leak_scan": self.scan_report(),
         }
         tables, snapshots = self._snapshots()

@@ -8,6 +8,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 
 from hub.errors import NotFound
+from hub.lakehouse.writer import retry_commit
 
 
 def history(catalog: Catalog, name: str) -> list[dict]:
@@ -30,7 +31,11 @@ def history(catalog: Catalog, name: str) -> list[dict]:
 
 
 def tag_zone(catalog: Catalog, zone: str, tag: str) -> dict[str, int]:
-    """Tag the current snapshot of every table of a zone; returns {table: snapshot id}."""
+    """Tag the current snapshot of every table of a zone; returns {table: snapshot id}.
+
+    A tag is a metadata-only commit: when another writer commits to the table first, it is
+    made again on the refreshed metadata (``retry_commit``), still on the snapshot chosen here.
+    """
     tagged = {}
     for identifier in catalog.list_tables(zone):
         table = catalog.load_table(identifier)
@@ -39,7 +44,7 @@ def tag_zone(catalog: Catalog, zone: str, tag: str) -> dict[str, int]:
             continue
         if table.metadata.refs.get(tag) is not None:
             raise ValueError(f"tag {tag!r} already exists on {'.'.join(identifier)}; tags are immutable, choose a new name")
-        table.manage_snapshots().create_tag(snap.snapshot_id, tag).commit()
+        retry_commit(table, lambda t, sid=snap.snapshot_id: t.manage_snapshots().create_tag(sid, tag).commit())
         tagged[".".join(identifier)] = snap.snapshot_id
     return tagged
 

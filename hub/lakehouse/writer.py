@@ -11,6 +11,19 @@ they come, so memory stays bounded) and committed together by ``commit()``:
 - on a full pull, rows whose source key no longer exists at the source are deleted
   (``stage_deletions``), and the caller records them as deletions.
 
+**Concurrent commits.** Runs of different institutions commit to the same table at once
+(Dagster partitions on several workers). A commit is optimistic: pyiceberg (0.12) catches the
+catalog's ``CommitFailedException``, refreshes the table, re-plans the run's staged snapshots
+(delete, rewrite, append) on top of the new head, reusing the data files already written,
+validates that the concurrent commits touched nothing the run deletes (serializable
+isolation, scoped by the run's ``institution = X`` filters), and commits again, with
+jittered exponential back-off. ``RetryPolicy`` bounds that (attempts, waits, total time);
+``commit_with_retry`` counts the retries (``TableWriter.retries``) and, after the last
+attempt, raises ``CommitConflict`` naming the table. Metadata-only changes (tags, snapshot
+expiry) are not re-planned by pyiceberg: ``retry_commit`` re-runs them on refreshed metadata.
+A run never loses or duplicates a row: the run lock keeps other writers out of its
+partition, so a re-planned commit applies exactly the changes the run staged.
+
 Every staged batch is leak-scanned first (by the ``scan`` the publication hands in): rows
 carrying an identifier are never written. A resource text added with ``text_scanned`` has
 already passed the same scanner with its record's known values (the pipeline's workers scan
@@ -22,22 +35,157 @@ other column, and every text not so marked, is scanned here. A TableWriter is ma
 from __future__ import annotations
 
 import datetime as dt
+import random
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
-from pyiceberg.table import Table, Transaction
+from pyiceberg.table import Table, TableProperties, Transaction
 
+from hub.errors import CommandFailed
 from hub.lakehouse.tables import ARROW_SCHEMA
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard a commit tries when other writers commit to the same table: bounded, with jittered back-off."""
+
+    attempts: int = 10  # commits tried in all, the first included
+    min_wait_ms: int = 50  # wait before the first retry; doubles each retry ...
+    max_wait_ms: int = 5000  # ... up to this, plus up to 10% jitter (pyiceberg's) or 50% (retry_commit's)
+    total_ms: int = 10 * 60 * 1000  # no retry starts after this long
+
+    def wait_s(self, retry: int) -> float:
+        """Seconds to sleep before retry number retry (1-based): exponential, capped, jittered."""
+        base = min(self.min_wait_ms * 2 ** (retry - 1), self.max_wait_ms)
+        return (base + random.uniform(0, 0.5 * base)) / 1000
+
+    def properties(self) -> dict[str, str]:
+        """The same policy as pyiceberg's table properties (commit.retry.*)."""
+        return {TableProperties.COMMIT_NUM_RETRIES: str(self.attempts - 1),
+                TableProperties.COMMIT_MIN_RETRY_WAIT_MS: str(self.min_wait_ms),
+                TableProperties.COMMIT_MAX_RETRY_WAIT_MS: str(self.max_wait_ms),
+                TableProperties.COMMIT_TOTAL_RETRY_TIME_MS: str(self.total_ms)}
+
+
+#: The policy every commit of hub uses unless told otherwise.
+COMMIT_RETRY = RetryPolicy()
+
+
+class CommitConflict(CommandFailed):
+    """A commit gave up: other writers kept committing to the table, or changed what this commit replaces."""
+
+
+class _CountingCatalog:
+    """The table's catalog, counting the commits it refused (each is followed by a retry or by giving up)."""
+
+    def __init__(self, catalog: Any):
+        self._catalog = catalog
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._catalog, name)
+
+    def commit_table(self, table: Table, requirements: tuple, updates: tuple) -> Any:
+        try:
+            return self._catalog.commit_table(table, requirements, updates)
+        except CommitFailedException:
+            self.refused += 1
+            raise
+
+
+def counting(table: Table) -> Table:
+    """The same table object, its catalog wrapped to count refused commits (``refused_commits``); it
+    delegates everything else, so callers holding the table see its commits as before."""
+    if not isinstance(table.catalog, _CountingCatalog):
+        table.catalog = _CountingCatalog(table.catalog)
+    return table
+
+
+def refused_commits(table: Table) -> int:
+    """Commits of this (``counting``) table the catalog refused so far."""
+    return table.catalog.refused if isinstance(table.catalog, _CountingCatalog) else 0
+
+
+def _with_policy(table: Table, policy: RetryPolicy) -> Any:
+    """Make pyiceberg's retry loop follow policy for the next commit of table, in memory only.
+
+    pyiceberg reads ``commit.retry.*`` from the table's properties when a commit starts; a
+    property the table itself sets wins. Nothing is written to the table's metadata (the
+    catalog applies only the staged updates), so the recorded table state does not change.
+    Returns the metadata object made (``_without_policy`` takes it back out).
+    """
+    props = {**policy.properties(), **table.metadata.properties}
+    if props == table.metadata.properties:
+        return None
+    table.metadata = table.metadata.model_copy(update={"properties": props})
+    return table.metadata
+
+
+def _without_policy(table: Table, overlaid: Any, original: dict[str, str]) -> None:
+    """Undo _with_policy if the commit did not replace the metadata (it failed before any refresh)."""
+    if overlaid is not None and table.metadata is overlaid:
+        table.metadata = table.metadata.model_copy(update={"properties": original})
+
+
+def commit_with_retry(table: Table, tx: Transaction, policy: RetryPolicy = COMMIT_RETRY) -> int:
+    """Commit a transaction of snapshot changes, re-planned on conflict by pyiceberg; returns how many retries it took.
+
+    table: the (``counting``) table tx was opened on. Raises CommitConflict naming the table
+    when the last attempt is refused, or when a concurrent commit changed files this
+    transaction deletes (then re-planning cannot help: the caller starts again from scratch).
+    """
+    name = ".".join(table.name())
+    before, started, original = refused_commits(table), time.monotonic(), dict(table.metadata.properties)
+    overlaid = _with_policy(table, policy)
+    try:
+        tx.commit_transaction()
+    except CommitFailedException as exc:
+        tries = refused_commits(table) - before
+        raise CommitConflict(f"{name}: commit refused {tries} time(s) in {time.monotonic() - started:.1f}s, other writers "
+                             f"kept committing to this table; nothing of this commit is visible, run it again ({exc})", 2) from exc
+    except ValidationException as exc:
+        raise CommitConflict(f"{name}: a concurrent commit changed data files this commit replaces; nothing of this "
+                             f"commit is visible, run it again ({exc})", 2) from exc
+    finally:
+        _without_policy(table, overlaid, original)
+    return refused_commits(table) - before
+
+
+def retry_commit(table: Table, attempt: Callable[[Table], T], policy: RetryPolicy = COMMIT_RETRY) -> tuple[T, int]:
+    """Run attempt(table) (a metadata change: a tag, a snapshot expiry, a compaction planned from scratch) until
+    the catalog accepts it: on CommitFailedException or ValidationException, wait, refresh the table, run it
+    again. Returns (what attempt returned, retries); raises CommitConflict naming the table after the last attempt."""
+    started = time.monotonic()
+    for retry in range(policy.attempts):
+        try:
+            return attempt(table), retry
+        except (CommitFailedException, ValidationException, CommitConflict) as exc:
+            spent_ms = (time.monotonic() - started) * 1000
+            if retry == policy.attempts - 1 or spent_ms >= policy.total_ms:
+                raise CommitConflict(f"{'.'.join(table.name())}: gave up after {retry + 1} attempt(s) in {spent_ms / 1000:.1f}s: "
+                                     f"other writers kept changing this table; run it again ({exc})", 2) from exc
+            time.sleep(policy.wait_s(retry + 1))
+            table.refresh()
+    raise AssertionError("unreachable")
 
 
 class TableWriter:
     """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
-    def __init__(self, table: Table, institution: str, run_id: str, scan: Callable[[pa.Table, str], object], key_id: str | None = None):
+    def __init__(self, table: Table, institution: str, run_id: str, scan: Callable[[pa.Table, str], object], key_id: str | None = None,
+                 policy: RetryPolicy = COMMIT_RETRY):
         """scan(data, where) raises LeakBlocked when data carries an identifier."""
-        self.table, self.institution, self.run_id, self.scan, self.key_id = table, institution, run_id, scan, key_id
+        self.table, self.institution, self.run_id, self.scan, self.key_id = counting(table), institution, run_id, scan, key_id
+        self.policy = policy
+        self.retries = 0  # commits the catalog refused because another writer committed first (then re-planned)
         self._buffer: dict[str, dict] = {}
         self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
         self._existing: dict[str, tuple[str, dt.datetime | None, str, str, str]] | None = None
@@ -151,8 +299,11 @@ class TableWriter:
         self.flush()
         if self._tx is None:
             return
-        self._tx.commit_transaction()
-        self._tx = None
+        tx, self._tx, before = self._tx, None, refused_commits(self.table)
+        try:
+            commit_with_retry(self.table, tx, self.policy)
+        finally:
+            self.retries += refused_commits(self.table) - before
         self.snapshot_ids += committed_snapshots(self.table, self.run_id)
 
 

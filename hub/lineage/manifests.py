@@ -39,7 +39,11 @@ the order of the chain, so that raises no alarm. A snapshot committed by a run t
 before its manifest is a break until an operator reviews it and adopts it with a signed
 manifest (``adopt``, ``hub audit adopt``); a check that runs while others publish may ask for
 snapshots labelled with a run still marked running to be reported as in flight instead.
-Snapshots a publication rolled back itself are recorded as withdrawn. Data files no
+Snapshots a publication rolled back itself are recorded as withdrawn. Snapshots a maintenance
+publication expired (``hub.lakehouse.maintenance``) are listed under ``expired`` in its
+manifest: their absence from the history, the null parent expiry leaves on the oldest kept
+snapshot, and the data files only they read going missing are notes, not breaks; the live
+files are still folded from the chain's first snapshot along the recorded parent links. Data files no
 snapshot references (a run that died before it committed) are reported as orphans: nobody
 reads them.
 """
@@ -71,6 +75,8 @@ READABLE_FORMATS = (2, 3)
 #: A run marked running for longer than this no longer makes its snapshots "in flight".
 IN_FLIGHT_FOR = dt.timedelta(hours=24)
 _APPEND_TRIES = 20
+#: verify accounts for snapshots a maintenance manifest records as expired.
+RECORDS_EXPIRY = True
 
 
 def _canonical(body: dict) -> str:
@@ -484,8 +490,11 @@ def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse:
     recorded_files: dict[str, dict[str, tuple[int, str, dict]]] = {}
     plain_files: list[tuple[int, str, dict]] = []
     states: dict[str, list[tuple[int, bool, dict]]] = {}
+    expired: dict[str, dict[int, int]] = {}  # table -> expired snapshot id -> seq of the manifest that expired it
     for row, body in bodies:
         where = f"manifest {row.seq} (run {row.run_id})"
+        for name, ids in body.get("summary", {}).get("expired", {}).items():
+            expired.setdefault(name, {}).update(dict.fromkeys(ids, row.seq))
         for name, entry in body.get("tables", {}).items():
             if "state" in entry:
                 states.setdefault(name, []).append((row.seq, bool(body.get("adopted")), entry["state"]))
@@ -502,17 +511,26 @@ def verify(engine: sa.Engine, trusted: TrustedKeys, icat: Catalog, *, warehouse:
 
     in_flight = _in_flight_runs(engine) if in_flight_ok else {}
     referenced: set[str] = set()
+    readable: set[str] = set()  # files some remaining snapshot reads (referenced also holds deleted entries)
     names = sorted(set(_all_tables(icat)) | set(recorded))
     for name in names:
         _check_table(engine, icat, name, recorded.get(name, {}), recorded_files.get(name, {}), check_from,
-                     in_flight, referenced, report, states.get(name, []))
+                     in_flight, referenced, report, states.get(name, []), expired.get(name, {}), readable)
     _check_access_log(engine, bodies, report)
     _check_releases(engine, bodies, report)
     _check_stores(bodies, stores or {}, report)
 
     hashed: set[str] = set()
+    live_paths = {str(local_path(p).resolve()) for p in readable}
     for name, by_path in recorded_files.items():
+        gone = [p for p in by_path if expired.get(name) and str(local_path(p).resolve()) not in live_paths
+                and not local_path(p).exists()]
+        if gone:
+            report.notes.append(f"{name}: {len(gone)} recorded data file(s) read only by expired snapshots were removed "
+                                "(orphans after expiry); not re-hashed")
         for path, (seq, run_id, f) in by_path.items():
+            if path in gone:
+                continue
             if seq >= check_from:
                 _rehash(f"manifest {seq} (run {run_id}): {name} data file", path, f["sha256"], hashed, report)
     for seq, run_id, f in plain_files:
@@ -728,8 +746,12 @@ def _rehash(what: str, path: str, sha256: str, hashed: set[str], report: VerifyR
 
 def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int, _Recorded],
                  recorded_files: dict[str, tuple[int, str, dict]], check_from: int, in_flight: dict[str, str],
-                 referenced: set[str], report: VerifyReport, states: list[tuple[int, bool, dict]]) -> None:
-    """Compare one table's live history, metadata and current files with what the chain records for it."""
+                 referenced: set[str], report: VerifyReport, states: list[tuple[int, bool, dict]],
+                 expired: dict[int, int] | None = None, readable: set[str] | None = None) -> None:
+    """Compare one table's live history, metadata and current files with what the chain records for it.
+
+    expired: snapshot ids a maintenance manifest expired (-> its seq); their absence is a note."""
+    expired = expired or {}
     try:
         table = icat.load_table(name)
     except NoSuchTableError:
@@ -741,9 +763,19 @@ def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int
     live = {s.snapshot_id: s for s in table.snapshots()}
     for s in live.values():
         referenced.update(files.referenced(s))
+        if readable is not None:
+            readable.update(files.live(s))
     current = table.current_snapshot()
     on_path = _ancestry(table)
     ancestry = list(on_path.values())
+    # history truncated by a recorded expiry: fold the recorded snapshots before the oldest kept one first,
+    # following the recorded parent links (back through expired and kept-but-off-path snapshots alike)
+    first = recorded.get(ancestry[0].snapshot_id) if ancestry and ancestry[0].parent_snapshot_id is None else None
+    pid, before = (first.snapshot.get("parent") if first else None), []
+    if pid in expired:
+        while pid is not None and pid in recorded and pid not in on_path and pid not in before:
+            before.append(pid)
+            pid = recorded[pid].snapshot.get("parent")
     _check_state(name, table, states, report)
     created = {path: (rec.seq, digest) for rec in recorded.values() for path, digest in rec.snapshot.get("manifests", {}).items()}
     hashed_meta: set[str] = set()
@@ -772,24 +804,33 @@ def _check_table(engine: sa.Engine, icat: Catalog, name: str, recorded: dict[int
         if "schema_id" in rec.snapshot and rec.snapshot["schema_id"] != s.schema_id:
             report.breaks.append(f"{name}: snapshot {sid} reads with schema {s.schema_id}, manifest {rec.seq} recorded "
                                  f"schema {rec.snapshot['schema_id']} (metadata edited)")
-        if rec.snapshot.get("parent") != s.parent_snapshot_id:
+        if rec.snapshot.get("parent") != s.parent_snapshot_id and not (
+                s.parent_snapshot_id is None and rec.snapshot.get("parent") in expired):  # expiry nulls the parent
             report.breaks.append(f"{name}: snapshot {sid} has parent {s.parent_snapshot_id} in the table but "
                                  f"{rec.snapshot.get('parent')} in manifest {rec.seq} (history rewritten)")
         if rec.snapshot.get("withdrawn"):
             if sid in on_path:
                 report.breaks.append(f"{name}: snapshot {sid}, withdrawn by its publication (manifest {rec.seq}), is in the "
                                      "current history again (rolled forward outside a publication)")
-        elif sid not in on_path:
+        elif sid not in on_path and sid not in before:  # before: kept (tagged) ancestors beyond an expired gap
             report.breaks.append(f"{name}: snapshot {sid} (manifest {rec.seq}) is not in the current history: readers see "
                                  f"snapshot {current.snapshot_id if current else 'none'} (rolled back, or history rewritten)")
+    gone = sorted(sid for sid in recorded if sid not in live and sid in expired)
+    if gone:
+        report.notes.append(f"{name}: {len(gone)} snapshot(s) expired by maintenance manifest(s) "
+                            f"{', '.join(str(q) for q in sorted({expired[sid] for sid in gone}))}")
     for sid, rec in sorted(recorded.items(), key=lambda kv: kv[1].seq):
-        if sid not in live:
+        if sid not in live and sid not in expired:
             report.breaks.append(f"{name}: snapshot {sid}, recorded by manifest {rec.seq}, is missing from the table's history "
                                  "(catalog rolled back to older metadata, or metadata edited)")
 
     # What the chain says is live, folded along the current history (unrecorded snapshots, already
     # reported, contribute what the table says they did, so one break is not reported twice).
     state: dict[str, int | None] = {}
+    for sid in reversed(before):
+        for p in recorded[sid].snapshot.get("removed", []):
+            state.pop(p, None)
+        state.update(dict.fromkeys(recorded[sid].snapshot.get("added", []), recorded[sid].seq))
     for s in ancestry:
         rec = recorded.get(s.snapshot_id)
         if rec is None:

@@ -1,0 +1,1 @@
+"""Lakehouse maintenance: compaction, snapshot expiry and orphan removal as scheduled Dagster jobs."""
