@@ -78,7 +78,8 @@ def planted(tmp_path_factory, keys):
     build_index(region, connect_index(index_url(region)), keys)
     assert build_release(region, keys, name="demo-release", k=2, max_suppression=0.9).status == "published"
     out = tmp_path_factory.mktemp("trainset")
-    build_trainset(region, keys, REPO_ROOT / "trainsets" / "t2dm-hba1c.yaml", out, purpose="planted identifiers test")
+    build_trainset(region, keys, REPO_ROOT / "trainsets" / "t2dm-hba1c.yaml", out / "long", purpose="planted identifiers test")
+    build_trainset(region, keys, REPO_ROOT / "trainsets" / "t2dm-hba1c-patient.yaml", out / "per-patient", purpose="planted identifiers test")
     return region, out, sorted(m for m in mrns if len(m) >= 4)
 
 
@@ -121,7 +122,8 @@ def test_no_planted_identifier_in_the_recognition_index(planted):
 def test_no_planted_identifier_in_the_training_set(planted):
     _, out, mrns = planted
     files = sorted(out.rglob("*"))
-    assert any(f.suffix == ".parquet" for f in files)
+    assert {"labels.parquet", "labs.parquet", "patients.parquet"} <= {f.name for f in files}  # both shapes
+    assert sum(pq.read_metadata(f).num_rows for f in files if f.name == "patients.parquet") > 0
     for f in (f for f in files if f.is_file()):
         if f.suffix == ".parquet":
             table = pq.read_table(f)
