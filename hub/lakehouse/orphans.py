@@ -20,6 +20,7 @@ touched (they are the catalog's history).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,27 +47,33 @@ def referenced_files(table) -> set[Path]:
     return {local_path(p).resolve() for p in paths}
 
 
-def find_orphans(catalog: Catalog, namespaces: list[str], institution: str | None = None,
-                 older_than: float = GRACE_SECONDS) -> list[Orphan]:
-    """Unreferenced data files of every table in namespaces (only institution's partition if given)."""
+def _unreferenced(catalog: Catalog, namespaces: list[str], older_than: float, folder: str, pattern: str,
+                  referenced: Callable[[object], set[Path]]) -> list[Orphan]:
+    """Files matching pattern under each table's folder (``data/...`` or ``metadata``) that referenced(table)
+    does not name, older than older_than seconds."""
     cutoff = time.time() - older_than
     out: list[Orphan] = []
     existing = {ns[0] for ns in catalog.list_namespaces()}
     for ns in (n for n in namespaces if n in existing):
         for ident in catalog.list_tables(ns):
             table = catalog.load_table(ident)
-            data_dir = local_path(table.location()) / "data"
-            if institution is not None:
-                data_dir = data_dir / f"institution={institution}"
-            if not data_dir.is_dir():
+            base = local_path(table.location()) / folder
+            if not base.is_dir():
                 continue
-            referenced = referenced_files(table)
+            known = referenced(table)
             name = ".".join(ident)
-            for path in sorted(data_dir.rglob("*.parquet")):
+            for path in sorted(base.glob(pattern)):
                 stat = path.stat()
-                if stat.st_mtime <= cutoff and path.resolve() not in referenced:
+                if stat.st_mtime <= cutoff and path.resolve() not in known:
                     out.append(Orphan(name, path, stat.st_size))
     return out
+
+
+def find_orphans(catalog: Catalog, namespaces: list[str], institution: str | None = None,
+                 older_than: float = GRACE_SECONDS) -> list[Orphan]:
+    """Unreferenced data files of every table in namespaces (only institution's partition if given)."""
+    folder = f"data/institution={institution}" if institution is not None else "data"
+    return _unreferenced(catalog, namespaces, older_than, folder, "**/*.parquet", referenced_files)
 
 
 def referenced_metadata(table) -> set[Path]:
@@ -81,22 +88,7 @@ def referenced_metadata(table) -> set[Path]:
 def find_metadata_orphans(catalog: Catalog, namespaces: list[str], older_than: float = GRACE_SECONDS) -> list[Orphan]:
     """Avro manifest lists and manifests under each table's metadata/ that no snapshot reads (left by expired
     snapshots, or by a commit that never landed), older than older_than seconds."""
-    cutoff = time.time() - older_than
-    out: list[Orphan] = []
-    existing = {ns[0] for ns in catalog.list_namespaces()}
-    for ns in (n for n in namespaces if n in existing):
-        for ident in catalog.list_tables(ns):
-            table = catalog.load_table(ident)
-            meta_dir = local_path(table.location()) / "metadata"
-            if not meta_dir.is_dir():
-                continue
-            referenced = referenced_metadata(table)
-            name = ".".join(ident)
-            for path in sorted(meta_dir.glob("*.avro")):
-                stat = path.stat()
-                if stat.st_mtime <= cutoff and path.resolve() not in referenced:
-                    out.append(Orphan(name, path, stat.st_size))
-    return out
+    return _unreferenced(catalog, namespaces, older_than, "metadata", "*.avro", referenced_metadata)
 
 
 def delete_orphans(orphans: list[Orphan]) -> int:

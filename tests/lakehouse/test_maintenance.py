@@ -207,3 +207,13 @@ def test_verify_accounts_for_expired_snapshots_and_their_removed_files(lake):
     report = lake.verify()
     assert report.ok, report.breaks
     assert any("expired" in n for n in report.notes)
+
+
+def test_snapshots_expired_by_hand_without_a_signed_maintenance_manifest_are_a_break(lake):
+    """An insider with write access expires history directly with pyiceberg: verify names it."""
+    table = lake.table()
+    oldest = min(table.snapshots(), key=lambda s: s.sequence_number or 0).snapshot_id
+    table.maintenance.expire_snapshots().by_ids([oldest]).commit()
+    report = lake.verify()
+    assert not report.ok
+    assert any(str(oldest) in b for b in report.breaks), report.breaks
