@@ -82,12 +82,43 @@ def index_url(region: Region) -> str:
     return region.recognition_index or f"sqlite:///{(region.workspace / 'recognition.db').resolve()}"
 
 
+#: The state row every build updates first: its row lock (SQLite: the database's write lock) makes
+#: concurrent builds (several workers, a backfill's runs) take turns instead of failing.
+BUILD_LOCK = "build_lock"
+
+
 def connect(url: str) -> sa.Engine:
-    engine = sa.create_engine(url)
+    # SQLite: a build waiting for another build's write lock waits (up to 10 minutes) instead of failing
+    engine = sa.create_engine(url, connect_args={"timeout": 600} if url.startswith("sqlite") else {})
     create_all_concurrently(metadata, engine)
     for index in results.indexes:  # also on an index database made before the index existed
         index.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        _insert_if_missing(conn, state, {"name": BUILD_LOCK, "value": "-"})
     return engine
+
+
+def _insert_if_missing(conn: sa.Connection, table: sa.Table, row: dict) -> None:
+    """INSERT that does nothing when the primary key exists, also when another process inserts it at the same time."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        conn.execute(insert(table).values(**row).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        conn.execute(table.insert().prefix_with("OR IGNORE").values(**row))
+    elif dialect in ("mysql", "mariadb"):
+        conn.execute(table.insert().prefix_with("IGNORE").values(**row))
+    else:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(**row))
+        except sa.exc.IntegrityError:
+            pass
+
+
+def _take_build_lock(conn: sa.Connection) -> None:
+    """Held until the build's transaction ends; a second build waits here, then reads what the first wrote."""
+    conn.execute(state.update().where(state.c.name == BUILD_LOCK).values(value=dt.datetime.now(dt.UTC).isoformat()))
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -106,22 +137,25 @@ def build(region: Region, engine: sa.Engine, keys: Keyring | None = None) -> int
     scratch in the same transaction, so no reader sees a person twice or a deleted result.
     """
     icat = open_catalog(region.catalog_url, region.warehouse)
-    with engine.connect() as conn:
-        since = _utc(conn.execute(sa.select(sa.func.max(builds.c.up_to))).scalar())
-        built_key = conn.execute(sa.select(state.c.value).where(state.c.name == "key_id")).scalar()
-    rebuild = since is not None and ((keys is not None and built_key not in (None, keys.key_id))
-                                     or _deleted_since(region, since))
-    if rebuild:
-        since = None
     try:
         pat = icat.load_table(f"{region.zone}.patient")
         sources = [(t, icat.load_table(f"{region.zone}.{t.lower()}")) for t in ("Observation", "DiagnosticReport")]
     except NoSuchTableError:
         return 0
-    flt = GreaterThan("published_at", since.isoformat()) if since else AlwaysTrue()
-    read, newest = 0, since
+    read = 0
     with Publication.open(region, keys, "recognition-index") as pub:
         with engine.begin() as conn:  # a LeakBlocked below rolls the whole build back
+            _take_build_lock(conn)
+            for table in (pat, *(t for _, t in sources)):  # what the build before this one published, too
+                table.refresh()
+            since = _utc(conn.execute(sa.select(sa.func.max(builds.c.up_to))).scalar())
+            built_key = conn.execute(sa.select(state.c.value).where(state.c.name == "key_id")).scalar()
+            rebuild = since is not None and ((keys is not None and built_key not in (None, keys.key_id))
+                                             or _deleted_since(region, since))
+            if rebuild:
+                since = None
+            flt = GreaterThan("published_at", since.isoformat()) if since else AlwaysTrue()
+            newest = since
             before = sql_state(conn, DIGESTED)
             if rebuild:
                 for t in DIGESTED:
