@@ -58,23 +58,13 @@ from hub.region import load_region
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package: the Celery test's servers and helpers
 
 from tests.conftest import TEST_MASTER_KEY  # noqa: E402
-from tests.deploy.test_celery_backfill import _stop, servers  # noqa: E402
+from tests.deploy.harness import scratch_servers  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 #: sensors and schedules that would start runs of their own during the measurement
 AUTOMATION = (("sensor", "new_institutions"), ("schedule", "hourly_pull"))
-
-
-@contextlib.contextmanager
-def scratch_servers() -> Iterator[dict[str, str]]:
-    """The Celery test's fixture (PostgreSQL databases for Dagster and the catalog, a RabbitMQ vhost), torn down even on failure."""
-    setup = servers.__wrapped__()
-    try:
-        yield next(setup)
-    finally:
-        next(setup, None)
 
 
 # ---- CPU time of a process tree and of the machine, from /proc ------------------------
@@ -302,7 +292,7 @@ def on_celery(template: Path, root: Path, count: int, max_runs: int, timeout: fl
             instance.dispose()
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop(proc)
         resources, n_runs, retries = _published(srv["catalog"])
     return Result(f"celery {count}", count, wall, resources, cpu, machine, retries, n_runs)
 

@@ -13,66 +13,34 @@ from __future__ import annotations
 
 import collections
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import yaml
 
 from tests.conftest import TEST_MASTER_KEY
+from tests.deploy.harness import ServerMissing, scratch_servers, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.celery]
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BIN = Path(sys.executable).parent
 PATIENTS = 12
 TIMEOUT = 600  # seconds for the whole backfill, on a loaded 2-core machine
 
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture()
 def servers():
-    for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379)):
-        if not _listening(port):
-            pytest.fail(f"{name} is not listening on 127.0.0.1:{port}: start it (.ci/run does)")
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    token = secrets.token_hex(4)
-    names = {"dagster": f"hub_dagster_{token}", "catalog": f"hub_catalog_{token}"}
-    vhost = f"hubtest-{token}"  # a broker of our own: no other test's workers take these steps
-    with admin.connect() as conn:
-        for db in names.values():
-            conn.execute(sa.text(f'CREATE DATABASE "{db}"'))
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, capture_output=True)
-    yield {key: PG.rsplit("/", 1)[0] + f"/{db}" for key, db in names.items()} | {"vhost": vhost}
-    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-    with admin.connect() as conn:
-        for db in names.values():
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    try:
+        with scratch_servers() as urls:
+            yield urls
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
 
 
 def _table_rows(region) -> dict[str, collections.Counter]:
@@ -194,7 +162,7 @@ def test_backfill_on_celery_survives_a_killed_worker_and_matches_in_process(serv
         instance.dispose()
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
     assert f"worker {killed[0]} ended (exit -9)" in (tmp_path / "workers.log").read_text()  # it stayed dead (--no-restart)
 
     keys = Keyring(TEST_MASTER_KEY)
