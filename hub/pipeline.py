@@ -4,6 +4,15 @@ Runs every mapping block of every feed of the institution, batch by batch. Each 
 row ends up either published (upserted into the zone's Iceberg table) or quarantined
 (encrypted, with a reason in clear); the counts are recorded per run and checked:
 rows read = published + quarantined.
+
+A windowed run (``window=(start, end)``, one day of a backfill) pulls only the blocks with a
+time column (a ``timestamp`` watermark), each for the rows whose time is in [start, end). It
+holds the lock ``<institution>@<start day>``, so days of one institution run at once (two
+runs of one day never do); it leaves watermarks, file feeds, deletion detection and orphan
+removal to the institution's regular run, and lists what it did not pull in the report
+(``outside_window``). Its writers share the institution's partition with the other days:
+each commit is checked, under the institution's regular run lock, against rows other runs
+published meanwhile (``TableWriter.check_shared``), so no id is ever appended twice.
 """
 
 from __future__ import annotations
@@ -30,9 +39,9 @@ from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
 from hub.lineage import runrecord
-from hub.lineage.schema import deletions
+from hub.lineage.schema import deletions, run_locks
 from hub.mapping.compile import RowProblem, before_birth
-from hub.mapping.run import block_select
+from hub.mapping.run import block_select, has_time_column
 from hub.mapping.spec import Block, Mapping, load_mapping
 from hub.prepare import PreparePool, Ready, Rejected, default_workers, identity_conflict
 from hub.progress import NoProgress, Progress
@@ -45,6 +54,8 @@ from hub.sources.sql import SourceSchema, block_source, iter_batches
 PARALLEL_FROM_ROWS = 50_000
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
+#: A windowed run waits this long for the institution's regular run lock before it commits.
+WINDOW_COMMIT_WAIT = 3600.0
 
 
 def new_run_id(institution: str) -> str:
@@ -97,23 +108,28 @@ class InstitutionRun:
     """
 
     def __init__(self, region: Region, institution_id: str, keys: Keyring, *, progress: Progress | None = None,
-                 flush_rows: int = 50_000, workers: int = 1, run_id: str | None = None, lock_wait: float = 0.0):
-        """run_id: given when the caller already holds the institution's run lock under it;
-        otherwise a new run takes the lock here (waiting up to lock_wait seconds)."""
+                 flush_rows: int = 50_000, workers: int = 1, run_id: str | None = None, lock_wait: float = 0.0,
+                 lock_key: str | None = None, window: tuple[dt.datetime, dt.datetime] | None = None):
+        """run_id: given when the caller already holds the run lock under it; otherwise a new run
+        takes the lock here (waiting up to lock_wait seconds). lock_key: the lock's key, the
+        institution's id unless given (a windowed run's ``window_lock_key``). window: the run
+        is windowed; its writers share the institution's partition with other runs."""
         self.region, self.keys = region, keys
         self.inst = region.institution(institution_id)
         self.progress = progress or NoProgress()
         self.flush_rows = flush_rows
+        self.window = window
+        self.lock_key = lock_key or self.inst.id
         self.engine = runrecord.connect(region.catalog_url)
         if run_id is None:
             run_id = new_run_id(self.inst.id)
-            runrecord.acquire_lock(self.engine, self.inst.id, run_id, lock_wait)
+            runrecord.acquire_lock(self.engine, self.lock_key, run_id, lock_wait)
         self.run_id = run_id
         self._beat = time.monotonic()
         try:
             self._open(region, keys, workers)
         except BaseException:
-            runrecord.release_lock(self.engine, self.inst.id, self.run_id)
+            runrecord.release_lock(self.engine, self.lock_key, self.run_id)
             raise
 
     def _open(self, region: Region, keys: Keyring, workers: int) -> None:
@@ -129,7 +145,8 @@ class InstitutionRun:
     def writer(self, resource_type: str) -> TableWriter:
         if resource_type not in self.writers:
             table = ensure_table(self.icat, self.region.zone, resource_type)
-            self.writers[resource_type] = self.publication.table_writer(table, self.inst.id, self.keys.key_id)
+            self.writers[resource_type] = self.publication.table_writer(table, self.inst.id, self.keys.key_id,
+                                                                        shared_partition=self.window is not None)
         return self.writers[resource_type]
 
     def publish(self, work: BlockWork, batches: Iterable[list[tuple]], *, reuse_unchanged: bool = True) -> BlockResult:
@@ -283,8 +300,29 @@ class InstitutionRun:
     def heartbeat(self) -> None:
         """Keep the run lock visibly alive for other hosts (cheap: at most every HEARTBEAT_EVERY s)."""
         if time.monotonic() - self._beat >= runrecord.HEARTBEAT_EVERY:
-            runrecord.heartbeat(self.engine, self.inst.id, self.run_id)
+            runrecord.heartbeat(self.engine, self.lock_key, self.run_id)
             self._beat = time.monotonic()
+
+    def commit_shared(self, wait: float = WINDOW_COMMIT_WAIT) -> None:
+        """A windowed run's commit: under the institution's regular run lock (waiting up to wait seconds
+        for a regular run, which holds it throughout), every table is checked for rows another run
+        of the institution published meanwhile, then committed. A conflict in any table commits none."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                found = runrecord.acquire_lock(self.engine, self.inst.id, self.run_id, min(60.0, max(0.0, deadline - time.monotonic())))
+                break
+            except runrecord.InstitutionBusy:
+                if time.monotonic() >= deadline:
+                    raise
+                runrecord.heartbeat(self.engine, self.lock_key, self.run_id)  # still alive while waiting
+        self.report.abandoned_runs += found
+        try:
+            for w in self.writers.values():
+                w.check_shared()
+            self.commit()
+        finally:
+            runrecord.release_lock(self.engine, self.inst.id, self.run_id)
 
     def finish(self, status: str) -> RunReport:
         try:
@@ -302,7 +340,7 @@ class InstitutionRun:
                 self.publication.abort()
             runrecord.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
         finally:
-            runrecord.release_lock(self.engine, self.inst.id, self.run_id)
+            runrecord.release_lock(self.engine, self.lock_key, self.run_id)
         return self.report
 
 
@@ -318,6 +356,7 @@ def run_institution(
     full: bool = False,
     lock_wait: float = 0.0,
     rekey: bool = False,
+    window: tuple[dt.datetime, dt.datetime] | None = None,
 ) -> RunReport:
     """Pull every feed of one institution and publish it to the region's zone.
 
@@ -331,19 +370,39 @@ def run_institution(
     carry a key id other than keys' (publishing would write every row again under new ids).
     rekey (``repseudonymize``) instead re-publishes everything under keys and removes the
     old-key rows in the same commit per table.
+
+    window: (start, end), a windowed run (module docstring): only blocks with a timestamp
+    watermark, rows with start <= time < end (naive bounds: the source's local time), under
+    the lock ``window_lock_key``; never advances watermarks, detects deletions or re-keys.
+    Its commit waits up to WINDOW_COMMIT_WAIT seconds for a regular run of the institution,
+    and raises CommitConflict (nothing committed) if another run published a row it would add.
     """
     catalog_engine = runrecord.connect(region.catalog_url)
     inst = region.institution(institution_id)
     run_id = new_run_id(inst.id)
-    abandoned = runrecord.acquire_lock(catalog_engine, inst.id, run_id, lock_wait)
+    if window is not None and (full or rekey):
+        raise ValueError("a windowed run pulls the rows of one time window: it is never a full pull nor a re-keying")
+    if window is not None and not window[0] < window[1]:
+        raise ValueError(f"window starts at {window[0]} but does not end after it ({window[1]})")
+    lock_key = inst.id if window is None else window_lock_key(inst.id, window[0])
+    abandoned = runrecord.acquire_lock(catalog_engine, lock_key, run_id, lock_wait)
     unwatermarked: dict[str, int] = {}
+    outside: list[str] = []
     try:  # watermarks are read under the lock, so two runs never plan from the same one
         stale = published_key_ids(open_catalog(region.catalog_url, region.warehouse), region.zone, keys.key_id)
         if stale and not rekey:  # any institution: one region, one key, or people are counted twice
             raise KeyMismatch(_key_mismatch(region, inst.id, keys.key_id, stale))
-        orphans = _remove_orphans(region, inst.id) if abandoned or runrecord.last_status(catalog_engine, inst.id) == "failed" else 0
+        # a windowed run never removes orphans: other runs of the institution may be writing files they have not committed
+        cleanup = window is None and (abandoned or runrecord.last_status(catalog_engine, inst.id) == "failed")
+        orphans = _remove_orphans(region, inst.id, catalog_engine) if cleanup else 0
         plans = []
         for work in feed_blocks(inst):
+            if window is not None:  # a day's rows only; the size of the source says nothing about them
+                if has_time_column(work.block):
+                    plans.append((work, None, 0))
+                elif f"{work.feed.name}:{work.block.table}" not in outside:
+                    outside.append(f"{work.feed.name}:{work.block.table}")
+                continue
             since = None if full else watermarks.get(catalog_engine, inst.id, work.feed.name, work.block_id)
             source = block_source(work.schema, work.block, str(work.mapping.path), work.block.line)
             with work.engine.connect() as conn:
@@ -354,13 +413,18 @@ def run_institution(
                     if blind:
                         unwatermarked[f"{work.feed.name}:{work.block.table}"] = blind
             plans.append((work, since, total))
+        if window is not None:
+            outside += [f"{feed.name}:*" for feed in inst.feeds if feed.kind != "sql"]
         if workers is None:
             workers = default_workers() if sum(p[2] for p in plans) >= PARALLEL_FROM_ROWS else 1
-        run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers, run_id=run_id)
+        run = InstitutionRun(region, institution_id, keys, progress=progress, flush_rows=flush_rows, workers=workers, run_id=run_id,
+                             lock_key=lock_key, window=window)
         run.report.abandoned_runs, run.report.orphans_removed = abandoned, orphans
         run.report.unwatermarked = unwatermarked
+        run.report.window = (window[0].isoformat(), window[1].isoformat()) if window is not None else None
+        run.report.outside_window = outside
     except BaseException:
-        runrecord.release_lock(catalog_engine, inst.id, run_id)
+        runrecord.release_lock(catalog_engine, lock_key, run_id)
         raise
     status = "failed"
     try:
@@ -368,25 +432,28 @@ def run_institution(
         for work, since, total in plans:
             run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
             compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
-            select = block_select(compiled, work.schema, since, incremental=not full)
+            select = block_select(compiled, work.schema, since, incremental=not full, window=window)
             result = run.publish(work, iter_batches(work.engine, select, batch_size), reuse_unchanged=not full)
-            if work.block.watermark is not None and result.last_watermark is not None:
+            if window is None and work.block.watermark is not None and result.last_watermark is not None:
                 advances.append((work, result.last_watermark))
             if full:  # a complete pull: what is no longer at the source was deleted there
                 gone = run.writer(work.block.resource).stage_deletions(work.block.table, result.seen_source_keys)
                 deletions.extend((work, rid, skh) for rid, skh in gone)
-        from hub.sources import hl7v2, ndjson
+        if window is not None:  # watermarks, file feeds, re-keying and deletions are the regular run's
+            run.commit_shared()
+        else:
+            from hub.sources import hl7v2, ndjson
 
-        positions = [p for feed in inst.feeds if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
-        positions += [p for feed in inst.feeds if feed.kind == "hl7v2" for p in hl7v2.publish_feed(run, feed, full=full)]
-        if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
-            run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
-        run.commit()
-        record_deletions(run.engine, run.run_id, inst.id, deletions)
-        for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
-            watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, work.block.watermark.kind, value, run.run_id)
-        ndjson.advance(run.engine, inst.id, positions, run.run_id)  # file positions (NDJSON, HL7 v2), likewise only after the commit
-        run.report.deleted = dict(Counter(w.block.resource for w, _, _ in deletions))
+            positions = [p for feed in inst.feeds if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
+            positions += [p for feed in inst.feeds if feed.kind == "hl7v2" for p in hl7v2.publish_feed(run, feed, full=full)]
+            if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
+                run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
+            run.commit()
+            record_deletions(run.engine, run.run_id, inst.id, deletions)
+            for work, value in advances:  # only after the commit: a crash before here re-reads, never skips
+                watermarks.advance(run.engine, inst.id, work.feed.name, work.block_id, work.block.watermark.kind, value, run.run_id)
+            ndjson.advance(run.engine, inst.id, positions, run.run_id)  # file positions (NDJSON, HL7 v2), likewise only after the commit
+            run.report.deleted = dict(Counter(w.block.resource for w, _, _ in deletions))
         status = "succeeded"
     finally:
         report = run.finish(status)
@@ -395,12 +462,26 @@ def run_institution(
 
 
 
-def _remove_orphans(region: Region, institution: str) -> int:
-    """Data files a killed or failed run of the institution wrote but never committed (we hold its lock)."""
-    from hub.lakehouse.orphans import delete_orphans, find_orphans
+def window_lock_key(institution: str, start: dt.datetime) -> str:
+    """The run lock of a windowed run: one per institution and day the window starts on."""
+    key = f"{institution}@{start:%Y-%m-%d}"
+    if len(key) > run_locks.c.institution.type.length:
+        raise CommandFailed(f"{institution}: the institution id is too long for a run by day (at most "
+                            f"{run_locks.c.institution.type.length - 11} characters); run it without a day", 2)
+    return key
+
+
+def _remove_orphans(region: Region, institution: str, engine: sa.Engine) -> int:
+    """Data files a killed or failed run of the institution wrote but never committed (we hold its lock).
+
+    While a windowed run of the institution is alive, its files not committed yet look the same:
+    then only files older than the orphan grace period go (the daily orphan job takes the rest).
+    """
+    from hub.lakehouse.orphans import GRACE_SECONDS, delete_orphans, find_orphans
 
     icat = open_catalog(region.catalog_url, region.warehouse)
-    return delete_orphans(find_orphans(icat, [region.zone], institution, older_than=0))
+    older_than = GRACE_SECONDS if runrecord.live_locks(engine, f"{institution}@") else 0
+    return delete_orphans(find_orphans(icat, [region.zone], institution, older_than=older_than))
 
 
 def record_deletions(engine: sa.Engine, run_id: str, institution: str, gone: list) -> None:

@@ -48,6 +48,9 @@ class RunReport:
     leak_scan: dict = field(default_factory=dict)  # rows scanned and code-system exemptions used
     sources: dict = field(default_factory=dict)  # per file feed: files read from/to which line, references outside the export
     commit_retries: dict[str, int] = field(default_factory=dict)  # per table: commits retried after another writer's commit
+    window: tuple[str, str] | None = None  # a windowed run: [start, end) of its time columns (ISO), else None
+    #: a windowed run: the blocks ("feed:table") and file feeds ("feed:*") it did not pull; the regular run pulls them
+    outside_window: list[str] = field(default_factory=list)
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -77,4 +80,6 @@ class RunReport:
             "leak_scan": self.leak_scan,
             "sources": self.sources,
             "commit_retries": self.commit_retries,
+            "window": list(self.window) if self.window else None,
+            "outside_window": self.outside_window,
         }

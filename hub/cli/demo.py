@@ -151,6 +151,9 @@ def print_report(reports: list[dict], workspace: Path) -> None:
         for where, n in (rep.get("rows_without_watermark") or {}).items():
             console.print(f"[yellow]{rep['institution']} {where}: {n} row(s) have no update time, so incremental "
                           "pulls cannot see them; `hub publish --full` reads them[/]", highlight=False)
+        if rep.get("window"):
+            console.print(f"{rep['institution']}: rows of {rep['window'][0]} to {rep['window'][1]} only; not pulled (the regular "
+                          f"run's): {', '.join(rep['outside_window']) or 'nothing'}", highlight=False)
         if rep.get("abandoned_runs"):
             console.print(f"{rep['institution']}: earlier run(s) {', '.join(rep['abandoned_runs'])} had been killed; marked failed, "
                           f"{rep.get('orphan_files_removed', 0)} uncommitted data file(s) removed", highlight=False)
@@ -223,6 +226,8 @@ def publish_cmd(
     institutions: list[str] = typer.Argument(None, help="Institution ids (default: all in region.yaml)."),
     workspace: Path = WorkspaceOpt,
     full: bool = typer.Option(False, "--full", help="Ignore watermarks: pull every row again (unchanged rows are not rewritten)."),
+    day: str = typer.Option(None, "--day", help="Only the rows of this day (YYYY-MM-DD, the sources' local time) of the "
+                            "tables with an update time, in-process; the regular run pulls the rest (docs/deployment.md)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the main job for an existing workspace: pull each institution's feeds and publish.
@@ -232,4 +237,21 @@ def publish_cmd(
     --json, stdout carries the run reports as JSON Lines (one per institution: counts per
     resource, quarantine causes, elements dropped); progress goes to stderr.
     """
+    if day is not None:
+        from deid.keys import Keyring
+        from hub.pipeline import run_institution
+        from hub.region import load_region
+
+        try:
+            start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time())
+        except ValueError:
+            raise typer.BadParameter(f"{day!r} is not a date; expected YYYY-MM-DD", param_hint="--day") from None
+        if full:
+            raise typer.BadParameter("a day's run reads one day, never every row: leave out --full", param_hint="--day")
+        region = load_region(workspace)
+        _ensure_key(region, err_console if as_json else console)
+        keys = Keyring.load(region.key_file)
+        reports = [run_institution(region, iid, keys, window=(start, start + dt.timedelta(days=1))).as_dict()
+                   for iid in institutions or [i.id for i in region.institutions]]
+        return _report(reports, workspace, as_json)
     _report(publish(workspace, institutions or None, full, out=err_console if as_json else console), workspace, as_json)

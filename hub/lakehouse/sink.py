@@ -256,10 +256,12 @@ class Publication:
 
     # ---- Iceberg -------------------------------------------------------------------------
 
-    def table_writer(self, table: Table, institution: str, key_id: str | None = None) -> TableWriter:
-        """The versioned, idempotent upsert of resource rows into one table for one institution."""
+    def table_writer(self, table: Table, institution: str, key_id: str | None = None, *,
+                     shared_partition: bool = False) -> TableWriter:
+        """The versioned, idempotent upsert of resource rows into one table for one institution
+        (shared_partition: other runs of the institution commit meanwhile; see TableWriter)."""
         self._staging()
-        writer = TableWriter(table, institution, self.id, self.scan, key_id, self.policy)
+        writer = TableWriter(table, institution, self.id, self.scan, key_id, self.policy, shared_partition=shared_partition)
         self.writers.append(writer)
         return writer
 

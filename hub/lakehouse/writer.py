@@ -24,6 +24,19 @@ expiry) are not re-planned by pyiceberg: ``retry_commit`` re-runs them on refres
 A run never loses or duplicates a row: the run lock keeps other writers out of its
 partition, so a re-planned commit applies exactly the changes the run staged.
 
+**Runs sharing a partition.** Windowed runs (``hub.pipeline.run_institution(window=...)``,
+a backfill by day) of one institution run at once, each under its own day lock, so another
+run may publish rows into the partition after this writer read it (``_existing``). Such a
+writer is made with ``shared_partition=True``: it records the table's snapshot when it reads
+the partition and, at commit (``check_shared``, the caller holding the institution's run
+lock so no run of it commits meanwhile), reads the ids of the data files ADDED by the append
+snapshots of the same institution committed since. An id this run would add or replace that
+one of them added raises ``CommitConflict`` before anything is committed: appending it
+would leave the id twice (a source row whose time moved from one window into another while
+both ran). Run again, the run sees the row as published and upserts it. Files only rewritten
+(a copy-on-write delete, compaction) hold rows that were published before, which this run
+either read or finds in an append since; they are not read.
+
 Every staged batch is leak-scanned first (by the ``scan`` the publication hands in): rows
 carrying an identifier are never written. A resource text added with ``text_scanned`` has
 already passed the same scanner with its record's known values (the pipeline's workers scan
@@ -43,9 +56,12 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
+from pyiceberg.manifest import ManifestContent, ManifestEntryStatus
 from pyiceberg.table import Table, TableProperties, Transaction
+from pyiceberg.table.snapshots import Operation
 
 from hub.errors import CommandFailed
 from hub.lakehouse.tables import ARROW_SCHEMA
@@ -181,10 +197,15 @@ class TableWriter:
     """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
     def __init__(self, table: Table, institution: str, run_id: str, scan: Callable[[pa.Table, str], object], key_id: str | None = None,
-                 policy: RetryPolicy = COMMIT_RETRY):
-        """scan(data, where) raises LeakBlocked when data carries an identifier."""
+                 policy: RetryPolicy = COMMIT_RETRY, *, shared_partition: bool = False):
+        """scan(data, where) raises LeakBlocked when data carries an identifier. shared_partition: other runs of
+        the institution may commit to its partition while this one stages (a windowed run): commit() then
+        checks for rows they added that this run would add again (``check_shared``)."""
         self.table, self.institution, self.run_id, self.scan, self.key_id = counting(table), institution, run_id, scan, key_id
         self.policy = policy
+        self.shared_partition = shared_partition
+        self._read_at: int | None = None  # the snapshot _existing was read from (None: the table was empty)
+        self._staged_ids: set[str] = set()  # ids this run appends (new and changed rows)
         self.retries = 0  # commits the catalog refused because another writer committed first (then re-planned)
         self._buffer: dict[str, dict] = {}
         self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
@@ -202,6 +223,8 @@ class TableWriter:
     def _load_existing(self) -> dict[str, tuple[str, dt.datetime | None, str, str, str]]:
         """id -> (content hash, source update time, source-key hash, source table, key id, source row hash) of what is published."""
         if self._existing is None:
+            snap = self.table.current_snapshot()
+            self._read_at = snap.snapshot_id if snap is not None else None
             cols = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id", "source_row_hash")
             scan = self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=cols).to_arrow()
             self._existing = {rid: rest for rid, *rest in zip(*(scan.column(c).to_pylist() for c in cols), strict=True)}
@@ -257,6 +280,7 @@ class TableWriter:
         if changed:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
         tx.append(data, snapshot_properties=self.props)
+        self._staged_ids.update(row["id"] for row in rows)
         for row in rows:
             existing[row["id"]] = (row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
                                    row["key_id"], row.get("source_row_hash"))
@@ -294,9 +318,38 @@ class TableWriter:
                 existing.pop(rid)
         return len(old)
 
-    def commit(self) -> None:
-        """Make everything staged in this run visible, atomically."""
+    def check_shared(self) -> None:
+        """For a writer sharing its partition: raise CommitConflict if a run of the institution committed, since
+        this one read the partition, a row with an id this run appends. The caller holds the institution's run
+        lock from this check through commit(), so no such commit can land in between."""
         self.flush()
+        if not self.shared_partition or self._tx is None or not self._staged_ids:
+            return
+        name = ".".join(self.table.name())
+        fresh = self.table.catalog.load_table(self.table.name())
+        since, snap = [], fresh.current_snapshot()
+        while snap is not None and snap.snapshot_id != self._read_at:
+            since.append(snap)
+            snap = fresh.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        if snap is None and self._read_at is not None:
+            raise CommitConflict(f"{name}: the snapshot this run read {self.institution}'s rows from is no longer in the "
+                                 "table's history (expired meanwhile); nothing of this commit is visible, run it again", 2)
+        clash = 0
+        for path in added_files(fresh, [s for s in since if _props(s).get("hub.institution") == self.institution
+                                        and _props(s).get("hub.run-id") != self.run_id
+                                        and s.summary is not None and s.summary.operation == Operation.APPEND]):
+            with fresh.io.new_input(path).open() as f:
+                ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            clash += len(self._staged_ids.intersection(ids))
+        if clash:
+            raise CommitConflict(
+                f"{name}: {clash} row(s) this run would publish were published by another run of {self.institution} "
+                "while this one ran (a source row whose time moved from one window into another); nothing of this "
+                "commit is visible: run it again, it then finds those rows published and updates them in place", 2)
+
+    def commit(self) -> None:
+        """Make everything staged in this run visible, atomically (after ``check_shared`` for a shared partition)."""
+        self.check_shared()
         if self._tx is None:
             return
         tx, self._tx, before = self._tx, None, refused_commits(self.table)
@@ -305,6 +358,22 @@ class TableWriter:
         finally:
             self.retries += refused_commits(self.table) - before
         self.snapshot_ids += committed_snapshots(self.table, self.run_id)
+
+
+def _props(snap: Any) -> dict[str, str]:
+    return snap.summary.additional_properties if snap.summary else {}
+
+
+def added_files(table: Table, snapshots: list[Any]) -> list[str]:
+    """Paths of the data files each of snapshots added (not those it only carried over)."""
+    out: list[str] = []
+    for snap in snapshots:
+        for manifest in snap.manifests(table.io):
+            if manifest.content != ManifestContent.DATA or manifest.added_snapshot_id != snap.snapshot_id:
+                continue
+            out += [e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                    if e.status == ManifestEntryStatus.ADDED and e.snapshot_id == snap.snapshot_id]
+    return out
 
 
 def _unscanned(data: pa.Table, scanned: set[str]) -> pa.Table:

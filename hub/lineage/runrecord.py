@@ -7,7 +7,8 @@ quarantined can be checked per run.
 Runs of one institution never overlap: a run holds the institution's lock
 (``hub_run_locks``, one row per institution, taken by an INSERT that the primary key makes
 atomic on SQLite and PostgreSQL alike) from before it reads a source until it has
-committed. A lock whose holder died (kill -9, a lost machine) is taken over: on the same
+committed. A windowed run (one day of a backfill) holds ``<institution>@<day>`` instead, so
+days of one institution run at once. A lock whose holder died (kill -9, a lost machine) is taken over: on the same
 host when its process is gone, elsewhere when its heartbeat is older than STALE_AFTER.
 """
 
@@ -137,15 +138,32 @@ def acquire_lock(engine: sa.Engine, institution: str, run_id: str, wait: float =
 
 
 def _fail_abandoned_runs(engine: sa.Engine, institution: str, run_id: str) -> list[str]:
-    """Runs of the institution still marked running: their process died (we hold the lock now)."""
+    """Runs of the institution still marked running whose process died (we hold the lock now).
+
+    institution: a lock key, the institution's id or ``<id>@<day>`` (a windowed run's lock); runs of
+    the institution that hold another lock of it with a live holder (windowed runs) are not dead.
+    """
+    institution = institution.split("@", 1)[0]
+    now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         ids = [r for (r,) in conn.execute(sa.select(runs.c.run_id).where(
             runs.c.institution == institution, runs.c.status == "running", runs.c.run_id != run_id))]
+        held = conn.execute(sa.select(run_locks).where(run_locks.c.run_id.in_(ids))).all() if ids else []
+        live = {h.run_id for h in held if _holder_alive(h.host, h.process, h.heartbeat_at, now)}
+        ids = [r for r in ids if r not in live]
         if ids:
             note = json.dumps({"failed": f"the run's process ended without finishing; found by run {run_id}"})
             conn.execute(runs.update().where(runs.c.run_id.in_(ids)).values(
                 status="failed", finished_at=dt.datetime.now(dt.UTC), report=note))
     return ids
+
+
+def live_locks(engine: sa.Engine, prefix: str) -> list[str]:
+    """Lock keys starting with prefix whose holder is alive (``<institution>@`` finds its windowed runs)."""
+    now = dt.datetime.now(dt.UTC)
+    with engine.connect() as conn:
+        held = conn.execute(sa.select(run_locks).where(run_locks.c.institution.startswith(prefix, autoescape=True))).all()
+    return [h.institution for h in held if _holder_alive(h.host, h.process, h.heartbeat_at, now)]
 
 
 def heartbeat(engine: sa.Engine, institution: str, run_id: str) -> None:

@@ -6,6 +6,7 @@ to see what a mapping makes of a source without publishing (golden tests, feed c
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 
 from hub.fhir.check import Validator
 from hub.mapping.compile import CompiledBlock, RowProblem
+from hub.mapping.spec import Block
 from hub.sources.sql import SourceSchema, build_select, iter_batches
 
 
@@ -27,19 +29,36 @@ class MappedRow:
     failed_validation: bool = False
 
 
-def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = None, incremental: bool = False) -> sa.Select:
+def block_select(compiled: CompiledBlock, schema: SourceSchema, since: object = None, incremental: bool = False,
+                 window: tuple[dt.datetime, dt.datetime] | None = None) -> sa.Select:
     """The SELECT that feeds a compiled block: its columns, joins and key order.
 
     With incremental and a watermark on the block, only rows past ``since`` (all rows when
     since is None), in watermark order. Rows the block's ``where`` excludes are never read.
+    window: (start, end) reads only rows whose timestamp watermark column is in [start, end),
+    in watermark order, whatever since says; an aware bound is taken in the mapping's time
+    zone, a naive one as the source's local time. Raises ValueError for a block without a
+    timestamp watermark (``has_time_column``).
     """
-    block = compiled.block
+    block, mapping = compiled.block, compiled.mapping
     wm = (block.watermark.column, block.watermark.kind, since) if incremental and block.watermark else None
+    span = None
+    if window is not None:
+        if not has_time_column(block):
+            raise ValueError(f"{mapping.path.name}:{block.line}: block {block.table} has no timestamp watermark to window on")
+        start, end = (b.astimezone(mapping.timezone).replace(tzinfo=None) if b.tzinfo else b for b in window)
+        fmt = mapping.datetime_formats[0]
+        span = (block.watermark.column, start, end, fmt if isinstance(fmt, str) else fmt.format)
     return build_select(
         schema, block.table, block.joins, compiled.columns, block.key,
-        str(compiled.mapping.path), block.line, since=wm, unpivot=block.unpivot,
-        query=block.query, where=block.where, occurrence=block.occurrence,
+        str(mapping.path), block.line, since=wm, unpivot=block.unpivot,
+        query=block.query, where=block.where, occurrence=block.occurrence, window=span,
     )
+
+
+def has_time_column(block: Block) -> bool:
+    """Whether a windowed run can pull the block: its watermark is a time (kind timestamp)."""
+    return block.watermark is not None and block.watermark.kind == "timestamp"
 
 
 def mapped_batches(

@@ -11,6 +11,7 @@ so joins, key order, watermarks and replay work the same for every source.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,7 @@ def build_select(
     query: str | None = None,
     where: Sequence[Condition] = (),
     occurrence: Occurrence | None = None,
+    window: tuple[str, dt.datetime, dt.datetime, str] | None = None,
 ) -> sa.Select:
     """SELECT the qualified columns (``name.column``) from table LEFT JOIN each join.
 
@@ -97,7 +99,9 @@ def build_select(
     more rows), ``>`` for a key. query: a read-only SELECT read instead of the table (named
     like it). occurrence: adds the row's number among the rows sharing the natural key (the
     key columns), in order_by order, counted over the whole table before any filter, and how
-    many rows tie with it. where: conditions (ANDed) every row read must meet.
+    many rows tie with it. where: conditions (ANDed) every row read must meet. window:
+    (column, start, end, text format) reads only rows whose time column is in [start, end),
+    in that column's order (see ``window_bound``; it replaces since).
     """
 
     def missing_table(name: str) -> ConfigError:
@@ -140,7 +144,13 @@ def build_select(
         if _is_ref(cond.value):
             right = resolve(cond.value.name if "." in cond.value.name else f"{table}.{cond.value.name}")
         select = select.where(_condition(cond, left, right))
-    if since is not None:
+    if window is not None:
+        column, start, end, text_format = window
+        wm = resolve(f"{table}.{column}")
+        order = [wm, *order]
+        select = select.where(wm >= window_bound(wm, start, text_format, where_file, where_line),
+                              wm < window_bound(wm, end, text_format, where_file, where_line))
+    elif since is not None:
         column, kind, last = since
         wm = resolve(f"{table}.{column}")
         order = [wm, *order]
@@ -225,6 +235,45 @@ def _as_column_type(column: sa.Column, value: object) -> object:
     if py is dt.date:
         return dt.date.fromisoformat(str(value))
     return value
+
+
+_DIRECTIVE = re.compile(r"%.")
+#: Text times compare like times only when their fields run from the year down, zero-padded.
+_SORTABLE = ("%Y", "%m", "%d", "%H", "%M", "%S", "%f")
+
+
+def window_bound(column: sa.ColumnElement, bound: dt.datetime, text_format: str, where_file: str = "",
+                 where_line: int = 0) -> object:
+    """A window bound (a naive local time of the source) as the time column compares it.
+
+    A datetime column takes it as is; a date column the first date at or after it. A text
+    column (the usual vendor case, and a query's untyped column) takes it written in
+    text_format (the mapping's first datetime format), cut after the last field that is not
+    zero: ``2024-03-05`` rather than ``2024-03-05 00:00:00``, so a value written without
+    seconds (``2024-03-05 00:00``) still sorts at or after the start of its day. Raises
+    ConfigError for a text format whose values do not sort like times (``%d/%m/%Y``).
+    """
+    try:
+        py = column.type.python_type
+    except NotImplementedError:
+        py = str
+    if py is dt.datetime:
+        return bound
+    if py is dt.date:
+        return bound.date() if bound.time() == dt.time() else bound.date() + dt.timedelta(days=1)
+    if py is not str:
+        raise ConfigError(where_file, where_line, "watermark", f"column {column.name!r} holds {py.__name__} values, not times",
+                          "a timestamp watermark on a date, datetime or text column for a windowed run")
+    codes = _DIRECTIVE.findall(text_format)
+    if tuple(codes) != _SORTABLE[: len(codes)] or not codes:
+        raise ConfigError(where_file, where_line, "datetime_formats", f"text times in {text_format!r} do not sort like times, "
+                          "so a windowed run cannot select a day of them", "a format from the year down, such as %Y-%m-%d %H:%M:%S")
+    for m in _DIRECTIVE.finditer(text_format):
+        prefix = text_format[: m.end()]
+        text = bound.strftime(prefix)
+        if dt.datetime.strptime(text, prefix) == bound:
+            return text
+    return bound.strftime(text_format)
 
 
 def iter_batches(engine: sa.Engine, select: sa.Select, batch_size: int = 5000) -> Iterator[list[tuple]]:
