@@ -6,7 +6,8 @@ row ends up either published (upserted into the zone's Iceberg table) or quarant
 rows read = published + quarantined.
 
 A windowed run (``window=(start, end)``, one day of a backfill) pulls only the blocks with a
-time column (a ``timestamp`` watermark), each for the rows whose time is in [start, end). It
+time column (a ``timestamp`` watermark), each for the rows whose time is in [start, end),
+after a regular run of just the institution's REFERENCED blocks (its patients). It
 holds the lock ``<institution>@<start day>``, so days of one institution run at once (two
 runs of one day never do); it leaves watermarks, file feeds, deletion detection and orphan
 removal to the institution's regular run, and lists what it did not pull in the report
@@ -56,6 +57,9 @@ PARALLEL_FROM_ROWS = 50_000
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
 #: A windowed run waits this long for the institution's regular run lock before it commits.
 WINDOW_COMMIT_WAIT = 3600.0
+#: What other resources refer to: a windowed run first brings these up to date with a regular run
+#: restricted to them (incremental: after the first day, it finds little or nothing new).
+REFERENCED = frozenset({"Organization", "Patient"})
 
 
 def new_run_id(institution: str) -> str:
@@ -357,6 +361,7 @@ def run_institution(
     lock_wait: float = 0.0,
     rekey: bool = False,
     window: tuple[dt.datetime, dt.datetime] | None = None,
+    only: frozenset[str] | None = None,
 ) -> RunReport:
     """Pull every feed of one institution and publish it to the region's zone.
 
@@ -376,6 +381,11 @@ def run_institution(
     the lock ``window_lock_key``; never advances watermarks, detects deletions or re-keys.
     Its commit waits up to WINDOW_COMMIT_WAIT seconds for a regular run of the institution,
     and raises CommitConflict (nothing committed) if another run published a row it would add.
+    Before its window, it runs the institution's REFERENCED blocks (``only``), so the patients its
+    rows refer to are published whatever day their own rows were last updated.
+
+    only: resource types; a regular run of just the SQL blocks that make them (file feeds are
+    not read), advancing just their watermarks.
     """
     catalog_engine = runrecord.connect(region.catalog_url)
     inst = region.institution(institution_id)
@@ -384,6 +394,12 @@ def run_institution(
         raise ValueError("a windowed run pulls the rows of one time window: it is never a full pull nor a re-keying")
     if window is not None and not window[0] < window[1]:
         raise ValueError(f"window starts at {window[0]} but does not end after it ({window[1]})")
+    if only is not None and (window is not None or rekey):
+        raise ValueError("a run of some resource types only is neither windowed nor a re-keying")
+    referenced = None
+    if window is not None:  # the patients the window's rows refer to, published first (a regular run: the institution's lock)
+        referenced = run_institution(region, institution_id, keys, progress=progress, batch_size=batch_size,
+                                     flush_rows=flush_rows, workers=workers, lock_wait=WINDOW_COMMIT_WAIT, only=REFERENCED)
     lock_key = inst.id if window is None else window_lock_key(inst.id, window[0])
     abandoned = runrecord.acquire_lock(catalog_engine, lock_key, run_id, lock_wait)
     unwatermarked: dict[str, int] = {}
@@ -397,7 +413,11 @@ def run_institution(
         orphans = _remove_orphans(region, inst.id, catalog_engine) if cleanup else 0
         plans = []
         for work in feed_blocks(inst):
+            if only is not None and work.block.resource not in only:
+                continue
             if window is not None:  # a day's rows only; the size of the source says nothing about them
+                if work.block.resource in REFERENCED:
+                    continue
                 if has_time_column(work.block):
                     plans.append((work, None, 0))
                 elif f"{work.feed.name}:{work.block.table}" not in outside:
@@ -423,6 +443,7 @@ def run_institution(
         run.report.unwatermarked = unwatermarked
         run.report.window = (window[0].isoformat(), window[1].isoformat()) if window is not None else None
         run.report.outside_window = outside
+        run.report.referenced_run = referenced.run_id if referenced is not None else None
     except BaseException:
         runrecord.release_lock(catalog_engine, lock_key, run_id)
         raise
@@ -444,8 +465,9 @@ def run_institution(
         else:
             from hub.sources import hl7v2, ndjson
 
-            positions = [p for feed in inst.feeds if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
-            positions += [p for feed in inst.feeds if feed.kind == "hl7v2" for p in hl7v2.publish_feed(run, feed, full=full)]
+            files = [feed for feed in inst.feeds if only is None]  # a run of some resource types reads no file feed
+            positions = [p for feed in files if feed.kind == "ndjson" for p in ndjson.publish_feed(run, feed, full=full)]
+            positions += [p for feed in files if feed.kind == "hl7v2" for p in hl7v2.publish_feed(run, feed, full=full)]
             if rekey:  # old-key rows leave in the same commit per table as the re-keyed rows arrive
                 run.report.removed_old_key = {rtype: run.writer(rtype).stage_rekey() for i, rtype in stale if i == inst.id}
             run.commit()

@@ -51,6 +51,8 @@ class RunReport:
     window: tuple[str, str] | None = None  # a windowed run: [start, end) of its time columns (ISO), else None
     #: a windowed run: the blocks ("feed:table") and file feeds ("feed:*") it did not pull; the regular run pulls them
     outside_window: list[str] = field(default_factory=list)
+    #: a windowed run: the run that first brought the institution's Organization and Patient rows up to date
+    referenced_run: str | None = None
 
     def by_resource(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -82,4 +84,5 @@ class RunReport:
             "commit_retries": self.commit_retries,
             "window": list(self.window) if self.window else None,
             "outside_window": self.outside_window,
+            "referenced_run": self.referenced_run,
         }

@@ -15,11 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from deid.keys import Keyring
 from hub.demo.generator import generate_region
 from hub.lakehouse.tables import open_catalog
 from hub.lakehouse.writer import CommitConflict
+from hub.lineage import runrecord
 from hub.lineage.audit import verify_region
 from hub.mapping.run import has_time_column
 from hub.pipeline import feed_blocks, run_institution
@@ -66,8 +68,6 @@ def _overlapping(region) -> int:
     """Pairs of the institution's windowed runs that were running at the same time."""
     import json
 
-    import sqlalchemy as sa
-
     from hub.lineage import runrecord
 
     with runrecord.connect(region.catalog_url).connect() as conn:
@@ -75,6 +75,14 @@ def _overlapping(region) -> int:
                             .where(runrecord.runs.c.institution == INST)).all()
     spans = [(r.started_at, r.finished_at) for r in rows if json.loads(r.report).get("window")]
     return sum(1 for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1])
+
+
+def _missing_patient_rows(engine) -> int:
+    from hub.lineage.schema import quarantine
+
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(quarantine)
+                            .where(quarantine.c.reason.contains("has not published"))).scalar_one()
 
 
 def _written(report) -> int:
@@ -94,11 +102,15 @@ def test_days_run_three_at_a_time_then_the_regular_run_match_one_regular_run(tmp
         done = pool.map(_run_day, [(str(backfilled), d) for d in days], chunksize=1)
     assert [d for d, *_ in done] == days
     assert all(read == published + quarantined for _, read, published, quarantined in done)
+    by_days = _missing_patient_rows(runrecord.connect(region.catalog_url))
     assert sum(published for _, _, published, _ in done) > 0
     assert _overlapping(region) > 0  # days of one institution ran at the same time
 
     after = run_institution(region, INST, keys)  # blocks without a time column; rows a day quarantined for a patient not yet published
     reference = run_institution(load_region(plain), INST, keys)
+    # every day published the institution's patients first (its referenced run): the days quarantined
+    # for "a patient not published" only the rows one regular run quarantines so too (the demo's orphans)
+    assert by_days == _missing_patient_rows(runrecord.connect(load_region(plain).catalog_url))
     assert 0 < _written(after) < _written(reference)
 
     tables = _published(region, INST)
@@ -184,18 +196,21 @@ def test_a_day_pulls_only_blocks_with_a_time_column_and_its_counts_add_up(tmp_pa
     report = run_institution(region, INST, keys, window=_window(day))
 
     assert report.window == (f"{day}T00:00:00", (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat() + "T00:00:00")
-    assert report.outside_window == ["his:hospital", "his:diagnosis", "his:prescription"]  # key watermarks or none
+    assert report.outside_window == ["his:diagnosis", "his:prescription"]  # key watermarks or none
     pulled = {c.source_table for c in report.counts}
-    assert pulled == {"patient", "visit", "vital_sign", "lab_order", "lab_result"}
+    assert pulled == {"visit", "vital_sign", "lab_order", "lab_result"}  # patients and the hospital: by the referenced run
     for c in report.counts:
         assert c.rows_read == c.published + c.quarantined, c
     expected = {t: con.execute(f"SELECT count(*) FROM {t} WHERE updated_at >= ? AND updated_at < ?", (day, report.window[1][:10])).fetchone()[0]
-                for con, tables in ((his, ("patient", "visit", "vital_sign")), (lis, ("lab_result",))) for t in tables}
+                for con, tables in ((his, ("visit", "vital_sign")), (lis, ("lab_result",))) for t in tables}
     assert {c.source_table: c.rows_read for c in report.counts if c.source_table in expected} == expected
     assert expected["visit"] > 0
     engine = runrecord.connect(region.catalog_url)
     with engine.connect() as conn:
-        assert conn.execute(watermarks.select().where(watermarks.c.institution == INST)).first() is None  # never advanced
+        advanced = conn.execute(sa.select(watermarks.c.block, watermarks.c.run_id).where(watermarks.c.institution == INST)).all()
+    # only the referenced run (the institution's patients, before the day) advanced watermarks: the day's blocks never do
+    assert advanced and {run for _, run in advanced} == {report.referenced_run}
+    assert report.referenced_run != report.run_id and runrecord.last_status(engine, INST) == "succeeded"
     assert runrecord.last_status(engine, INST) == "succeeded"
     assert runrecord.live_locks(engine, f"{INST}@") == []  # the day's lock is released
 
@@ -230,7 +245,8 @@ def test_backfill_days_job_runs_one_institution_day(tmp_path, keys, monkeypatch)
         assert meta["rows_read"] == meta["rows_published"] + meta["rows_quarantined"] > 0
         assert meta["day"] == day and meta["window"].startswith(f"{day}T00:00:00")
     out = result.output_for_node("publish_day")
-    assert out["outside_window"] == ["his:hospital", "his:diagnosis", "his:prescription"]
+    assert out["outside_window"] == ["his:diagnosis", "his:prescription"]
+    assert INST in out["referenced_run"] and out["referenced_run"] != out["run_id"]
 
 
 def test_a_live_day_keeps_the_institution_runs_and_fresh_orphans(tmp_path, keys):

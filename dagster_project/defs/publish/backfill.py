@@ -37,7 +37,8 @@ def day_tags(partition_key: str) -> dict[str, str]:
     return partition_tags(day_and_institution(partition_key)[1])
 
 
-@op(description="Publish one institution's rows of one day: the blocks with a time column, rows of that day.")
+@op(description="Publish one institution's rows of one day: first its patients (incremental), then the blocks with a "
+                "time column, rows of that day.")
 def publish_day(context: OpExecutionContext, hub: HubResource) -> Iterator:
     day, institution = day_and_institution(context.partition_key)
     start = dt.datetime.combine(day, dt.time())
@@ -52,8 +53,10 @@ def publish_day(context: OpExecutionContext, hub: HubResource) -> Iterator:
             "window": f"{report.window[0]} .. {report.window[1]}", "day": day.isoformat(),
             "run_id": report.run_id, "snapshot_id": str(report.snapshots.get(rt, "")),
         })
-    yield Output({"run_id": report.run_id, "window": list(report.window), "outside_window": report.outside_window},
-                 metadata={"run_id": report.run_id, "outside_window": ", ".join(report.outside_window) or "-"})
+    yield Output({"run_id": report.run_id, "window": list(report.window), "outside_window": report.outside_window,
+                  "referenced_run": report.referenced_run},
+                 metadata={"run_id": report.run_id, "outside_window": ", ".join(report.outside_window) or "-",
+                           "referenced_run": report.referenced_run or "-"})
 
 
 @job(description="Backfill one institution's day: the rows of that day of every table with a time column.",
