@@ -3,7 +3,9 @@
 Builds a workspace whose recognition index holds N results (default 1,000,000: 100,000
 people x 10 items), starts `hub serve` as its own process on a local port, and queries it
 by resident ID number: sequentially (p50, p99 latency) and with 8 concurrent clients
-(requests per second). Each query also writes its access-log entry, as in production.
+(requests per second), with the server process's CPU time per request in each phase (Linux).
+Each query also writes its access-log entry, as in production; at the end the log must hold
+one entry per query answered.
 Usage: python benchmarks/recognition.py [--results 1000000] [--requests 2000]
 """
 
@@ -29,6 +31,7 @@ import yaml
 from deid.actions import pseudonym
 from deid.keys import Keyring, create_key_file
 from hub.identifiers import resident_id_check_char
+from hub.lineage import access, runrecord
 from hub.recognition.api import issue_token
 from hub.recognition.index import connect, index_url, results
 from hub.recognition.rules import load_rules
@@ -78,6 +81,15 @@ def build_workspace(ws: Path, n_results: int) -> tuple[list[str], str]:
     return ids, issue_token(region, "beishan-chc")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=int, default=1_000_000)
@@ -115,10 +127,12 @@ def main() -> None:
             with httpx.Client() as client:
                 for _ in range(50):
                     ask(client)  # warm-up
+                cpu = cpu_seconds(server.pid)
                 lat = [ask(client) for _ in range(args.requests)]
+                cpu = cpu_seconds(server.pid) - cpu
             q = statistics.quantiles(lat, n=100)
             print(f"sequential: {args.requests} queries, p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, "
-                  f"{args.requests / sum(lat):.0f} requests/s")
+                  f"{args.requests / sum(lat):.0f} requests/s, server CPU {cpu / args.requests * 1000:.2f} ms/request")
 
             def worker(n: int) -> int:
                 with httpx.Client() as c:
@@ -126,13 +140,19 @@ def main() -> None:
                         ask(c)
                 return n
 
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), cpu_seconds(server.pid)
             with ThreadPoolExecutor(8) as pool:
                 done = sum(pool.map(worker, [args.requests // 8] * 8))
-            print(f"8 concurrent clients: {done} queries in {time.perf_counter() - t:.1f}s = {done / (time.perf_counter() - t):.0f} requests/s (one server process)")
+            took, cpu = time.perf_counter() - t, cpu_seconds(server.pid) - cpu
+            print(f"8 concurrent clients: {done} queries in {took:.1f}s = {done / took:.0f} requests/s (one server process), "
+                  f"server CPU {cpu / done * 1000:.2f} ms/request")
         finally:
             server.terminate()
             server.wait(timeout=10)
+        logged = len(access.entries(runrecord.connect(load_region(ws).catalog_url), action="recognition-query"))
+        asked = 50 + args.requests + done
+        print(f"access log: {logged} recognition-query entries for {asked} queries answered")
+        assert logged == asked, "the access log lost or duplicated entries"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,12 @@ Whoever can write the database can rebuild the whole chain, so every signed publ
 manifest records the log's head at its time (``head``); ``check`` re-walks the log and
 compares it with those heads: entries up to the newest recorded head are anchored, later
 ones are not yet.
+
+``record`` appends one entry in its own transaction. A server answering many requests uses
+an ``AccessLogWriter`` instead (group commit): each request hands over its entry and waits
+until it is committed, while one thread appends every entry waiting, up to ``max_batch``, in
+one transaction. An answered request therefore always has its entry, and the database
+commits once per batch rather than once per request.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import getpass
 import hashlib
 import json
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -27,6 +35,7 @@ from hub.lineage.schema import PREV_INDEX, access_log
 
 GENESIS = "0" * 64
 _APPEND_TRIES = 20
+_PG_APPEND_LOCK = int.from_bytes(hashlib.sha256(b"hub_access_log append").digest()[:8], "big", signed=True)
 _chained: set[str] = set()
 
 
@@ -66,25 +75,156 @@ def entry_hash(entry_id: int, at: dt.datetime, who: str, action: str, purpose: s
     return h.hexdigest()
 
 
-def record(engine: sa.Engine, action: str, purpose: str, what: dict, outcome: str = "success", who: str | None = None) -> None:
-    """Append one entry, chained to the newest (a concurrent writer that took the same place makes this retry)."""
-    text = json.dumps(what, ensure_ascii=False, sort_keys=True, default=str)
-    who = who or actor()
+@dataclass(frozen=True)
+class _Entry:
+    at: dt.datetime  # when the entry was handed over, not when it was committed
+    who: str
+    action: str
+    purpose: str
+    what: str  # JSON text
+    outcome: str
+
+
+def _entry(action: str, purpose: str, what: dict, outcome: str, who: str | None) -> _Entry:
+    return _Entry(dt.datetime.now(dt.UTC), who or actor(), action, purpose,
+                  json.dumps(what, ensure_ascii=False, sort_keys=True, default=str), outcome)
+
+
+def _append(engine: sa.Engine, batch: list[_Entry]) -> None:
+    """Append entries in one transaction, chained in order after the newest entry.
+
+    A concurrent writer (another process, or a ``record`` in this one) that took the same
+    place makes the insert fail on the id or the predecessor; the head is then read again
+    and the whole batch chained to it. On PostgreSQL appenders first take a transaction
+    lock, so they take turns instead of retrying: busy writers would otherwise keep
+    winning the race against a slower one until its tries run out.
+    """
     ensure_chain(engine)
     for attempt in range(_APPEND_TRIES):
         try:
             with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_APPEND_LOCK})
                 last = conn.execute(sa.select(access_log.c.id, access_log.c.hash).order_by(access_log.c.id.desc()).limit(1)).first()
                 entry_id, prev = (last.id + 1, last.hash or GENESIS) if last else (1, GENESIS)
-                now = dt.datetime.now(dt.UTC)
-                conn.execute(access_log.insert().values(
-                    id=entry_id, at=now, who=who, action=action, purpose=purpose, what=text, outcome=outcome,
-                    prev_hash=prev, hash=entry_hash(entry_id, now, who, action, purpose, text, outcome, prev),
-                ))
+                rows = []
+                for e in batch:
+                    digest = entry_hash(entry_id, e.at, e.who, e.action, e.purpose, e.what, e.outcome, prev)
+                    rows.append({"id": entry_id, "at": e.at, "who": e.who, "action": e.action, "purpose": e.purpose,
+                                 "what": e.what, "outcome": e.outcome, "prev_hash": prev, "hash": digest})
+                    entry_id, prev = entry_id + 1, digest
+                conn.execute(access_log.insert(), rows)
             return
         except sa.exc.IntegrityError:  # another entry took this id or this predecessor: chain to it instead
             if attempt == _APPEND_TRIES - 1:
                 raise
+
+
+def record(engine: sa.Engine, action: str, purpose: str, what: dict, outcome: str = "success", who: str | None = None) -> None:
+    """Append one entry, chained to the newest (a concurrent writer that took the same place makes this retry)."""
+    _append(engine, [_entry(action, purpose, what, outcome, who)])
+
+
+class AccessLogError(RuntimeError):
+    """An access-log entry could not be committed: the read it describes must not be answered."""
+
+
+def _failed(exc: BaseException) -> AccessLogError:
+    cause = getattr(exc, "orig", None) or exc
+    err = AccessLogError(f"the access log in the catalog database could not be written ({type(cause).__name__}: "
+                         f"{str(cause).splitlines()[0] if str(cause) else 'no detail'})")
+    err.__cause__ = exc
+    return err
+
+
+class AccessLogWriter:
+    """Group commit for a server's access log: ``record`` returns once the entry is committed.
+
+    ``start`` runs one background thread; each ``record`` queues its entry and waits. The
+    thread takes every entry waiting (at most ``max_batch``), appends them in one transaction
+    (one read of the head, one multi-row insert, the chain computed in queue order), commits
+    and wakes their callers. If that fails, the entries are appended one by one, and each
+    caller whose entry still fails gets an ``AccessLogError``. ``close``
+    writes what is queued, then stops the thread. Before ``start`` and after ``close``,
+    ``record`` appends its entry itself, as the module's ``record`` does.
+    """
+
+    def __init__(self, engine: sa.Engine, max_batch: int = 500):
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: list[tuple[_Entry, Future]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        ensure_chain(self.engine)
+        with self._cond:
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="hub-access-log", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            thread, self._stopping = self._thread, True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            if self._thread is thread:
+                self._thread = None
+
+    def record(self, action: str, purpose: str, what: dict, outcome: str = "success", who: str | None = None) -> None:
+        """Append one entry and return once it is committed; ``AccessLogError`` if it could not be."""
+        entry = _entry(action, purpose, what, outcome, who)
+        done: Future = Future()
+        with self._cond:
+            queued = self._thread is not None and not self._stopping
+            if queued:
+                self._queue.append((entry, done))
+                self._cond.notify()
+        if not queued:
+            try:
+                _append(self.engine, [entry])
+            except Exception as exc:
+                raise _failed(exc) from exc
+            return
+        done.result()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._stopping:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                try:
+                    _append(self.engine, [entry for entry, _ in batch])
+                except Exception:
+                    # one entry the database refuses must not fail the others: each on its own, its error to its caller
+                    for entry, done in batch:
+                        try:
+                            _append(self.engine, [entry])
+                        except Exception as exc:
+                            done.set_exception(_failed(exc))  # one exception object per waiter: each raises its own
+                        else:
+                            done.set_result(None)
+                    continue
+                except BaseException as exc:
+                    for _, done in batch:
+                        done.set_exception(_failed(exc))
+                    raise
+                for _, done in batch:
+                    done.set_result(None)
+        finally:
+            with self._cond:  # the thread ends (stopped, or killed by a BaseException): nobody may wait for it
+                left, self._queue = self._queue, []
+                self._thread = None if self._thread is threading.current_thread() else self._thread
+            for _, done in left:
+                done.set_exception(AccessLogError("the access log writer stopped before this entry was written"))
 
 
 def head(conn: sa.Connection) -> dict | None:

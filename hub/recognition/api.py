@@ -256,14 +256,23 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
     limiter = Limiter(load_limits(region), index, clock)
     served = Served(region, keys, index)
 
+    # every request waits for its access-log entry's commit; one thread commits the waiting entries together
+    audit_log = access.AccessLogWriter(runrecord.connect(region.catalog_url))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        limiter.flush()
+        audit_log.start()
+        try:
+            yield
+        finally:
+            try:
+                limiter.flush()
+            finally:
+                audit_log.close()
 
     app = FastAPI(title="hub recognition API", version="1", description=__doc__, lifespan=lifespan)
     app.state.limiter = limiter
-    audit = runrecord.connect(region.catalog_url)
+    app.state.access_log = audit_log
     store = TokenStore(token_file(region)) if tokens is None else None
 
     def fhir_base(request: Request) -> str:
@@ -271,7 +280,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
 
     def refuse(status: int, code: str, text: str, who: str, action: str, what: dict) -> JSONResponse:
         """Answer with an OperationOutcome and write the refusal to the access log (never an identifier)."""
-        access.record(audit, action, "recognition", {**what, "status": status}, "refused", who=who)
+        audit_log.record(action, "recognition", {**what, "status": status}, "refused", who=who)
         log.info("recognition %s refused (%s) for %s", action.removeprefix("recognition-"), status, who)
         return outcome(status, code, text, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
@@ -355,7 +364,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
             until = limiter.miss(bearer, who)
             if until is not None:
                 limits = limiter.policy.of(who)
-                access.record(audit, "recognition-alert", "recognition", {
+                audit_log.record("recognition-alert", "recognition", {
                     "alert": "miss budget exceeded: lookups by resident ID number that found no patient (possible enumeration)",
                     "misses_per_hour": limits.misses_per_hour, "suspended_minutes": limits.suspend_minutes,
                     "suspended_until": dt.datetime.fromtimestamp(until, dt.UTC).isoformat(timespec="seconds"),
@@ -378,8 +387,8 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
         found = {"patient_known": known} if by_id else {}
         paging = {"offset": offset, "count": count} if offset or "_count" in params else {}
         asked_at = {"at": _instant(at)} if params.get("at") or params.get("_at") else {}
-        access.record(audit, action, "recognition", {**what, **found, **paging, **asked_at, "codes": codes, "results": len(verdicts),
-                                                     "verdicts": counts}, who=who)
+        audit_log.record(action, "recognition", {**what, **found, **paging, **asked_at, "codes": codes, "results": len(verdicts),
+                                                 "verdicts": counts}, who=who)
         log.info("recognition query by %s: %s results", who, len(verdicts))
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(verdicts), "link": links}
         if entries:  # FHIR JSON has no empty arrays
@@ -435,7 +444,7 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
         if resource_type in SEARCHED:
             resource = annotated(verdict_for(rules, who, resource, found.loinc or "", found.institution, found.status,
                                              found.when if found.when is None or found.when.tzinfo else found.when.replace(tzinfo=dt.UTC), at))
-        access.record(audit, action, "recognition", {"resource": f"{resource_type}/{rid}"}, who=who)
+        audit_log.record(action, "recognition", {"resource": f"{resource_type}/{rid}"}, who=who)
         return JSONResponse(media_type=FHIR_JSON, content=resource)
 
     def record_decision(request: Request, who: str, reference: str, decision: str, reason: str | None,
@@ -468,8 +477,8 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
         at = at or dt.datetime.fromtimestamp(int(clock()), dt.UTC)
         when = row.effective_time if row.effective_time is None or row.effective_time.tzinfo else row.effective_time.replace(tzinfo=dt.UTC)
         verdict = verdict_for(rules, who, json.loads(row.resource), row.loinc, row.institution, row.status, when, at)
-        access.record(audit, action, "recognition", {"resource": f"{rtype}/{rid}", "decision": decision, "reason": reason,
-                                                     "verdict": verdict.code}, who=who)
+        audit_log.record(action, "recognition", {"resource": f"{rtype}/{rid}", "decision": decision, "reason": reason,
+                                                 "verdict": verdict.code}, who=who)
         return verdict
 
     @app.post("/fhir/$recognition-decision", summary="The recognition-decision operation (a FHIR Parameters resource in and out)")
@@ -516,10 +525,10 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
 
     def unknown_endpoint(request: Request, status: int = 404) -> JSONResponse:
         """404 (no such endpoint) or 405 (method), logged with the caller but not the path (it may hold an identifier)."""
-        access.record(audit, "recognition-request", "recognition", {"status": status,
-                      "method": request.method if request.method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS") else "(other)",
-                      "refused": "unknown endpoint" if status == 404 else "method not allowed"}, "refused",
-                      who=token_owner(request) or ANONYMOUS)
+        audit_log.record("recognition-request", "recognition", {"status": status,
+                         "method": request.method if request.method in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS") else "(other)",
+                         "refused": "unknown endpoint" if status == 404 else "method not allowed"}, "refused",
+                         who=token_owner(request) or ANONYMOUS)
         if status == 405:
             return outcome(405, "not-supported", "this server is read-only: GET for reads and searches, POST only for "
                            "$recognition-decision (see /fhir/metadata)")
@@ -546,10 +555,11 @@ def create_app(region: Region, keys: Keyring, index: sa.Engine, rules: Recogniti
 
     @app.exception_handler(Exception)
     def failure(request: Request, exc: Exception):  # never echo the request (it holds an identifier)
-        log.error("recognition API error: %s", type(exc).__name__)
+        # an AccessLogError names the database's complaint, never the request; other errors only by type
+        log.error("recognition API error: %s", exc if isinstance(exc, access.AccessLogError) else type(exc).__name__)
         try:
             route = getattr(request.scope.get("route"), "path", "(no route)")  # the template: a path may hold an identifier
-            access.record(audit, "recognition-request", "recognition", {"path": route, "error": type(exc).__name__}, "failure", who=ANONYMOUS)
+            audit_log.record("recognition-request", "recognition", {"path": route, "error": type(exc).__name__}, "failure", who=ANONYMOUS)
         except Exception:  # noqa: BLE001 - the access log itself failing must not hide the answer
             log.error("could not write the access log")
         return outcome(500, "exception", "internal error")
