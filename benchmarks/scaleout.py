@@ -58,7 +58,7 @@ from hub.region import load_region
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package: the Celery test's servers and helpers
 
 from tests.conftest import TEST_MASTER_KEY  # noqa: E402
-from tests.deploy.harness import scratch_servers  # noqa: E402
+from tests.deploy.harness import scratch_servers, stop  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CORES = os.cpu_count() or 1
@@ -252,9 +252,9 @@ def on_celery(template: Path, root: Path, count: int, max_runs: int, timeout: fl
         # only the backfill runs: the sensor's first runs of each institution and the hourly pull stay off
         stops = [subprocess.Popen([str(BIN / "dagster"), kind, "stop", name, "-m", "dagster_project.definitions"], env=env, cwd=folder,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for kind, name in AUTOMATION]
-        for stop, (kind, name) in zip(stops, AUTOMATION, strict=True):
-            if stop.wait(300):
-                raise RuntimeError(f"dagster {kind} stop {name}: {stop.stderr.read()[-2000:]}")
+        for stopping, (kind, name) in zip(stops, AUTOMATION, strict=True):
+            if stopping.wait(300):
+                raise RuntimeError(f"dagster {kind} stop {name}: {stopping.stderr.read()[-2000:]}")
         instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
         procs = []
         try:
