@@ -36,6 +36,7 @@ from deid.ruleset import load_ruleset
 from hub import quarantine, watermarks
 from hub.errors import CommandFailed
 from hub.fhir.validate import RESOURCE_MODULES
+from hub.lakehouse.rowindex import KeySet
 from hub.lakehouse.sink import Publication
 from hub.lakehouse.tables import ensure_table, open_catalog, table_name
 from hub.lakehouse.writer import TableWriter
@@ -70,7 +71,7 @@ def new_run_id(institution: str) -> str:
 class BlockResult:
     count: BlockCount
     last_watermark: object
-    seen_source_keys: set[str]
+    seen_source_keys: KeySet  # on disk: closed when the result is dropped
 
 
 @dataclass
@@ -172,33 +173,36 @@ class InstitutionRun:
         before_w, before_u = w.written, w.unchanged
         wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
         last_wm = None
-        seen: set[str] = set()
+        seen = KeySet()  # source-key hashes of the block's rows published (duplicates are quarantined; deletions on full pulls)
         reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
         screen = RowScreen(compiled, self.keys, self.inst.id, wm_index)
-        published_rows = w.row_hashes(block.table) if reuse_unchanged else {}
         row_hash_of: dict[str, str] = {}  # source-key hash -> source row hash, for the rows sent to the workers
         config = f"{mapping.label}|{self.ruleset.label}|{self.keys.key_id}|{hub.__version__}"
-        screened_keys: set[str] = set()
+        screened_keys = KeySet()  # source-key hashes of the block's rows screened so far: a key read again is mapped
         reused = 0
 
         def unchanged(rows: list[tuple]) -> list[tuple]:
             """The rows to map: those not published before from exactly this content and configuration."""
             nonlocal reused
-            out, resolved = [], []
-            for row in rows:
-                skh = screen.key_hash(row)
-                rh = self.keys.hmac_hex("source-key", f"{config}|{row!r}")
-                if published_rows.get(skh) == rh and skh not in screened_keys:
+            keyed = [(row, screen.key_hash(row), self.keys.hmac_hex("source-key", f"{config}|{row!r}")) for row in rows]
+            skhs = [skh for _, skh, _ in keyed]
+            published_rows = w.row_hashes_for(block.table, skhs) if reuse_unchanged and keyed else {}
+            before = screened_keys.has(skhs) if published_rows else set()
+            out, resolved, batch_keys = [], [], set()
+            for row, skh, rh in keyed:
+                if published_rows.get(skh) == rh and skh not in before and skh not in batch_keys:
                     resolved.append(skh)
                 else:
                     row_hash_of[skh] = rh
                     out.append(row)
-                screened_keys.add(skh)
+                batch_keys.add(skh)
+            if reuse_unchanged:  # otherwise no row is resolved here and screened_keys is never asked
+                screened_keys.add(batch_keys)
             if resolved:
                 reused += len(resolved)
                 count.rows_read += len(resolved)
                 count.published += len(resolved)
-                seen.update(resolved)
+                seen.add(resolved)
                 if reopened:
                     quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, resolved, self.run_id)
                 self.progress.advance(len(resolved))
@@ -235,11 +239,12 @@ class InstitutionRun:
             rejected: list[quarantine.QuarantinedRow] = []
             published_hashes: list[str] = []
             now = dt.datetime.now(dt.UTC)
+            seen_before, batch_keys = seen.has(item.source_key_hash for item in batch.items), set()
             for row, item in zip(batch.rows, batch.items, strict=True):
                 count.rows_read += 1
-                if item.source_key_hash in seen:
+                if item.source_key_hash in seen_before or item.source_key_hash in batch_keys:
                     item = Rejected([_duplicate_key(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
-                seen.add(item.source_key_hash)
+                batch_keys.add(item.source_key_hash)
                 if isinstance(item, Ready):
                     if block.resource == "Patient":
                         conflict = identity_conflict(self.patients.get(item.id), item)
@@ -283,6 +288,7 @@ class InstitutionRun:
                 }, text_scanned=item.scanned and self.pool.scans_for(self.publication))
                 count.published += 1
                 published_hashes.append(item.source_key_hash)
+            seen.add(batch_keys)
             quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
             if reopened and published_hashes:
                 quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, published_hashes, self.run_id)
@@ -290,6 +296,7 @@ class InstitutionRun:
             self.heartbeat()
             if w.pending >= self.flush_rows:
                 w.flush()
+        screened_keys.close()
         before_s = w.stale
         w.flush()
         count.written, count.unchanged = w.written - before_w, w.unchanged - before_u + (w.stale - before_s) + reused
@@ -344,6 +351,8 @@ class InstitutionRun:
                 self.publication.abort()
             runrecord.finish_run(self.engine, self.run_id, status, counts, self.report.as_dict())
         finally:
+            for w in self.writers.values():  # their scratch indexes of published rows
+                w.close()
             runrecord.release_lock(self.engine, self.lock_key, self.run_id)
         return self.report
 

@@ -1,7 +1,10 @@
 """Versioned, idempotent upsert of resource rows: one atomic Iceberg commit per table per run.
 
 A row is identified by its resource id. Before its first write in a run, the writer reads
-(id, content_hash, source_updated_at, source_key_hash) of the institution's partition once.
+(id, content_hash, source_updated_at, source_key_hash, source_table, key_id, source_row_hash) of
+the institution's partition once, batch by batch, into a temporary on-disk index
+(``hub.lakehouse.rowindex.PublishedRows``), which it then asks a batch at a time: a run's memory
+does not grow with the rows of the partition. ``close()`` removes that index.
 Rows are staged into one Iceberg transaction per table per run (data files are written as
 they come, so memory stays bounded) and committed together by ``commit()``:
 
@@ -47,10 +50,9 @@ other column, and every text not so marked, is scanned here. A TableWriter is ma
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,6 +66,7 @@ from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.snapshots import Operation
 
 from hub.errors import CommandFailed
+from hub.lakehouse.rowindex import COLUMNS, PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA
 
 T = TypeVar("T")
@@ -205,11 +208,11 @@ class TableWriter:
         self.policy = policy
         self.shared_partition = shared_partition
         self._read_at: int | None = None  # the snapshot _existing was read from (None: the table was empty)
-        self._staged_ids: set[str] = set()  # ids this run appends (new and changed rows)
+        self._staged_ids: set[str] = set()  # ids this run appends (new and changed rows), kept for a shared partition only
         self.retries = 0  # commits the catalog refused because another writer committed first (then re-planned)
         self._buffer: dict[str, dict] = {}
         self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
-        self._existing: dict[str, tuple[str, dt.datetime | None, str, str, str]] | None = None
+        self._existing: PublishedRows | None = None
         self._tx: Transaction | None = None
         self.written = 0
         self.unchanged = 0
@@ -220,21 +223,34 @@ class TableWriter:
     def props(self) -> dict[str, str]:
         return {"hub.run-id": self.run_id, "hub.institution": self.institution}
 
-    def _load_existing(self) -> dict[str, tuple[str, dt.datetime | None, str, str, str]]:
-        """id -> (content hash, source update time, source-key hash, source table, key id, source row hash) of what is published."""
+    def _load_existing(self) -> PublishedRows:
+        """The index of what is published in the partition (read once, at the first question)."""
         if self._existing is None:
             snap = self.table.current_snapshot()
             self._read_at = snap.snapshot_id if snap is not None else None
-            cols = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id", "source_row_hash")
-            scan = self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=cols).to_arrow()
-            self._existing = {rid: rest for rid, *rest in zip(*(scan.column(c).to_pylist() for c in cols), strict=True)}
+            index = PublishedRows()
+            try:
+                index.fill(self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=COLUMNS).to_arrow_batch_reader())
+            except BaseException:
+                index.close()
+                raise
+            self._existing = index
         return self._existing
 
-    def row_hashes(self, source_table: str) -> dict[str, str]:
-        """source-key hash -> source row hash of what this table holds from source_table under this key:
-        a row read again with the same hash would make the same resource, so it need not be mapped again."""
-        return {skh: rh for _, _, skh, st, kid, rh in self._load_existing().values()
-                if st == source_table and kid == self.key_id and rh is not None}
+    def row_hashes_for(self, source_table: str, skhs: Iterable[str]) -> dict[str, str]:
+        """source-key hash -> source row hash of what this table holds from source_table under this key, for those
+        of skhs: a row read again with the same hash would make the same resource, so it need not be mapped again."""
+        return self._load_existing().row_hashes(source_table, self.key_id, skhs)
+
+    def holds(self, source_table: str, skhs: Iterable[str]) -> set[str]:
+        """Those of skhs that row_hashes_for answers for (versions published from source_table under this key)."""
+        return self._load_existing().has(source_table, self.key_id, skhs)
+
+    def close(self) -> None:
+        """Remove the index of published rows (asked again, it is read again from the table)."""
+        if self._existing is not None:
+            self._existing.close()
+            self._existing = None
 
     def _transaction(self) -> Transaction:
         if self._tx is None:
@@ -258,7 +274,8 @@ class TableWriter:
         """Stage the buffered rows into the run's transaction (visible only after commit())."""
         if not self._buffer:
             return
-        existing = self._load_existing()
+        index = self._load_existing()
+        existing = index.lookup(self._buffer)
         rows, changed = [], []
         for rid, row in self._buffer.items():
             old = existing.get(rid)
@@ -280,28 +297,26 @@ class TableWriter:
         if changed:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
         tx.append(data, snapshot_properties=self.props)
-        self._staged_ids.update(row["id"] for row in rows)
-        for row in rows:
-            existing[row["id"]] = (row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
-                                   row["key_id"], row.get("source_row_hash"))
+        if self.shared_partition:  # a windowed run's rows: one day of a backfill
+            self._staged_ids.update(row["id"] for row in rows)
+        index.upsert((row["id"], row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
+                      row["key_id"], row.get("source_row_hash")) for row in rows)
         self.written += len(rows)
 
-    def stage_deletions(self, source_table: str, seen_source_keys: set[str]) -> list[tuple[str, str]]:
+    def stage_deletions(self, source_table: str, seen_source_keys: Iterable[str]) -> list[tuple[str, str]]:
         """After a full pull of source_table: stage deletion of rows whose source key was not seen.
 
         Only rows made with this run's key count: source-key hashes are keyed, so rows from
         before a key rotation are re-keyed (hub keys repseudonymize), not deleted.
         Returns (resource id, source-key hash) of each, for the caller to record.
         """
-        existing = self._load_existing()
-        gone = [(rid, skh) for rid, (_, _, skh, st, kid, _) in existing.items()
-                if st == source_table and kid == self.key_id and skh not in seen_source_keys]
+        index = self._load_existing()
+        gone = index.missing_keys(source_table, self.key_id, seen_source_keys)
         if gone:
             ids = [rid for rid, _ in gone]
             for i in range(0, len(ids), 1000):
                 self._transaction().delete(And(EqualTo("institution", self.institution), In("id", ids[i : i + 1000])), snapshot_properties=self.props)
-            for rid in ids:
-                existing.pop(rid, None)
+            index.delete(ids)
         return gone
 
     def stage_rekey(self) -> int:
@@ -310,13 +325,10 @@ class TableWriter:
         For re-pseudonymization: the old-key rows leave in the same commit as the re-keyed
         rows arrive, so no reader ever sees a person twice or not at all. Returns how many.
         """
-        existing = self._load_existing()
-        old = [rid for rid, (*_, kid, _) in existing.items() if kid != self.key_id]
+        old = self._load_existing().drop_other_keys(self.key_id)
         if old:
             self._transaction().delete(And(EqualTo("institution", self.institution), NotEqualTo("key_id", self.key_id)), snapshot_properties=self.props)
-            for rid in old:
-                existing.pop(rid)
-        return len(old)
+        return old
 
     def check_shared(self) -> None:
         """For a writer sharing its partition: raise CommitConflict if a run of the institution committed, since

@@ -635,11 +635,11 @@ def _record_lineage(run, feed: Feed, mapping: Mapping, compiled, rows: list[tupl
     """File and message number of each resource version this block published in this run (rows
     quarantined, unchanged or older than the published version are not recorded)."""
     block = compiled.block
-    held = run.writer(block.resource).row_hashes(block.table)  # source-key hash of each published version
     idx = {c: compiled.columns.index(compiled.qualify(c)) for c in (*block.key, *block.id_key) if c != INSTITUTION}
+    skhs = [source_key_hash(run.keys, run.inst.id, mapping.system, block.table, [row[idx[c]] for c in block.key]) for row in rows]
+    held = run.writer(block.resource).holds(block.table, skhs)  # those with a published version
     out, seen = [], set()
-    for row, (file, number) in zip(rows, origin, strict=True):
-        skh = source_key_hash(run.keys, run.inst.id, mapping.system, block.table, [row[idx[c]] for c in block.key])
+    for row, (file, number), skh in zip(rows, origin, skhs, strict=True):
         if skh not in held or skh in seen:
             continue
         seen.add(skh)

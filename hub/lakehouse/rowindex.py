@@ -1,0 +1,275 @@
+"""Per-run scratch indexes kept on disk, so a run's memory does not grow with the rows it reads.
+
+``PublishedRows`` is what a ``TableWriter`` knows of the rows published in its (table,
+institution) partition: for each resource id, its content hash, source update time, source-key
+hash, source table, key id and source row hash. It is rebuilt from Iceberg at the start of each
+run (streamed scan batch by batch into a temporary SQLite file) and asked in batches: the ids of
+a flush, the source-key hashes of a batch of source rows, an anti-join for deletion detection.
+
+``KeySet`` is a set of strings (source-key hashes seen in a block) with the same storage.
+
+Both are scratch: one temporary file each, in the system temp directory (``TMPDIR``) unless told
+otherwise, with no journal and no fsync (a crash loses nothing: the next run rebuilds them),
+unnamed once open and freed when closed, collected or the process ends. SQLite's page cache (a
+few MiB each) is all they hold in memory; the file takes about 0.5 KB per published row.
+Rows are kept in the order they were first indexed, like a dict's insertion order, so a
+question that several rows answer (two ids with one source-key hash) gets the same answer a
+dict of them would give: the last one indexed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import sqlite3
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hub.errors import CommandFailed
+
+T = TypeVar("T")
+
+#: The columns of the published rows the index holds, in the order of its tuples.
+COLUMNS = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id", "source_row_hash")
+#: Values per SQL statement (SQLite's limit on bound parameters is far above this).
+CHUNK = 500
+#: Rows turned into Python values at once while the index is filled.
+FILL_ROWS = 10_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+
+Published = tuple[str | None, dt.datetime | None, str | None, str | None, str | None, str | None]
+
+
+def to_us(value: dt.datetime | None) -> int | None:
+    """Microseconds since the epoch (UTC) of a datetime; a naive one is taken as UTC, as Iceberg stores it."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return (value - _EPOCH) // _US
+
+
+def from_us(value: int | None) -> dt.datetime | None:
+    """The UTC datetime of microseconds since the epoch (exact: timestamps are microseconds in Iceberg and Python)."""
+    return None if value is None else _EPOCH + dt.timedelta(microseconds=value)
+
+
+def _chunks(values: Iterable[Any], n: int = CHUNK) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for v in values:
+        chunk.append(v)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _disk_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """A scratch file that cannot be written (its disk is full, say) fails the run with what to do about it."""
+    @functools.wraps(method)
+    def wrapper(self: _Scratch, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise CommandFailed(f"the run's temporary index in {os.path.dirname(self.path)} could not be written ({exc}); "
+                                "free space there or point TMPDIR at a larger disk, then run again (nothing was committed)", 2) from exc
+    return wrapper
+
+
+def _close(conn: sqlite3.Connection, path: str) -> None:
+    conn.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Scratch:
+    """A temporary SQLite file, removed on close() or when the object is collected. On POSIX systems its
+    name is removed as soon as it is open, so even a killed run leaves nothing behind (the space is
+    freed when the process ends); elsewhere the file is removed on close."""
+
+    def __init__(self, directory: Path | str | None, prefix: str, cache_kib: int):
+        fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".sqlite", dir=directory)
+        os.close(fd)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", f"cache_size=-{cache_kib}"):
+                self.db.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            if hasattr(self, "db"):
+                self.db.close()
+            os.unlink(self.path)
+            raise
+        if os.name == "posix":  # no journal is ever made, so nothing else looks for the file by its name
+            os.unlink(self.path)
+        self._finalizer = weakref.finalize(self, _close, self.db, self.path)
+
+    def close(self) -> None:
+        """Remove the file (idempotent)."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+class PublishedRows(_Scratch):
+    """The published rows of one (table, institution) partition, for one run: see the module docstring."""
+
+    def __init__(self, directory: Path | str | None = None, cache_kib: int = 4096):
+        super().__init__(directory, "hub-published-", cache_kib)
+        self.db.execute("CREATE TABLE rows (id TEXT NOT NULL, content_hash TEXT, updated_us INTEGER, skh TEXT, "
+                        "source_table TEXT, key_id TEXT, row_hash TEXT)")
+        self._indexed = False
+
+    @_disk_errors
+    def fill(self, batches: Iterable[pa.RecordBatch]) -> int:
+        """Add the rows of batches (each with the COLUMNS) to an empty index, then index them; returns how many.
+        Loaded before indexing (sorting once is much faster than growing a B-tree row by row). An id found
+        twice (it should not be) keeps the values of its last row, as a dict filled in scan order would."""
+        if self._indexed:
+            raise RuntimeError("PublishedRows.fill: the index is already filled")
+        n = 0
+        self.db.execute("BEGIN")
+        for whole in batches:
+            for start in range(0, whole.num_rows, FILL_ROWS):  # a scan batch can be large: few Python objects at once
+                batch = whole.slice(start, FILL_ROWS)
+                cols = [batch.column(batch.schema.get_field_index(c)) for c in COLUMNS]
+                cols[2] = pc.cast(cols[2], pa.int64())  # timestamp[us, UTC] -> microseconds since the epoch
+                self.db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", zip(*(c.to_pylist() for c in cols), strict=True))
+                n += batch.num_rows
+        self.db.execute("COMMIT")
+        try:
+            self.db.execute("CREATE UNIQUE INDEX rows_id ON rows (id)")
+        except sqlite3.IntegrityError:
+            self.db.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT max(rowid) FROM rows GROUP BY id)")
+            self.db.execute("CREATE UNIQUE INDEX rows_id ON rows (id)")
+        self.db.execute("CREATE INDEX rows_key ON rows (source_table, key_id, skh)")
+        self._indexed = True
+        return n
+
+    def _ready(self) -> None:
+        if not self._indexed:
+            self.fill(())
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM rows").fetchone()[0]
+
+    @_disk_errors
+    def lookup(self, ids: Iterable[str]) -> dict[str, Published]:
+        """id -> (content hash, source update time, source-key hash, source table, key id, source row hash) of each of ids held."""
+        self._ready()
+        out: dict[str, Published] = {}
+        for chunk in _chunks(ids):
+            sql = f"SELECT id, content_hash, updated_us, skh, source_table, key_id, row_hash FROM rows WHERE id IN ({','.join('?' * len(chunk))})"
+            for rid, ch, us, skh, st, kid, rh in self.db.execute(sql, chunk):
+                out[rid] = (ch, from_us(us), skh, st, kid, rh)
+        return out
+
+    @_disk_errors
+    def upsert(self, rows: Iterable[tuple[str, str | None, dt.datetime | None, str | None, str | None, str | None, str | None]]) -> None:
+        """Index rows (tuples in COLUMNS order): an id held already keeps its place and takes the new values."""
+        self._ready()
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET content_hash = excluded.content_hash, "
+            "updated_us = excluded.updated_us, skh = excluded.skh, source_table = excluded.source_table, "
+            "key_id = excluded.key_id, row_hash = excluded.row_hash",
+            ((rid, ch, to_us(at), skh, st, kid, rh) for rid, ch, at, skh, st, kid, rh in rows))
+        self.db.execute("COMMIT")
+
+    def _by_key(self, what: str, source_table: str, key_id: str | None, skhs: Iterable[str]) -> Iterator[tuple]:
+        self._ready()
+        for chunk in _chunks(set(skhs)):
+            yield from self.db.execute(
+                f"SELECT {what} FROM rows WHERE source_table IS ? AND key_id IS ? AND skh IN ({','.join('?' * len(chunk))}) "
+                "AND row_hash IS NOT NULL ORDER BY rowid", [source_table, key_id, *chunk])
+
+    @_disk_errors
+    def row_hashes(self, source_table: str, key_id: str | None, skhs: Iterable[str]) -> dict[str, str]:
+        """source-key hash -> source row hash of the rows held from source_table under key_id, for those of skhs
+        (rows without a source row hash are left out; of two rows with one source-key hash, the later indexed)."""
+        out: dict[str, str] = {}
+        for skh, rh in self._by_key("skh, row_hash", source_table, key_id, skhs):
+            out[skh] = rh
+        return out
+
+    @_disk_errors
+    def has(self, source_table: str, key_id: str | None, skhs: Iterable[str]) -> set[str]:
+        """Those of skhs that row_hashes would answer for."""
+        return {skh for (skh,) in self._by_key("skh", source_table, key_id, skhs)}
+
+    @_disk_errors
+    def missing_keys(self, source_table: str, key_id: str | None, seen: Iterable[str]) -> list[tuple[str, str | None]]:
+        """(id, source-key hash) of each row held from source_table under key_id whose source-key hash is not in seen,
+        in index order (an anti-join against seen, loaded into a temporary table)."""
+        self._ready()
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (skh TEXT PRIMARY KEY) WITHOUT ROWID")
+        try:
+            self.db.execute("BEGIN")
+            for chunk in _chunks(seen, 10_000):
+                self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?)", ((s,) for s in chunk))
+            self.db.execute("COMMIT")
+            return self.db.execute(
+                "SELECT id, skh FROM rows WHERE source_table IS ? AND key_id IS ? "
+                "AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.skh = rows.skh) ORDER BY rowid", (source_table, key_id)).fetchall()
+        finally:
+            self.db.execute("DROP TABLE temp.seen")
+
+    @_disk_errors
+    def drop_other_keys(self, key_id: str | None) -> int:
+        """Remove the rows made with a key other than key_id; returns how many."""
+        self._ready()
+        return self.db.execute("DELETE FROM rows WHERE key_id IS NOT ?", (key_id,)).rowcount
+
+    @_disk_errors
+    def delete(self, ids: Iterable[str]) -> None:
+        """Remove the rows of ids (those not held are ignored)."""
+        self._ready()
+        self.db.execute("BEGIN")
+        for chunk in _chunks(ids):
+            self.db.execute(f"DELETE FROM rows WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        self.db.execute("COMMIT")
+
+
+class KeySet(_Scratch):
+    """A set of strings on disk, asked and grown a batch at a time (the source-key hashes a block has seen)."""
+
+    def __init__(self, directory: Path | str | None = None, cache_kib: int = 2048):
+        super().__init__(directory, "hub-keys-", cache_kib)
+        self.db.execute("CREATE TABLE keys (k TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    @_disk_errors
+    def has(self, keys: Iterable[str]) -> set[str]:
+        """Those of keys in the set."""
+        out: set[str] = set()
+        for chunk in _chunks(set(keys)):
+            out.update(k for (k,) in self.db.execute(f"SELECT k FROM keys WHERE k IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    @_disk_errors
+    def add(self, keys: Iterable[str]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO keys VALUES (?)", ((k,) for k in keys))
+        self.db.execute("COMMIT")
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM keys").fetchone()[0]
+
+    def __iter__(self) -> Iterator[str]:
+        cur = self.db.execute("SELECT k FROM keys")
+        while rows := cur.fetchmany(10_000):
+            yield from (k for (k,) in rows)
+
+    def __contains__(self, key: object) -> bool:
+        return self.db.execute("SELECT 1 FROM keys WHERE k = ?", (key,)).fetchone() is not None
