@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -37,7 +38,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
 from deid.keys import PURPOSES, Keyring
-from hub.identifiers import normalise_resident_id, redact_identifiers
+from hub.identifiers import KnownValues, known_values_of, normalise_resident_id, redact_identifiers
 
 PSEUDONYM_SYSTEM = "urn:hub:pseudonym:"
 NAMES = ("keep", "drop", "redact", "pseudonymize", "encrypt", "date_shift", "generalize", "perturb", "scrub")
@@ -61,6 +62,11 @@ class Context:
     resource_id: str
     patient: str | None = None  # the patient's pseudonym (date shift is per patient)
     known_names: tuple[str, ...] = ()  # names from the source record, for scrub
+
+    @functools.cached_property
+    def known(self) -> KnownValues:
+        """known_names prepared for the detector (once per resource, whatever its strings)."""
+        return known_values_of(self.known_names)
 
 
 def parse_action(spec: Any) -> Action:
@@ -201,7 +207,7 @@ def perturb(keys: Keyring, params: dict, value: Any, where: str) -> Any:
     return out.quantize(Decimal(1).scaleb(exponent if isinstance(exponent, int) else 0))
 
 
-def scrub(value: str, known_names: tuple[str, ...]) -> str:
+def scrub(value: str, known_names: tuple[str, ...] | KnownValues) -> str:
     """value with resident ID numbers, phones and the record's known identifying values (names,
     ID numbers, phones, MRNs, addresses: known_names) replaced, however they are written.
 
@@ -222,7 +228,7 @@ def value_function(action: Action, keys: Keyring) -> Callable[[Any, Context, str
     if action.name == "perturb":
         return lambda v, ctx, path: perturb(keys, p, v, f"{ctx.resource_type}/{ctx.resource_id}/{path}")
     if action.name == "scrub":
-        return lambda v, ctx, path: _map_strings(v, lambda s: scrub(s, ctx.known_names))
+        return lambda v, ctx, path: _map_strings(v, lambda s: scrub(s, ctx.known))
     if action.name == "date_shift":
         max_days, weeks = int(p.get("max_days", 50)), bool(p.get("weeks", False))
 

@@ -302,7 +302,7 @@ class Deidentifier:
         if keep.issuperset(src):  # only leaves kept as they are: share the input's dict
             return src
         work = src.keys() - keep
-        if plan.memo is not None and work <= plan.memo_keys and not ctx.known_names:
+        if not ctx.known_names and plan.memo is not None and work <= plan.memo_keys:
             try:
                 memo_key = tuple(src.items())
                 hit = plan.memo.get(memo_key)
@@ -450,7 +450,7 @@ class Deidentifier:
         if not keys:
             return ()
         found: list[str] = []
-        self._collect(self._trie(rtype), model_for(rtype), None, resource, keys, found)
+        self._collect(self._trie(rtype), self._root(rtype).model, None, resource, keys, found)
         return tuple(dict.fromkeys(found))
 
     def _identifying_keys(self, resource_type: str) -> frozenset[str]:
@@ -564,7 +564,7 @@ def _scrub(value: Any, ctx: Context, path: str) -> Any:
     if not isinstance(value, str):
         return value
     if ctx.known_names:
-        return actions.scrub(value, ctx.known_names)
+        return actions.scrub(value, ctx.known)
     out = _SCRUBBED.get(value)
     if out is None:
         if len(_SCRUBBED) >= 200_000:

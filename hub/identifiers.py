@@ -52,6 +52,7 @@ import bisect
 import datetime as dt
 import functools
 import re
+import time
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -90,6 +91,15 @@ _MOBILE_DIGITS = re.compile(r"(?:0086|86)?(1[3-9][0-9]{9})")
 _KNOWN_STRIP = re.compile(_KNOWN_SEP + "+")
 _KNOWN_KEPT = re.compile(f"[^{_KNOWN_SEP_CHARS}]")
 _HEX = frozenset("0123456789abcdef")
+# A cheap, exact test that _RUN_RE cannot match: in the UTF-8 bytes of the folded text, delete "ext"
+# and every byte that may be part of what _RUN_RE allows between two digits (its ASCII separators
+# and every byte of a character beyond ASCII, 转 and 分机 among them: a superset), and write each
+# digit as '0'; every match of _RUN_RE then shows as 11 '0's in a row. Most resources have none (ids
+# are hex, dates have 8 or 14 digits cut by letters), and this costs a few C passes where _RUN_RE
+# tries a match at every digit.
+_RUN_GLUE = bytes(c for c in range(128) if re.fullmatch(f"[{_WIDE_CHARS}x]", chr(c))) + bytes(range(128, 256))
+_AS_DIGITS = bytes(48 if 48 <= c <= 57 else 97 for c in range(256))
+_RUN_DIGITS = b"0" * 11
 _MIN_RUN_DIGITS = 11  # the shortest number found without a known value: a mobile or landline
 _MAX_ALIGNED = 16  # the longest number checked on group boundaries: 0086 (0)571 87654321
 
@@ -322,26 +332,66 @@ class _SpanMap:
         return pos - self._shift[k]
 
 
-_NON_ASCII_RUN = re.compile(r"([^\x00-\x7f]+)")
-
-
 def _fold(text: str) -> str:
     """Every character folded by _TABLE. ASCII runs fold with str.lower (what the table says for
     them, at C speed); only the runs of other characters go through the table, each run's
     folding remembered (display texts and names recur across records)."""
     if text.isascii():
         return text.lower()
-    parts = _NON_ASCII_RUN.split(text)
-    for i in range(0, len(parts), 2):
-        parts[i] = parts[i].lower()
-    for i in range(1, len(parts), 2):
-        parts[i] = _fold_run(parts[i])
-    return "".join(parts)
+    return _fold_pieces(text)[0]
+
+
+def _folds(text: str) -> tuple[str, str, bytes]:
+    """(_fold(text), _compact(_fold(text)), _fold(text) in UTF-8) in one pass."""
+    if text.isascii():
+        folded = text.lower()
+        data = folded.encode()
+        return folded, data.translate(None, _ASCII_SEPS).decode(), data
+    return _fold_pieces(text)
+
+
+_NON_ASCII_BYTES = bytes(0 if c < 128 else 1 for c in range(256))
+
+
+def _fold_pieces(text: str) -> tuple[str, str, bytes]:
+    """_folds of a text with other characters than ASCII. Its runs of them are found in its UTF-8
+    bytes (those of a character other than ASCII are all >= 0x80), where bytes.lower() changes only
+    the ASCII letters: C passes, no regex. Separators are removed per piece (the removal of single
+    characters commutes with concatenation)."""
+    data = text.encode("utf-8", "surrogatepass").lower()
+    marks = data.translate(_NON_ASCII_BYTES)
+    folded: list[str] = []
+    compact: list[str] = []
+    encoded: list[bytes] = []
+    pos = 0
+    while (start := marks.find(b"\x01", pos)) >= 0:
+        end = marks.find(b"\x00", start)
+        if end < 0:
+            end = len(data)
+        if start > pos:
+            part = data[pos:start]
+            folded.append(part.decode("ascii"))
+            compact.append(part.translate(None, _ASCII_SEPS).decode("ascii"))
+            encoded.append(part)
+        run, run_compact, run_encoded = _fold_run(data[start:end])
+        folded.append(run)
+        compact.append(run_compact)
+        encoded.append(run_encoded)
+        pos = end
+    if pos < len(data):
+        part = data[pos:]
+        folded.append(part.decode("ascii"))
+        compact.append(part.translate(None, _ASCII_SEPS).decode("ascii"))
+        encoded.append(part)
+    return "".join(folded), "".join(compact), b"".join(encoded)
 
 
 @functools.lru_cache(maxsize=8192)
-def _fold_run(run: str) -> str:
-    return run.translate(_TABLE)
+def _fold_run(run: bytes) -> tuple[str, str, bytes]:
+    """A run of characters other than ASCII (its UTF-8 bytes) folded by the table, that without
+    separators, and the folded run in UTF-8."""
+    folded = run.decode("utf-8", "surrogatepass").translate(_TABLE)
+    return folded, _KNOWN_STRIP.sub("", folded), folded.encode("utf-8", "surrogatepass")
 
 
 def _span_map(text: str, folded: str) -> _SpanMap | None:
@@ -398,14 +448,15 @@ class KnownValues:
     Preparing costs no regex compilation (records are many): the text is compacted once (its
     separators removed) and each value looked up with str.find."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_heads")
 
     def __init__(self, values: Iterable[str | None] = ()):
         keys: set[str] = set()
         for value in values:
             if isinstance(value, str) and value.strip():
                 keys.update(_known_keys(value))
-        self._keys = tuple((k, _edge(k, 0), _edge(k, -1)) for k in sorted(keys, key=lambda k: (-len(k), k)))
+        self._keys = tuple(map(_key_form, sorted(sorted(keys), key=len, reverse=True)))  # longest first, then in order
+        self._heads: frozenset[str] | None = None
 
     def __bool__(self) -> bool:
         return bool(self._keys)
@@ -416,11 +467,20 @@ class KnownValues:
     def __repr__(self) -> str:  # never the values
         return f"KnownValues({len(self._keys)} forms)"
 
-    def spans(self, folded: str) -> list[tuple[int, int, str]]:
-        """(start, end, compact value) of every known value in an already folded text."""
+    def absent_from(self, pairs: frozenset[str]) -> bool:
+        """True when no value can be in a text whose compact form has only these pairs of adjacent
+        characters: every form is 2 characters or more, so a text holding one holds its first two."""
+        if self._heads is None:
+            self._heads = frozenset(k[:2] for k, _, _ in self._keys)
+        return self._heads.isdisjoint(pairs)
+
+    def spans(self, folded: str, compact: str | None = None) -> list[tuple[int, int, str]]:
+        """(start, end, compact value) of every known value in an already folded text
+        (compact: _compact(folded), when the caller has it)."""
         if not self._keys:
             return []
-        compact = _compact(folded)
+        if compact is None:
+            compact = _compact(folded)
         kept: list[int] | range | None = None
         out = []
         for key, before, after in self._keys:
@@ -453,6 +513,11 @@ def _compact(folded: str) -> str:
     return folded.encode().translate(None, _ASCII_SEPS).decode()
 
 
+@functools.lru_cache(maxsize=16384)
+def _key_form(key: str) -> tuple[str, str | None, str | None]:
+    return key, _edge(key, 0), _edge(key, -1)
+
+
 def _edge(key: str, index: int) -> str | None:
     """What must not touch this end of the key: 'digit' for a short number (only a name of
     numerals keeps one: numeric values that short are dropped), 'letter' for a word, 'alnum'
@@ -479,7 +544,10 @@ def _edge_free(folded: str, pos: int, step: int, kind: str | None) -> bool:
     return not (c in ".," and 0 <= beyond < len(folded) and folded[beyond].isdigit())
 
 
-def _known_keys(value: str) -> set[str]:
+@functools.lru_cache(maxsize=16384)
+def _known_keys(value: str) -> frozenset[str]:
+    """The compact forms a known value is found by (a pure function of the value: records share
+    values, a patient's name and MRN come back with each of their rows)."""
     folded = _fold(value.strip())
     compact = _KNOWN_STRIP.sub("", folded)
     keys = {compact}
@@ -504,12 +572,18 @@ def _known_keys(value: str) -> set[str]:
             keys.add(tail)  # 文三路12号3幢 of 浙江省杭州市西湖区文三路12号3幢
     # A name of numerals (一一, 陆伍) folds to digits but is no number: keep it.
     numeric = _KNOWN_STRIP.sub("", unicodedata.normalize("NFKC", value)).isdigit()
-    return {k for k in keys if len(k) >= 2 and not (numeric and k.isdigit() and len(k) < 6)}
+    return frozenset(k for k in keys if len(k) >= 2 and not (numeric and k.isdigit() and len(k) < 6))
 
 
 @functools.lru_cache(maxsize=1024)
 def _known_values(values: tuple[str, ...]) -> KnownValues:
     return KnownValues(values)
+
+
+def known_values_of(values: tuple[str, ...]) -> KnownValues:
+    """The KnownValues of a record's values, prepared once per distinct tuple (the scrubber and the
+    leak scan of one record share it)."""
+    return _known_values(values)
 
 
 _NO_KNOWN = KnownValues()
@@ -530,11 +604,52 @@ def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, docu
     MRN and the mobile. ``document=True`` is for whole JSON documents: a digit group inside a
     lower-case hexadecimal token of 16+ characters (pseudonyms, hashes, resource ids) is no
     15-digit ID, mobile or landline there (18-character IDs are still looked for)."""
+    if time.time() >= _today_ends:
+        _new_day()
     if not isinstance(known, KnownValues):
         known = _known_values(known if isinstance(known, tuple) else tuple(known)) if known else _NO_KNOWN
-    folded = _fold(text)
+    if len(text) > _MEMO_LEN:
+        folded, compact, data = _folds(text)
+        return _find(text, folded, known.spans(folded, compact), document, data)
+    # Short texts (displays, units, names) recur: what they hold besides the record's known values
+    # is remembered. When none of the known values is in the text, that is the whole answer: the
+    # known values only add spans of their own and a second number pass around them.
+    memo = _PLAIN[document]
+    hit = memo.get(text)
+    if hit is None:
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        folded, compact, data = _folds(text)
+        pairs = frozenset(compact[i:i + 2] for i in range(len(compact) - 1))
+        hit = memo[text] = (folded, compact, pairs, tuple(_find(text, folded, [], document, data)))
+    folded, compact, pairs, plain = hit
+    if not known or known.absent_from(pairs):
+        return list(plain)
+    known_spans = known.spans(folded, compact)
+    return _find(text, folded, known_spans, document) if known_spans else list(plain)
+
+
+#: find_identifiers' memo of short texts without known values, by document mode: (folded, compact,
+#: its pairs of adjacent characters, found).
+_PLAIN: tuple[dict[str, tuple[str, str, frozenset[str], tuple[Found, ...]]], dict[str, tuple[str, str, frozenset[str], tuple[Found, ...]]]] = ({}, {})
+_MEMO_LEN, _MEMO_SIZE = 128, 4096  # ~4 KB a 50-character text, at most ~45 MB in all
+_today_ends = 0.0  # when the local date changes: the memos hold verdicts on birth dates "up to today"
+
+
+def _new_day() -> None:
+    """Forget every memo that depends on today's date (a resident ID's birth date may not be in the future)."""
+    global _today_ends
+    tomorrow = dt.date.today() + dt.timedelta(days=1)  # before clearing: a later date only clears again
+    for memo in _PLAIN:
+        memo.clear()
+    _known_keys.cache_clear()
+    _known_values.cache_clear()
+    _today_ends = dt.datetime.combine(tomorrow, dt.time()).timestamp()  # local midnight
+
+
+def _find(text: str, folded: str, known_spans: list[tuple[int, int, str]], document: bool, data: bytes | None = None) -> list[Found]:
+    """find_identifiers on a folded text whose known-value spans are found already (data: folded in UTF-8, if at hand)."""
     digits = _ELEVEN_DIGITS.search(folded) is not None
-    known_spans = known.spans(folded)
     spans: list[tuple[int, int, int, str, str]] = [  # start, end, priority, kind, value
         (start, end, 0, "known", value) for start, end, value in known_spans
     ]
@@ -542,7 +657,7 @@ def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, docu
         return []
     origin = _Origin(text, folded)
     if digits:
-        _numbers(text, folded, document, origin, spans)
+        _numbers(text, folded, document, origin, spans, data)
         if known_spans:
             pieces, pos = [], 0
             for start, end, _value in sorted(known_spans):
@@ -584,7 +699,13 @@ def _marks_after(text: str, end: int) -> int:
     return end
 
 
-def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list) -> None:
+def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list, data: bytes | None = None) -> None:
+    if data is None:
+        data = folded.encode("utf-8", "surrogatepass")
+    if b"ext" in data:
+        data = data.replace(b"ext", b"")
+    if _RUN_DIGITS not in data.translate(_AS_DIGITS, _RUN_GLUE):
+        return  # no 11 digits joined by separators (or the words of _WORD_SEPS): _RUN_RE cannot match (see _RUN_GLUE)
     for word, seps in _WORD_SEPS:
         folded = folded.replace(word, seps)
     for run in _RUN_RE.finditer(folded):

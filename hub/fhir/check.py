@@ -36,7 +36,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
+from typing import Any
 
 from deid.datatypes import datatype_model
 from hub.fhir.validate import model_for, validation_problems
@@ -85,6 +86,7 @@ class Plan:
     choice_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # choice group -> its element names
     required_choices: tuple[str, ...] = ()  # groups one element of which must be present
     is_resource: bool = False
+    fast: dict[str, tuple[int, Any, str | None]] | None = None  # see _fast_table
 
     @property
     def required_names(self) -> tuple[str, ...]:
@@ -134,13 +136,9 @@ def check(resource: dict) -> list[tuple[str, str]] | None:
     Paths and wording follow ``hub.fhir.validate.validation_problems`` (``Observation.code.coding.0.code``).
     """
     rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-    try:
-        model = model_for(rtype) if isinstance(rtype, str) else None
-    except ValueError:
-        model = None
-    if model is None:
+    p = _resource_plan(rtype) if isinstance(rtype, str) else None
+    if p is None:
         return None
-    p = plan(model)
     try:
         if _valid(p, resource):
             return []
@@ -154,48 +152,57 @@ def check(resource: dict) -> list[tuple[str, str]] | None:
     return out
 
 
+@lru_cache(maxsize=256)
+def _resource_plan(rtype: str) -> Plan | None:
+    """The plan of a resource type's model (model_for imports its module: not per resource)."""
+    try:
+        model = model_for(rtype)
+    except ValueError:
+        return None
+    return plan(model)
+
+
 def _valid(p: Plan, node: dict) -> bool:
     """The common case, quickly: True when node is valid by every rule _complex applies.
     False when it is not, or when only _complex (or the oracle) can say: no paths built here."""
-    elements = p.elements
+    table = p.fast if p.fast is not None else _fast_table(p)
     chosen = None
     for key, value in node.items():
-        el = elements.get(key)
-        if el is None:
+        entry = table.get(key)
+        if entry is None:
             if key == "resourceType" and p.is_resource and value == p.name:
                 continue
             return False
         if value is None:
             continue
-        if el.choice is not None:
+        mode, arg, choice = entry
+        if choice is not None:
             if chosen is None:
-                chosen = {el.choice}
-            elif el.choice in chosen:
+                chosen = {choice}
+            elif choice in chosen:
                 return False
             else:
-                chosen.add(el.choice)
-        kind = el.kind
-        if el.is_list:
+                chosen.add(choice)
+        if mode == _ONE_PRIMITIVE:
+            if (arg or _JUDGES[p.elements[key].type])(value):
+                return False
+        elif mode == _ONE_COMPLEX:
+            if type(value) is not dict or not _valid(arg._plan or arg.plan(), value):
+                return False
+        elif mode == _PRIMITIVES:
             if type(value) is not list:
                 return False
-            if kind == "primitive":
-                judge = _JUDGES[el.type]
-                for item in value:
-                    if item is not None and judge(item):
-                        return False
-            elif kind == "complex":
-                sub = el.plan()
-                for item in value:
-                    if type(item) is not dict or not _valid(sub, item):
-                        return False
-            else:
+            judge = arg or _JUDGES[p.elements[key].type]
+            for item in value:
+                if item is not None and judge(item):
+                    return False
+        elif mode == _COMPLEXES:
+            if type(value) is not list:
                 return False
-        elif kind == "primitive":
-            if _JUDGES[el.type](value):
-                return False
-        elif kind == "complex":
-            if type(value) is not dict or not _valid(el.plan(), value):
-                return False
+            sub = arg._plan or arg.plan()
+            for item in value:
+                if type(item) is not dict or not _valid(sub, item):
+                    return False
         else:
             return False
     for name in p.required_names:
@@ -204,6 +211,27 @@ def _valid(p: Plan, node: dict) -> bool:
     if p.required_choices and (chosen is None or not chosen.issuperset(p.required_choices)):
         return False
     return True
+
+
+# How _valid reads an element: one primitive, one complex value, a list of either, or anything
+# else (a resource, a primitive's _x extension: left to _complex).
+_ONE_PRIMITIVE, _ONE_COMPLEX, _PRIMITIVES, _COMPLEXES, _OTHER = range(5)
+
+
+def _fast_table(p: Plan) -> dict[str, tuple[int, Any, str | None]]:
+    """Element name -> (mode, judge or Element, choice group), for _valid; built once per plan.
+    A primitive type without a judge keeps None here, so _valid raises KeyError as it always did."""
+    table = {}
+    for name, el in p.elements.items():
+        if el.kind == "primitive":
+            entry = (_PRIMITIVES if el.is_list else _ONE_PRIMITIVE, _JUDGES.get(el.type), el.choice)
+        elif el.kind == "complex":
+            entry = (_COMPLEXES if el.is_list else _ONE_COMPLEX, el, el.choice)
+        else:
+            entry = (_OTHER, None, el.choice)
+        table[name] = entry
+    p.fast = table
+    return table
 
 
 def _complex(p: Plan, node: dict, path: str, out: list) -> None:
@@ -346,6 +374,10 @@ def _temporal(pattern: re.Pattern, name: str) -> object:
     def judge(v: object) -> str | None:
         if type(v) is not str:
             raise Defer  # date and datetime objects: the models accept some
+        return judge_text(v)
+
+    @lru_cache(maxsize=16_384)  # a result's times are its order's and its specimen's
+    def judge_text(v: str) -> str | None:
         if not pattern.fullmatch(v):
             return f"Value error, {name} value string does not match spec regex."
         if len(v) >= 10:

@@ -25,6 +25,18 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+_NUMBER_TEXT = re.compile(r"[-+0-9.eE]+")
+
+
+def _fragment(obj: Any) -> Any:
+    """orjson's default: a Decimal whose text _MARK_RE would unquote goes in as that raw JSON
+    text (no marker, no substitution after); any other (NaN, Infinity) as the marked string."""
+    if isinstance(obj, Decimal):
+        text = str(obj)
+        return orjson.Fragment(text) if _NUMBER_TEXT.fullmatch(text) else _MARK + text
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def dumps(resource: dict, indent: int | None = None) -> str:
     """Key-sorted JSON with Decimals written exactly as their text; compact unless indent is given.
 
@@ -33,7 +45,7 @@ def dumps(resource: dict, indent: int | None = None) -> str:
     that are not strings) falls back to the standard library."""
     if indent is None:
         try:
-            text = orjson.dumps(resource, default=_default, option=orjson.OPT_SORT_KEYS).decode()
+            text = orjson.dumps(resource, default=_fragment, option=orjson.OPT_SORT_KEYS).decode()
         except (TypeError, orjson.JSONEncodeError):
             pass
         else:

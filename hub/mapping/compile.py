@@ -160,18 +160,43 @@ def _anchor(el: Element) -> str | None:
     return m.group(0) if m else None
 
 
+_EMPTY = (None, {}, [], "")
+
+
 def _prune(node: Any) -> Any:
+    """node without its empty values (None, {}, [], ""), at every depth, emptied containers too."""
     if isinstance(node, dict):
-        out = {k: _prune(v) for k, v in node.items()}
-        return {k: v for k, v in out.items() if v not in (None, {}, [], "")}
+        out = {}
+        for k, v in node.items():
+            if _kept(v := _pruned(v)):
+                out[k] = v
+        return out
     if isinstance(node, list):
-        out = [_prune(v) for v in node]
-        return [v for v in out if v not in (None, {}, [], "")]
+        return [v for v in map(_pruned, node) if _kept(v)]
     return node
+
+
+def _pruned(v: Any) -> Any:
+    t = type(v)
+    return v if t is str or t is int or v is None else _prune(v)
+
+
+def _kept(v: Any) -> bool:
+    """v not in _EMPTY, decided by type where that is plain."""
+    t = type(v)
+    if t is str or t is dict or t is list:
+        return len(v) > 0
+    if t is int:
+        return True
+    return v not in _EMPTY
 
 
 def _coding(system: str, code: str, display: str | None) -> dict[str, str]:
     return {"system": system, "code": code, "display": display} if display else {"system": system, "code": code}
+
+
+#: Key values whose equality means equal key texts (hub.fhir.ids.key_text), so a memo may be keyed by them.
+_TEXT_OR_INT = (str, int)
 
 
 def _blank(value: Any) -> bool:
@@ -213,6 +238,14 @@ class CompiledBlock:
         # Repeating elements fed by data (not only constants): dropped whole when no data arrives,
         # so an identifier with no value does not survive as a bare system.
         self._data_anchors = {a: _tokens(a) for el, _, _, a in self._elements if a and el.kind != "const"}
+        # per element, what map_row asks of it on every row: (element, tokens, function, choice
+        # element ([x]), the anchor it fills, required, the key it sets when its path is one plain name)
+        self._plan = [
+            (el, tokens, fn, el.path.endswith("[x]"), anchor if anchor and el.kind != "const" else None,
+             bool(el.options.get("required")),
+             tokens[0][0] if len(tokens) == 1 and tokens[0][1] is None and not el.path.endswith("[x]") else None)
+            for el, tokens, fn, anchor in self._elements
+        ]
 
     # -- columns ---------------------------------------------------------------
     def qualify(self, column: str) -> str:
@@ -450,6 +483,28 @@ class CompiledBlock:
         getters = [self._key_getter(c) for c in el.options["key"]]
         cols = ", ".join(el.options["key"])
         keys, inst = self.keys, self.institution
+        memo: dict = {}  # source key -> reference: a visit's, an order's rows name the same ones
+        required = el.options.get("required")
+
+        if len(getters) == 1:  # the usual case, without the lists
+            get = getters[0]
+
+            def one(row):
+                value = get(row)
+                if _blank(value):
+                    if required:
+                        raise _Problem(cols, None, f"is empty, so the {target} cannot be referenced", f"the key of an existing {target}")
+                    return None
+                if type(value) not in _TEXT_OR_INT:
+                    return {"reference": f"{target}/{resource_id(keys, inst, namespace, [value])}"}
+                ref = memo.get(value)
+                if ref is None:
+                    if len(memo) >= 4096:
+                        memo.clear()
+                    ref = memo[value] = f"{target}/{resource_id(keys, inst, namespace, [value])}"
+                return {"reference": ref}
+
+            return one
 
         def fn(row):
             values = [g(row) for g in getters]
@@ -457,7 +512,15 @@ class CompiledBlock:
                 if el.options.get("required"):
                     raise _Problem(cols, None, f"is empty, so the {target} cannot be referenced", f"the key of an existing {target}")
                 return None
-            return {"reference": f"{target}/{resource_id(keys, inst, namespace, values)}"}
+            if not all(type(v) in _TEXT_OR_INT for v in values):  # 1 == 1.0 == True, but their key texts differ
+                return {"reference": f"{target}/{resource_id(keys, inst, namespace, values)}"}
+            key = tuple(values)
+            ref = memo.get(key)
+            if ref is None:
+                if len(memo) >= 4096:
+                    memo.clear()
+                ref = memo[key] = f"{target}/{resource_id(keys, inst, namespace, values)}"
+            return {"reference": ref}
 
         return fn
 
@@ -647,7 +710,7 @@ class CompiledBlock:
                 "occurrence.order_by columns that tell apart the rows sharing a natural key", None))
         filled: set[str] = set()
         status = None
-        for el, tokens, fn, anchor in self._elements:
+        for el, tokens, fn, choice, anchor, required, name in self._plan:
             try:
                 value = fn(row)
             except _Problem as p:
@@ -658,15 +721,17 @@ class CompiledBlock:
                 problems.append(RowProblem(f"{loc}:{el.line}", f"{self.block.resource}.{el.path}", p.column, p.problem, p.expected, shown, why))
                 continue
             if value is None:
-                if el.options.get("required"):
+                if required:
                     problems.append(RowProblem(f"{loc}:{el.line}", f"{self.block.resource}.{el.path}", _cited(el), "is empty", "a value (this element is required)", None))
                 continue
-            if anchor and el.kind != "const":
+            if anchor is not None:
                 filled.add(anchor)
-            if isinstance(value, _Absent):
+            if name is not None and type(value) is not _Absent:
+                resource[name] = value
+            elif isinstance(value, _Absent):
                 _set(resource, tokens[:-1] + [("dataAbsentReason", None)], value.concept)
                 status = value.status or status
-            elif el.path.endswith("[x]"):
+            elif choice:
                 suffix, value = value
                 name, idx = tokens[-1]
                 _set(resource, tokens[:-1] + [(name + suffix, idx)], value)

@@ -52,11 +52,35 @@ def _expected(formats: tuple[Format, ...]) -> str:
 
 def _strptime(text: str, fmt: Format) -> dt.datetime:
     if isinstance(fmt, str):
+        fixed = _fixed_width(fmt)
+        m = fixed.fullmatch(text) if fixed is not None else None
+        if m is not None:
+            try:
+                return dt.datetime(*map(int, m.groups()))
+            except ValueError:
+                pass  # strptime says why (or reads the digits another way)
         return dt.datetime.strptime(text, fmt)
     parsed = dt.datetime.strptime(text, fmt.format)
     if fmt.pivot is not None:  # ValueError for 29 February of a century that is not a leap year
         parsed = parsed.replace(year=fmt.pivot + (parsed.year % 100 - fmt.pivot % 100) % 100)
     return parsed
+
+
+_FIELDS = {"Y": r"([0-9]{4})", "m": r"([0-9]{2})", "d": r"([0-9]{2})", "H": r"([0-9]{2})", "M": r"([0-9]{2})", "S": r"([0-9]{2})"}
+
+
+@functools.cache
+def _fixed_width(fmt: str) -> re.Pattern | None:
+    """For a format of %Y %m %d, optionally %H %M %S, in that order, and other characters than
+    '%': the pattern of its every field written in full with ASCII digits ("2024-03-05 08:30:00").
+    A text it matches parses to the same fields as strptime's: strptime tries each field's two-digit
+    forms first and needs the whole text, so a text of full-width fields gives the same parse, or
+    fails in datetime() as it would."""
+    parts = re.split(r"(%.)", fmt)
+    names = [p[1] for p in parts[1::2]]
+    if names not in (list("Ymd"), list("YmdH"), list("YmdHM"), list("YmdHMS")):
+        return None
+    return re.compile("".join(_FIELDS[p[1]] if i % 2 else re.escape(p) for i, p in enumerate(parts)))
 
 
 def parse_datetime(value: object, formats: tuple[Format, ...], tz: dt.tzinfo) -> str:
