@@ -27,6 +27,24 @@ def listening(port: int) -> bool:
 
 
 @contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """The URL of a new PostgreSQL database named prefix_<random>, dropped afterwards (ServerMissing if unreachable)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        raise ServerMissing(f"PostgreSQL not reachable at 127.0.0.1:5432: start it (.ci/run does): {exc.orig}") from exc
+    try:
+        yield PG.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
 def scratch_servers() -> Iterator[dict[str, str]]:
     """{"dagster": URL, "catalog": URL, "vhost": name}: new databases and a vhost (no other test's workers take its steps)."""
     for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ from fastapi.testclient import TestClient
 from hub.lineage import access, runrecord
 from hub.lineage.schema import access_log
 from tests.conftest import REPO
+from tests.deploy.harness import ServerMissing, scratch_database
 
 THREADS, PER_THREAD = 16, 40
 
@@ -56,7 +56,6 @@ writer.close()
 """
 
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def _catalog(tmp_path: Path) -> str:
@@ -69,17 +68,11 @@ def catalog_url(request, tmp_path):
     if request.param == "sqlite":
         yield _catalog(tmp_path)
         return
-    name = f"hub_access_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL not reachable at 127.0.0.1:5432: start it (.ci/run does): {exc.orig}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+        with scratch_database("hub_access") as url:
+            yield url
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
 
 
 def _whats(engine: sa.Engine) -> list[dict]:

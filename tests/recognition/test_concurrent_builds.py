@@ -9,7 +9,6 @@ leave it, and `hub audit verify` links the builds' manifests into one chain.
 from __future__ import annotations
 
 import multiprocessing as mp
-import secrets
 
 import pytest
 import sqlalchemy as sa
@@ -20,9 +19,9 @@ from hub.lineage.audit import verify_region
 from hub.recognition.index import build, connect, index_url, results
 from hub.region import load_region
 from tests.conftest import TEST_MASTER_KEY, publish_region
+from tests.deploy.harness import ServerMissing, scratch_database
 
 pytestmark = pytest.mark.slow
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 BUILDS = 3
 
 
@@ -65,17 +64,11 @@ def published(tmp_path, keys):
 
 @pytest.fixture()
 def pg_index():
-    name = f"hub_index_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL not reachable at 127.0.0.1:5432: start it (.ci/run does): {exc.orig}")
-    yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+        with scratch_database("hub_index") as url:
+            yield url
+    except ServerMissing as exc:
+        pytest.fail(str(exc))
 
 
 def _check(workspace, keys) -> None:
