@@ -37,6 +37,10 @@ RESIDENT_ID_SYSTEMS = ("urn:oid:2.16.156.10011.1.3", "urn:oid:2.16.840.1.113883.
 #: A reference hub re-keys: ``Type/id``, optionally a version, optionally after a server's base URL.
 _REFERENCE_RE = re.compile(r"^(?:https?://[^\s]*/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+#: A JSON escape of a UTF-16 surrogate: json.loads turns an unpaired one into a str no encoder accepts.
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Patients whose identifying values are kept for scrubbing their other resources, at most.
 KNOWN_PATIENTS = 200_000
 
@@ -49,6 +53,27 @@ class Prepared:
     resource_type: str
     item: Ready | Rejected
     references: list[tuple[str, str]] = field(default_factory=list)  # (type, keyed id) of each re-keyed reference
+
+
+def _lone_surrogate(node: Any, path: str) -> str | None:
+    """The path below node of the first key or string holding an unpaired surrogate (None: there is none).
+    Names that are not plain element names are shown as ``(name)``, never as written."""
+    if isinstance(node, str):
+        return path if _SURROGATE_RE.search(node) else None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            step = f".{key}" if _NAME_RE.fullmatch(key) else ".(name)"
+            if _SURROGATE_RE.search(key):
+                return path + step
+            found = _lone_surrogate(value, path + step)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _lone_surrogate(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 class ResourcePreparer:
@@ -111,6 +136,13 @@ class ResourcePreparer:
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             return self._reject(file, lineno, fallback, by_line, f"{fallback}.resourceType", "is not a FHIR resource (no resourceType)",
                                 "a JSON object with resourceType")
+        if _SURROGATE_ESCAPE_RE.search(text):
+            where = _lone_surrogate(resource, "")
+            if where is not None:
+                shown = resource["resourceType"] if resource["resourceType"] in RESOURCE_MODULES else fallback
+                return self._reject(file, lineno, shown, by_line, f"{shown}{where}",
+                                    "holds an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair), which is not text",
+                                    "surrogate escapes in pairs (one character outside the BMP), or the character itself in UTF-8")
         rtype = resource["resourceType"]
         if rtype not in RESOURCE_MODULES:
             shown = rtype if re.fullmatch(r"[A-Z][A-Za-z]{1,63}", rtype) else "(not a type name)"

@@ -233,6 +233,31 @@ def test_oversized_line_is_quarantined_without_being_held(region, keys, monkeypa
     assert sum(c.rows_read for c in obs) == 5 and sum(c.quarantined for c in obs) == 3
 
 
+def test_unpaired_surrogate_escapes_are_quarantined_and_the_run_goes_on(region, keys):
+    """A JSON \\uD800 escape without its pair parses to a str no encoder takes: the line is quarantined with its
+    element, a paired escape (an emoji) is published, and rows in = published + quarantined."""
+    folder = region.workspace / "exports" / "clinic"
+    secret = "复查" + PHONE
+    with (folder / "Observation.ndjson").open("a", encoding="utf-8") as fh:  # json.dumps writes \\u escapes (ensure_ascii)
+        fh.write(json.dumps(_obs("obs-lone", "pat-1", "enc-1", valueString=secret + "\ud800")) + "\n")
+        fh.write(json.dumps(_obs("obs-low", "pat-1", "enc-1", note=[{"text": "\udfff" + secret}])) + "\n")
+        fh.write(json.dumps({**_obs("obs-key", "pat-1", "enc-1"), "x\udc00": "1"}) + "\n")
+        fh.write(json.dumps(_obs("obs-emoji", "pat-1", "enc-1", valueString="阴性 \U0001F600")) + "\n")
+    report = run_institution(region, INST, keys)
+    obs = [c for c in report.counts if c.source_table == "Observation.ndjson"]
+    assert sum(c.rows_read for c in obs) == 8
+    assert sum(c.rows_read for c in obs) == sum(c.published + c.quarantined for c in obs)
+    assert sum(c.quarantined for c in obs) == 5  # the file's 2 bad lines (3 and 4) and the 3 unpaired escapes
+    reasons = [r["reason"] for r in list_rows(runrecord.connect(region.catalog_url), institution=INST)]
+    surrogate = sorted(r for r in reasons if "surrogate" in r)
+    assert [r.split(":", 2)[:2] for r in surrogate] == [
+        ["Observation.ndjson", "5 Observation.valueString"], ["Observation.ndjson", "6 Observation.note[0].text"],
+        ["Observation.ndjson", "7 Observation.(name)"]]
+    assert all("unpaired UTF-16 surrogate escape" in r for r in surrogate)
+    assert not any(PHONE in r or "复查" in r for r in reasons)
+    assert any("\U0001F600" in r["resource"] for r in _rows(region, "Observation"))
+
+
 def test_bulk_export_manifest_with_local_urls(region, keys):
     folder = region.workspace / "exports" / "clinic"
     manifest = {"transactionTime": "2026-03-02T00:00:00+08:00", "request": "[base]/$export", "requiresAccessToken": False,
