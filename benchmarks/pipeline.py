@@ -10,12 +10,13 @@ people), then in the same run measures:
 
 Prints rows/second for both and their ratio (the machines are noisy, so compare ratios),
 hub's rate per CPU-second (the per-core rate: parent and worker processes together) and the
-peak resident memory of the parent and of the largest worker.
+peak resident memory of the parent and of the largest worker. hub runs in a process of its own,
+so its peak memory is the pipeline's alone (not the generator's, which holds the whole region).
 
   --sizes 500,2000,8000   runs each size in a fresh process and prints the memory curve
                           (peak RSS against source rows) and the per-core rate of each.
 
-Usage: python benchmarks/pipeline.py [--patients 8000] [--workers N] [--workspace /tmp/hub-bench]
+Usage: python benchmarks/pipeline.py [--patients 8000] [--workers N] [--workspace /tmp/hub-bench] [--flush-rows N]
 """
 
 from __future__ import annotations
@@ -79,14 +80,39 @@ def peak_rss_mib() -> tuple[float, float]:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
-def sizes(spec: str, workers: int | None) -> None:
+def sizes(spec: str, workers: int | None, flush_rows: int) -> None:
     """Each size in a fresh process (peak RSS is per process): the memory curve."""
     print(f"{'people':>8} {'source rows':>12} {'published':>10} {'res/s':>8} {'res/CPU-s':>10} {'ratio':>6} {'peak RSS MiB (parent/worker)':>30}")
     for n in (int(x) for x in spec.split(",")):
-        cmd = [sys.executable, __file__, "--patients", str(n), "--json"] + (["--workers", str(workers)] if workers else [])
+        cmd = [sys.executable, __file__, "--patients", str(n), "--json", "--flush-rows", str(flush_rows)] + (["--workers", str(workers)] if workers else [])
         out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         print(f"{n:>8} {out['source_rows']:>12,} {out['published']:>10,} {out['rate']:>8,.0f} {out['per_cpu_s']:>10,.0f} "
               f"{out['ratio']:>6.3f} {out['peak_rss_mib']:>20.0f} / {out['peak_worker_rss_mib']:.0f}")
+
+
+def hub_only(ws: Path, workers: int, flush_rows: int) -> None:
+    """hub's full run then an incremental re-run of the region in ws, in this (fresh) process; one JSON line of numbers."""
+    region = load_region(ws)
+    keys = Keyring(bytes(range(32)))  # benchmark-only key
+    t = time.perf_counter()
+    cpu = cpu_seconds()
+    read = published = quarantined = 0
+    for inst in region.institutions:
+        report = run_institution(region, inst.id, keys, workers=workers, flush_rows=flush_rows)
+        for c in report.by_resource().values():
+            read += c["read"]
+            published += c["published"]
+            quarantined += c["quarantined"]
+    hub_s, hub_cpu = time.perf_counter() - t, cpu_seconds() - cpu
+    parent_rss, worker_rss = peak_rss_mib()
+    t = time.perf_counter()
+    again = 0
+    for inst in region.institutions:
+        report = run_institution(region, inst.id, keys, workers=workers, flush_rows=flush_rows)
+        again += sum(c["read"] for c in report.by_resource().values())
+    print(json.dumps({"read": read, "published": published, "quarantined": quarantined, "wall_s": hub_s, "cpu_s": hub_cpu,
+                      "workers": workers, "peak_rss_mib": parent_rss, "peak_worker_rss_mib": worker_rss,
+                      "again_read": again, "again_s": time.perf_counter() - t}))
 
 
 def main() -> None:
@@ -96,9 +122,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--sizes", default=None, help="comma-separated people counts: the memory curve, one process each")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the numbers (used by --sizes)")
+    parser.add_argument("--flush-rows", type=int, default=50_000, help="rows buffered per table before they are staged (run_institution's flush_rows)")
+    parser.add_argument("--hub-only", action="store_true", help=argparse.SUPPRESS)  # internal: the hub part, in a fresh process
     args = parser.parse_args()
+    if args.hub_only:
+        hub_only(args.workspace, args.workers or default_workers(), args.flush_rows)
+        return
     if args.sizes:
-        sizes(args.sizes, args.workers)
+        sizes(args.sizes, args.workers, args.flush_rows)
         return
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="hub-bench-"))
     if ws.exists():
@@ -121,32 +152,20 @@ def main() -> None:
     base_s = time.perf_counter() - t
     print(f"baseline  plain copy to Parquet: {copied} rows in {base_s:.1f}s = {copied / base_s:,.0f} rows/s")
 
-    keys = Keyring(bytes(range(32)))  # benchmark-only key
-    t = time.perf_counter()
-    cpu = cpu_seconds()
-    read = published = quarantined = 0
-    for inst in region.institutions:
-        report = run_institution(region, inst.id, keys, workers=args.workers or default_workers())
-        for c in report.by_resource().values():
-            read += c["read"]
-            published += c["published"]
-            quarantined += c["quarantined"]
-    hub_s = time.perf_counter() - t
-    hub_cpu = cpu_seconds() - cpu
+    cmd = [sys.executable, __file__, "--hub-only", "--workspace", str(ws), "--workers", str(args.workers or default_workers()),
+           "--flush-rows", str(args.flush_rows)]
+    hub = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    read, published, quarantined, hub_s, hub_cpu = hub["read"], hub["published"], hub["quarantined"], hub["wall_s"], hub["cpu_s"]
     ratio = (read / hub_s) / (copied / base_s)
-    print(f"hub       end to end, {args.workers or default_workers()} worker(s): {read} source rows -> {published} resources published, "
+    print(f"hub       end to end, {hub['workers']} worker(s): {read} source rows -> {published} resources published, "
           f"{quarantined} quarantined, in {hub_s:.1f}s = {published / hub_s:,.0f} resources/s ({read / hub_s:,.0f} rows/s)")
     print(f"per core  {published / hub_cpu:,.0f} resources per CPU-second ({hub_cpu:.1f} CPU-s, parent and workers)")
     print(f"ratio     hub / plain copy (rows/s): {ratio:.3f}  "
           f"(hub reads some tables once per resource type: {read} block rows vs {copied} table rows)")
-    parent_rss, worker_rss = peak_rss_mib()
-    print(f"memory    peak RSS {parent_rss:,.0f} MiB (parent), {worker_rss:,.0f} MiB (largest worker)")
-    t = time.perf_counter()
-    again = 0
-    for inst in region.institutions:
-        report = run_institution(region, inst.id, keys, workers=args.workers or default_workers())
-        again += sum(c["read"] for c in report.by_resource().values())
-    print(f"hub       incremental re-run, sources unchanged: {again} rows read (watermarks), {time.perf_counter() - t:.1f}s")
+    parent_rss, worker_rss = hub["peak_rss_mib"], hub["peak_worker_rss_mib"]
+    print(f"memory    peak RSS {parent_rss:,.0f} MiB (parent), {worker_rss:,.0f} MiB (largest worker); "
+          f"flush every {args.flush_rows:,} rows per table")
+    print(f"hub       incremental re-run, sources unchanged: {hub['again_read']} rows read (watermarks), {hub['again_s']:.1f}s")
     if args.workspace is None:
         shutil.rmtree(ws)
     if args.json:
