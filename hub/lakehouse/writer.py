@@ -50,6 +50,7 @@ other column, and every text not so marked, is scanned here. A TableWriter is ma
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -196,6 +197,9 @@ def retry_commit(table: Table, attempt: Callable[[Table], T], policy: RetryPolic
     raise AssertionError("unreachable")
 
 
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 class TableWriter:
     """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
@@ -291,17 +295,20 @@ class TableWriter:
         scanned, self._buffer, self._scanned = self._scanned, {}, set()
         if not rows:
             return
-        data = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
+        rows.sort(key=_file_order)  # the table's sort order, in Python: Arrow's sort_by would hold a second copy
+        published = [(row["id"], row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
+                      row["key_id"], row.get("source_row_hash")) for row in rows]
+        del existing
+        data = _to_arrow(rows)  # empties rows: the row dicts are most of a flush's memory
         self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         tx = self._transaction()
         if changed:
             tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
         tx.append(data, snapshot_properties=self.props)
         if self.shared_partition:  # a windowed run's rows: one day of a backfill
-            self._staged_ids.update(row["id"] for row in rows)
-        index.upsert((row["id"], row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
-                      row["key_id"], row.get("source_row_hash")) for row in rows)
-        self.written += len(rows)
+            self._staged_ids.update(entry[0] for entry in published)
+        index.upsert(published)
+        self.written += len(published)
 
     def stage_deletions(self, source_table: str, seen_source_keys: Iterable[str]) -> list[tuple[str, str]]:
         """After a full pull of source_table: stage deletion of rows whose source key was not seen.
@@ -370,6 +377,26 @@ class TableWriter:
         finally:
             self.retries += refused_commits(self.table) - before
         self.snapshot_ids += committed_snapshots(self.table, self.run_id)
+
+
+def _to_arrow(rows: list[dict], chunk: int = 4096) -> pa.Table:
+    """The rows as a table of ARROW_SCHEMA, emptying the list as it goes: each slice's dicts are freed once
+    converted, so the dicts and their Arrow copy are never held whole at once."""
+    rows.reverse()
+    batches = []
+    while rows:
+        part = rows[-chunk:]
+        del rows[-chunk:]
+        part.reverse()
+        batches.append(pa.RecordBatch.from_pylist(part, schema=ARROW_SCHEMA))
+    return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+
+
+def _file_order(row: dict) -> tuple:
+    """Sort key of a data file's rows: patient, then effective time, nulls last (as pyarrow's sort_by with its
+    defaults; stable, and str and aware datetime order agree with Arrow's UTF-8 and UTC order)."""
+    patient, when = row.get("patient"), row.get("effective_time")
+    return (patient is None, patient or "", when is None, when or _NO_TIME)
 
 
 def _props(snap: Any) -> dict[str, str]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import signal
 import subprocess
 import sys
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from hub.errors import CommandFailed
@@ -163,3 +165,32 @@ def test_a_full_disk_fails_the_run_with_what_to_do(tmp_path):
     with pytest.raises(CommandFailed, match=f"temporary index in {tmp_path} could not be written .*full.*TMPDIR"):
         index.fill([_batch([_row(i) for i in range(2000)])])
     index.close()
+
+
+def test_a_flush_writes_its_rows_in_the_order_pyarrows_sort_gives(tmp_path):
+    """The writer sorts the row dicts in Python (no second Arrow copy): the file holds exactly the order of
+    sort_by(patient, effective_time) with nulls last and ties in the order added, mixed timezones and scripts included."""
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "wh")
+    catalog.create_namespace("recognition")
+    table = catalog.create_table("recognition.observation", schema=ARROW_SCHEMA)
+    rng = random.Random(7)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    east8 = dt.timezone(dt.timedelta(hours=8))
+    times = [None, t0, t0.astimezone(east8), t0 + dt.timedelta(microseconds=1), (t0 - dt.timedelta(days=400)).astimezone(east8),
+             dt.datetime(1900, 1, 1, tzinfo=UTC)]
+    patients = [None, "", "a", "b", "B", "中文", "é", "a\U0001F600", "ab"]
+    rows = [{"id": f"id{i}", "institution": "a", "resource_type": "Observation", "resource": "{}", "content_hash": f"c{i}",
+             "source_system": "LIS", "source_table": "lab", "source_key_hash": f"skh{i}", "run_id": "r0", "mapping_version": "m",
+             "ruleset_version": "v", "key_id": "k1", "published_at": t0, "source_updated_at": t0, "source_row_hash": f"rh{i}",
+             "patient": rng.choice(patients), "effective_time": rng.choice(times)} for i in range(600)]
+    w = TableWriter(table, "a", "r1", lambda data, where: None, key_id="k1")
+    for row in rows:
+        w.add(dict(row))
+    w.flush()
+    w.commit()
+    (path,) = [task.file.file_path for task in table.refresh().scan().plan_files()]
+    with table.io.new_input(path).open() as f:
+        written = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+    expected = pa.Table.from_pylist(rows, schema=ARROW_SCHEMA).sort_by([("patient", "ascending"), ("effective_time", "ascending")])
+    assert written == expected.column("id").to_pylist()
+    w.close()
