@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -217,6 +218,30 @@ class ScanResult:
             raise LeakBlocked(self.hits)
 
 
+class _Clean(ScanResult):
+    """The result of one text scanned clean (Scanner.record), shared by every such text: no
+    hits, no exemptions, one row; it refuses every change (add, attribute assignment, and its
+    hits and exempted are immutable), so sharing it cannot carry a finding from one scan to another."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "hits", ())
+        object.__setattr__(self, "exempted", MappingProxyType({}))
+        object.__setattr__(self, "rows", 1)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise TypeError("CLEAN is shared by every clean scan: add it to a result of your own instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise TypeError("CLEAN is shared by every clean scan: add it to a result of your own instead")
+
+    def add(self, other: ScanResult) -> ScanResult:
+        raise TypeError("CLEAN is shared by every clean scan: add it to a result of your own instead")
+
+
+#: What Scanner.record returns for a clean text (read-only, shared).
+CLEAN: ScanResult = _Clean()
+
+
 def _digits(text: str) -> str:
     return re.sub(r"[^0-9]", "", unicodedata.normalize("NFKC", text))
 
@@ -292,6 +317,7 @@ class Scanner:
 
     def __init__(self, canaries: frozenset[str] = frozenset(), policy: ScanPolicy = NO_EXEMPTIONS):
         self.canaries, self.policy = frozenset(canaries), policy
+        self._sorted_canaries = tuple(sorted(self.canaries))  # with_canaries and record, per resource: sorted once
         self.known = known_values(self.canaries)
         # a canary number is never exempt, even where it overlaps a finding an exemption covers
         self._canary_numbers = frozenset(d for d in (_digits(c) for c in self.canaries) if len(d) >= 6)
@@ -353,16 +379,19 @@ class Scanner:
     def with_canaries(self, known: tuple[str, ...]) -> tuple[str, ...]:
         """A record's known values plus the canaries: one tuple, so the scrubber and record()
         share the detector's compiled form of it (cached per tuple)."""
-        return tuple(dict.fromkeys((*known, *sorted(self.canaries)))) if self.canaries else known
+        return tuple(dict.fromkeys((*known, *self._sorted_canaries))) if self._sorted_canaries else known
 
     def record(self, text: str, known: tuple[str, ...], where: str) -> ScanResult:
         """A resource about to be published from one source record, with that record's known
         values (and the canaries: see with_canaries): the quick pass over its JSON, and the
         structural pass only when the quick one finds something. The pipeline's workers
-        quarantine a row with any hit, so one bad row never blocks a publication."""
-        known = known or tuple(sorted(self.canaries))
+        quarantine a row with any hit, so one bad row never blocks a publication.
+
+        A clean text gets CLEAN, one shared result that refuses every change (no allocation
+        per resource): read its hits and exempted, never add to it."""
+        known = known or self._sorted_canaries
         if not identifiers.find_identifiers(text, known, document=True):
-            return ScanResult(rows=1)
+            return CLEAN
         return self.resource(text, where, known)
 
     def token(self, token: str, where: str) -> ScanResult:
@@ -385,17 +414,23 @@ class Scanner:
         for name, values in columns.items():
             rows = [i for i, v in enumerate(values) if v is not None]
             texts = [values[i] if isinstance(values[i], str) else str(values[i]) for i in rows]
+            # each distinct value is scanned once (a run id, an institution, a patient's pseudonym
+            # repeat on many rows); the values are apart in the joined text, so what is found in one
+            # does not depend on its neighbours, and every row holding a touched value is scanned again
+            distinct = list(dict.fromkeys(texts))
             starts, pos = [], 0
-            for t in texts:
+            for t in distinct:
                 starts.append(pos)
                 pos += len(t) + len(_JOIN)
-            joined = _JOIN.join(texts)
-            # the rows a finding touches; a JSON escape could hide digits from the text scan: decode those rows too
+            joined = _JOIN.join(distinct)
+            # the values a finding touches; a JSON escape could hide digits from the text scan: decode those rows too
             spans = [(a, b) for _, _, a, b in detect(joined, self.known)]
             if name in json_columns and "\\u" in joined:
                 spans += [(m.start(), m.end()) for m in re.finditer(r"\\u", joined)]
-            touched = {k for a, b in spans for k in range(bisect.bisect_right(starts, a) - 1, bisect.bisect_right(starts, b - 1))}
-            for k in sorted(touched):
+            hit_values = {distinct[k] for a, b in spans
+                          for k in range(bisect.bisect_right(starts, a) - 1, bisect.bisect_right(starts, b - 1))}
+            touched = [k for k, t in enumerate(texts) if t in hit_values] if hit_values else []
+            for k in touched:
                 i, text = rows[k], texts[k]
                 at = f"{where}.{name}" + (f"[id={ids[i]}]" if ids is not None and ids[i] is not None else f"[row {i}]")
                 if name in json_columns:

@@ -165,7 +165,7 @@ class InstitutionRun:
         this off and re-derives every row).
         """
         block, mapping = work.block, work.mapping
-        compiled = self.pool.local.compiled(str(mapping.path), work.index)
+        compiled = self.pool.local.compiled(str(mapping.path), work.index, mapping)  # the mapping feed_blocks loaded
         count = BlockCount(work.feed.name, mapping.label, block.table, block.resource)
         self.report.counts.append(count)
         subject_el = next((e for e in block.elements if e.path == "subject"), None)
@@ -181,20 +181,22 @@ class InstitutionRun:
         screened_keys = KeySet()  # source-key hashes of the block's rows screened so far: a key read again is mapped
         reused = 0
 
-        def unchanged(rows: list[tuple]) -> list[tuple]:
-            """The rows to map: those not published before from exactly this content and configuration."""
+        def unchanged(rows: list[tuple]) -> tuple[list[tuple], list[str]]:
+            """The rows to map: those not published before from exactly this content and configuration,
+            with their source-key hashes (the workers use them: each row is hashed once)."""
             nonlocal reused
             keyed = [(row, screen.key_hash(row), self.keys.hmac_hex("source-key", f"{config}|{row!r}")) for row in rows]
             skhs = [skh for _, skh, _ in keyed]
             published_rows = w.row_hashes_for(block.table, skhs) if reuse_unchanged and keyed else {}
             before = screened_keys.has(skhs) if published_rows else set()
-            out, resolved, batch_keys = [], [], set()
+            out, out_keys, resolved, batch_keys = [], [], [], set()
             for row, skh, rh in keyed:
                 if published_rows.get(skh) == rh and skh not in before and skh not in batch_keys:
                     resolved.append(skh)
                 else:
                     row_hash_of[skh] = rh
                     out.append(row)
+                    out_keys.append(skh)
                 batch_keys.add(skh)
             if reuse_unchanged:  # otherwise no row is resolved here and screened_keys is never asked
                 screened_keys.add(batch_keys)
@@ -206,16 +208,16 @@ class InstitutionRun:
                 if reopened:
                     quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, resolved, self.run_id)
                 self.progress.advance(len(resolved))
-            return out
+            return out, out_keys
 
-        def screened() -> Iterator[list[tuple]]:
+        def screened() -> Iterator[tuple[list[tuple], list[str]]]:
             """Rows a mapping can read go on to the workers; the others are quarantined here."""
             nonlocal last_wm
             for rows in batches:
                 good, bad = screen.split(rows)
                 if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
                     last_wm = next((r[wm_index] for r in reversed(good) if r[wm_index] is not None), last_wm)
-                good = unchanged(good)
+                good, good_keys = unchanged(good)
                 if bad:
                     count.rows_read += len(bad)
                     count.quarantined += len(bad)
@@ -230,7 +232,7 @@ class InstitutionRun:
                         ))
                     quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, stored)
                     self.progress.advance(len(bad))
-                yield good
+                yield good, good_keys
 
         for batch in self.pool.map(str(mapping.path), work.index, screened()):
             self.report.uncovered.update(batch.uncovered)
@@ -461,7 +463,7 @@ def run_institution(
         advances, deletions = [], []
         for work, since, total in plans:
             run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
-            compiled = run.pool.local.compiled(str(work.mapping.path), work.index)
+            compiled = run.pool.local.compiled(str(work.mapping.path), work.index, work.mapping)
             select = block_select(compiled, work.schema, since, incremental=not full, window=window)
             result = run.publish(work, iter_batches(work.engine, select, batch_size), reuse_unchanged=not full)
             if window is None and work.block.watermark is not None and result.last_watermark is not None:

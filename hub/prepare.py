@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 import re
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +90,13 @@ class Preparer:
         self._blocks: dict[tuple[str, int], CompiledBlock] = {}
         self._mappings: dict[str, Mapping] = {}
 
-    def compiled(self, mapping_path: str, block_index: int) -> CompiledBlock:
+    def compiled(self, mapping_path: str, block_index: int, mapping: Mapping | None = None) -> CompiledBlock:
+        """The compiled block; mapping: the mapping at mapping_path when the caller has loaded it
+        already (the pipeline's feed_blocks), so it is not read and parsed again."""
         key = (mapping_path, block_index)
         if key not in self._blocks:
             if mapping_path not in self._mappings:
-                self._mappings[mapping_path] = load_mapping(Path(mapping_path))
+                self._mappings[mapping_path] = mapping if mapping is not None else load_mapping(Path(mapping_path))
             mapping = self._mappings[mapping_path]
             self._blocks[key] = CompiledBlock(mapping, mapping.blocks[block_index], self.institution, self.keys)
         return self._blocks[key]
@@ -106,7 +108,11 @@ class Preparer:
         values = [*self.deid.identifying_values(resource), *(v.strip() for v in compiled.known_values(row) if v.strip())]
         return tuple(dict.fromkeys(values))
 
-    def prepare(self, mapping_path: str, block_index: int, rows: list[tuple[Any, ...]]) -> PreparedBatch:
+    def prepare(self, mapping_path: str, block_index: int, rows: list[tuple[Any, ...]],
+                key_hashes: Sequence[str] | None = None) -> PreparedBatch:
+        """key_hashes: the rows' source-key hashes when the caller has them already (the
+        pipeline's row screen computes them: RowScreen.key_hash, the same keyed hash of the same
+        key), one per row; otherwise each is computed here."""
         compiled = self.compiled(mapping_path, block_index)
         mapping, block = compiled.mapping, compiled.block
         stats = self.deid.stats
@@ -115,8 +121,13 @@ class Preparer:
         exempted: Counter = Counter()
         wm = block.watermark
         wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
-        for row in rows:
-            skh = source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
+        dates_known = compiled.dates_known
+        if key_hashes is None:
+            key_hashes = [source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
+                          for row in rows]
+        elif len(key_hashes) != len(rows):
+            raise ValueError(f"{len(key_hashes)} source-key hashes for {len(rows)} rows")
+        for row, skh in zip(rows, key_hashes, strict=True):
             mapped = map_and_validate(compiled, row, self.validator)
             if mapped.resource is None:
                 items.append(Rejected(mapped.problems, mapped.failed_validation, compiled.row_label(row), skh))
@@ -128,11 +139,12 @@ class Preparer:
                 items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
                 continue
             text = dumps(clean)
-            found = self.scanner.record(text, self._must_not_appear(compiled, known, row), block.table)
+            found = self.scanner.record(text, self._must_not_appear(compiled, known, row) if dates_known else known, block.table)
             if found.hits:  # an identifier survived de-identification (a code, a number): this row only waits
                 items.append(Rejected([self._leak(compiled, hit) for hit in found.hits], False, compiled.row_label(row), skh))
                 continue
-            exempted.update(found.exempted)
+            if found.exempted:
+                exempted.update(found.exempted)
             is_patient = block.resource == "Patient"
             items.append(Ready(
                 id=clean["id"], text=text, hash=content_hash(text), code=primary_code(clean),
@@ -199,9 +211,19 @@ def _init_worker(institution: str, master: bytes, ruleset: Ruleset, scanner: Sca
     _worker = Preparer(institution, Keyring(master), ruleset, scanner, oracle_every)
 
 
-def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]]]) -> PreparedBatch:
+def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]], Sequence[str] | None]) -> PreparedBatch:
+    """A task's batch, without its rows: the parent has them (PreparePool.map puts them back), so they are not sent back."""
     assert _worker is not None
-    return _worker.prepare(*args)
+    batch = _worker.prepare(*args)
+    batch.rows = []
+    return batch
+
+
+def _with_rows(rows: list[tuple[Any, ...]], pending) -> PreparedBatch:
+    """A worker's batch with the rows it was prepared from (kept by the parent, never sent back)."""
+    batch = pending.get()
+    batch.rows = rows
+    return batch
 
 
 def default_workers() -> int:
@@ -228,20 +250,28 @@ class PreparePool:
         """Whether the items this pool marks scanned were scanned with the publication's own scanner."""
         return self.local.scanner is publication.scanner
 
-    def map(self, mapping_path: str, block_index: int, batches: Iterable[list[tuple[Any, ...]]]) -> Iterator[PreparedBatch]:
-        """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight."""
+    def map(self, mapping_path: str, block_index: int,
+            batches: Iterable[tuple[list[tuple[Any, ...]], Sequence[str] | None]]) -> Iterator[PreparedBatch]:
+        """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight.
+
+        batches: (rows, their source-key hashes) pairs; the hashes (None: computed by the
+        workers) are the ones the caller's row screen made, sent along so no row is hashed twice."""
         if self._pool is None:
-            for rows in batches:
-                yield self.local.prepare(mapping_path, block_index, rows)
+            for rows, key_hashes in batches:
+                yield self.local.prepare(mapping_path, block_index, rows, key_hashes)
             return
         window: deque = deque()
-        for rows in batches:
+        for rows, key_hashes in batches:
+            if key_hashes is not None and len(key_hashes) != len(rows):
+                raise ValueError(f"{len(key_hashes)} source-key hashes for {len(rows)} rows")
             for i in range(0, len(rows), TASK_ROWS):
-                window.append(self._pool.apply_async(_prepare_in_worker, ((mapping_path, block_index, rows[i : i + TASK_ROWS]),)))
+                chunk = rows[i : i + TASK_ROWS]
+                task = (mapping_path, block_index, chunk, None if key_hashes is None else key_hashes[i : i + TASK_ROWS])
+                window.append((chunk, self._pool.apply_async(_prepare_in_worker, (task,))))
                 if len(window) >= 2 * self.workers:
-                    yield window.popleft().get()
+                    yield _with_rows(*window.popleft())
         while window:
-            yield window.popleft().get()
+            yield _with_rows(*window.popleft())
 
     def close(self) -> None:
         if self._pool is not None:

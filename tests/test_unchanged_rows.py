@@ -29,10 +29,10 @@ def prepared(monkeypatch):
     counts: dict[str, int] = {}
     real = Preparer.prepare
 
-    def counting(self, mapping_path, block_index, rows):
+    def counting(self, mapping_path, block_index, rows, *rest):
         table = self.compiled(mapping_path, block_index).block.table
         counts[table] = counts.get(table, 0) + len(rows)
-        return real(self, mapping_path, block_index, rows)
+        return real(self, mapping_path, block_index, rows, *rest)
 
     monkeypatch.setattr(Preparer, "prepare", counting)
     return counts
