@@ -121,7 +121,6 @@ class Preparer:
         exempted: Counter = Counter()
         wm = block.watermark
         wm_index = compiled.columns.index(compiled.qualify(wm.column)) if wm is not None and wm.kind == "timestamp" else None
-        dates_known = compiled.dates_known
         if key_hashes is None:
             key_hashes = [source_key_hash(self.keys, self.institution, mapping.system, block.table, compiled.source_key(row))
                           for row in rows]
@@ -139,7 +138,7 @@ class Preparer:
                 items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
                 continue
             text = dumps(clean)
-            found = self.scanner.record(text, self._must_not_appear(compiled, known, row) if dates_known else known, block.table)
+            found = self.scanner.record(text, self._must_not_appear(compiled, known, row), block.table)
             if found.hits:  # an identifier survived de-identification (a code, a number): this row only waits
                 items.append(Rejected([self._leak(compiled, hit) for hit in found.hits], False, compiled.row_label(row), skh))
                 continue
