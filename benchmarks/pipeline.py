@@ -16,7 +16,7 @@ so its peak memory is the pipeline's alone (not the generator's, which holds the
   --sizes 500,2000,8000   runs each size in a fresh process and prints the memory curve
                           (peak RSS against source rows) and the per-core rate of each.
 
-Usage: python benchmarks/pipeline.py [--patients 8000] [--workers N] [--workspace /tmp/hub-bench] [--flush-rows N]
+Usage: python benchmarks/pipeline.py [--patients 8000] [--workers N] [--workspace /tmp/hub-bench] [--flush-rows N (default: hub.pipeline.FLUSH_ROWS)]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from deid.keys import Keyring
 from hub.demo.generator import generate_region
-from hub.pipeline import run_institution
+from hub.pipeline import FLUSH_ROWS, run_institution
 from hub.prepare import default_workers
 from hub.region import load_region
 
@@ -76,8 +76,15 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mib() -> tuple[float, float]:
-    """Peak resident memory of this process and of its largest finished child, in MiB."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    """Peak resident memory of this process and of its largest finished child, in MiB.
+
+    This process's own peak is VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across
+    exec, so a process started by a big one (the generator holding the whole region) would report
+    its starter's memory as its own."""
+    with open("/proc/self/status") as f:
+        hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+    own = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (own / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
 
 
 def sizes(spec: str, workers: int | None, flush_rows: int) -> None:
@@ -122,7 +129,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     parser.add_argument("--sizes", default=None, help="comma-separated people counts: the memory curve, one process each")
     parser.add_argument("--json", action="store_true", help="also print one JSON line of the numbers (used by --sizes)")
-    parser.add_argument("--flush-rows", type=int, default=50_000, help="rows buffered per table before they are staged (run_institution's flush_rows)")
+    parser.add_argument("--flush-rows", type=int, default=FLUSH_ROWS, help="rows buffered per table before they are staged (run_institution's flush_rows)")
     parser.add_argument("--hub-only", action="store_true", help=argparse.SUPPRESS)  # internal: the hub part, in a fresh process
     args = parser.parse_args()
     if args.hub_only:

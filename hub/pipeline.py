@@ -56,6 +56,10 @@ from hub.sources.sql import SourceSchema, block_source, iter_batches
 PARALLEL_FROM_ROWS = 50_000
 #: Blocks run in this order so referenced patients and visits are known before their results.
 RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
+#: Rows a table writer buffers before it stages them as a data file: the pipeline's memory ceiling is set by
+#: this (a flush holds its rows as dicts, then as Arrow, while they are scanned and written). 20,000 lab
+#: results peak at ~630 MiB in the parent where 50,000 peaked at ~880, at the same speed (docs/performance.md).
+FLUSH_ROWS = 20_000
 #: A windowed run waits this long for the institution's regular run lock before it commits.
 WINDOW_COMMIT_WAIT = 3600.0
 #: What other resources refer to: a windowed run first brings these up to date with a regular run
@@ -113,7 +117,7 @@ class InstitutionRun:
     """
 
     def __init__(self, region: Region, institution_id: str, keys: Keyring, *, progress: Progress | None = None,
-                 flush_rows: int = 50_000, workers: int = 1, run_id: str | None = None, lock_wait: float = 0.0,
+                 flush_rows: int = FLUSH_ROWS, workers: int = 1, run_id: str | None = None, lock_wait: float = 0.0,
                  lock_key: str | None = None, window: tuple[dt.datetime, dt.datetime] | None = None):
         """run_id: given when the caller already holds the run lock under it; otherwise a new run
         takes the lock here (waiting up to lock_wait seconds). lock_key: the lock's key, the
@@ -366,7 +370,7 @@ def run_institution(
     *,
     progress: Progress | None = None,
     batch_size: int = 5000,
-    flush_rows: int = 50_000,
+    flush_rows: int = FLUSH_ROWS,
     workers: int | None = None,
     full: bool = False,
     lock_wait: float = 0.0,
