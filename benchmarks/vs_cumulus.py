@@ -83,15 +83,24 @@ def run_child(name: str, cmd: list[str], log: Path, resources_after, env: dict[s
               cwd: Path | None = None) -> Measured:
     """Run cmd with its output in log; measure it with os.wait4; resources_after() counts its output."""
     print(f"running {name}: {' '.join(map(str, cmd))}  (load average {os.getloadavg()[0]:.2f}; log {log})", flush=True)
+    usage_file = log.with_suffix(".usage.json")
     with log.open("wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen([sys.executable, "-c", _MEASURE, str(usage_file)] + [str(c) for c in cmd],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc.wait()
         wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"{name} exited with {proc.returncode}; its output is in {log}")
-    return Measured(name, resources_after(), wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
+    code, user, system, maxrss_kib = json.loads(usage_file.read_text())
+    if code != 0:
+        sys.exit(f"{name} exited with {code}; its output is in {log}")
+    return Measured(name, resources_after(), wall, user, system, maxrss_kib)
+
+
+#: Runs argv[2:] and writes [exit code, user s, system s, peak RSS KiB] of it and its descendants to argv[1].
+#: The command is started from this small process, not from the benchmark's: Linux carries a process's
+#: peak RSS across exec, so a command started by a big process would report that process's memory.
+_MEASURE = ("import json, os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); _, st, u = os.wait4(p.pid, 0); "
+            "open(sys.argv[1], 'w').write(json.dumps([os.waitstatus_to_exitcode(st), u.ru_utime, u.ru_stime, u.ru_maxrss]))")
 
 
 # ---- the export ------------------------------------------------------------------------
