@@ -51,8 +51,10 @@ other column, and every text not so marked, is scanned here. A TableWriter is ma
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,7 +64,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
-from pyiceberg.manifest import ManifestContent, ManifestEntryStatus
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.snapshots import Operation
 
@@ -218,6 +221,8 @@ class TableWriter:
         self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
         self._existing: PublishedRows | None = None
         self._tx: Transaction | None = None
+        self._files: list[DataFile] = []  # data files written since the last append to _tx (``_append_files``)
+        self._file_names = (uuid.uuid4(), itertools.count())  # unique data file names across this writer's flushes
         self.written = 0
         self.unchanged = 0
         self.stale = 0  # rows not applied because the published version is newer at the source
@@ -301,14 +306,33 @@ class TableWriter:
         del existing
         data = _to_arrow(rows)  # empties rows: the row dicts are most of a flush's memory
         self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
-        tx = self._transaction()
         if changed:
-            tx.delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
-        tx.append(data, snapshot_properties=self.props)
+            if index.staged_among(changed):  # a row this run wrote already: its file must be in the table to be deleted
+                self._append_files()
+            self._transaction().delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
+        self._write_files(data)
         if self.shared_partition:  # a windowed run's rows: one day of a backfill
             self._staged_ids.update(entry[0] for entry in published)
-        index.upsert(published)
+        index.upsert(published, staged=True)
         self.written += len(published)
+
+    def _write_files(self, data: pa.Table) -> None:
+        """Write data as Parquet data files of the table, not yet part of it: commit() appends every file of
+        the run in one snapshot (an append per flush would make each flush re-read the transaction's
+        growing metadata: quadratic in the number of flushes)."""
+        meta = self.table.metadata
+        _check_pyarrow_schema_compatible(meta.schema(), provided_schema=data.schema, format_version=meta.format_version)
+        uid, counter = self._file_names
+        self._files += _dataframe_to_data_files(table_metadata=meta, df=data, io=self.table.io, write_uuid=uid, counter=counter)
+
+    def _append_files(self) -> None:
+        """Add the data files written so far to the run's transaction, in one append snapshot."""
+        if not self._files:
+            return
+        files, self._files = self._files, []
+        with self._transaction().update_snapshot(snapshot_properties=self.props).fast_append() as append:
+            for f in files:
+                append.append_data_file(f)
 
     def stage_deletions(self, source_table: str, seen_source_keys: Iterable[str]) -> list[tuple[str, str]]:
         """After a full pull of source_table: stage deletion of rows whose source key was not seen.
@@ -321,6 +345,8 @@ class TableWriter:
         gone = index.missing_keys(source_table, self.key_id, seen_source_keys)
         if gone:
             ids = [rid for rid, _ in gone]
+            if index.staged_among(ids):
+                self._append_files()
             for i in range(0, len(ids), 1000):
                 self._transaction().delete(And(EqualTo("institution", self.institution), In("id", ids[i : i + 1000])), snapshot_properties=self.props)
             index.delete(ids)
@@ -342,7 +368,7 @@ class TableWriter:
         this one read the partition, a row with an id this run appends. The caller holds the institution's run
         lock from this check through commit(), so no such commit can land in between."""
         self.flush()
-        if not self.shared_partition or self._tx is None or not self._staged_ids:
+        if not self.shared_partition or not self._staged_ids:
             return
         name = ".".join(self.table.name())
         fresh = self.table.catalog.load_table(self.table.name())
@@ -369,6 +395,7 @@ class TableWriter:
     def commit(self) -> None:
         """Make everything staged in this run visible, atomically (after ``check_shared`` for a shared partition)."""
         self.check_shared()
+        self._append_files()
         if self._tx is None:
             return
         tx, self._tx, before = self._tx, None, refused_commits(self.table)
