@@ -6,7 +6,10 @@ the institution's partition once, batch by batch, into a temporary on-disk index
 (``hub.lakehouse.rowindex.PublishedRows``), which it then asks a batch at a time: a run's memory
 does not grow with the rows of the partition. ``close()`` removes that index.
 Rows are staged into one Iceberg transaction per table per run (data files are written as
-they come, so memory stays bounded) and committed together by ``commit()``:
+they come, so memory stays bounded) and committed together by ``commit()``. The data files of
+a run go into the transaction as one append snapshot at commit, not one per flush (each
+append re-reads the transaction's growing metadata); a flush that replaces or deletes a row
+an earlier flush of the same run wrote appends the files written so far first.
 
 - a new id is appended; an unchanged one (same content hash) is skipped;
 - a changed one replaces the old version under the same id, unless the old version is
