@@ -130,7 +130,6 @@ class PublishedRows(_Scratch):
         super().__init__(directory, "hub-published-", cache_kib)
         self.db.execute("CREATE TABLE rows (id TEXT NOT NULL, content_hash TEXT, updated_us INTEGER, skh TEXT, "
                         "source_table TEXT, key_id TEXT, row_hash TEXT)")
-        self.db.execute("CREATE TABLE staged (id TEXT PRIMARY KEY) WITHOUT ROWID")  # ids this run wrote to a data file
         self._indexed = False
 
     @_disk_errors
@@ -178,10 +177,8 @@ class PublishedRows(_Scratch):
         return out
 
     @_disk_errors
-    def upsert(self, rows: list[tuple[str, str | None, dt.datetime | None, str | None, str | None, str | None, str | None]],
-               *, staged: bool = False) -> None:
-        """Index rows (tuples in COLUMNS order): an id held already keeps its place and takes the new values.
-        staged: the rows were written to a data file of this run (``staged_among`` answers for them)."""
+    def upsert(self, rows: Iterable[tuple[str, str | None, dt.datetime | None, str | None, str | None, str | None, str | None]]) -> None:
+        """Index rows (tuples in COLUMNS order): an id held already keeps its place and takes the new values."""
         self._ready()
         self.db.execute("BEGIN")
         self.db.executemany(
@@ -189,17 +186,7 @@ class PublishedRows(_Scratch):
             "updated_us = excluded.updated_us, skh = excluded.skh, source_table = excluded.source_table, "
             "key_id = excluded.key_id, row_hash = excluded.row_hash",
             ((rid, ch, to_us(at), skh, st, kid, rh) for rid, ch, at, skh, st, kid, rh in rows))
-        if staged:
-            self.db.executemany("INSERT OR IGNORE INTO staged VALUES (?)", ((row[0],) for row in rows))
         self.db.execute("COMMIT")
-
-    @_disk_errors
-    def staged_among(self, ids: Iterable[str]) -> set[str]:
-        """Those of ids that upsert(..., staged=True) indexed."""
-        out: set[str] = set()
-        for chunk in _chunks(set(ids)):
-            out.update(rid for (rid,) in self.db.execute(f"SELECT id FROM staged WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return out
 
     def _by_key(self, what: str, source_table: str, key_id: str | None, skhs: Iterable[str]) -> Iterator[tuple]:
         self._ready()

@@ -73,7 +73,7 @@ from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.snapshots import Operation
 
 from hub.errors import CommandFailed
-from hub.lakehouse.rowindex import COLUMNS, PublishedRows
+from hub.lakehouse.rowindex import COLUMNS, KeySet, PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA
 
 T = TypeVar("T")
@@ -218,7 +218,7 @@ class TableWriter:
         self.policy = policy
         self.shared_partition = shared_partition
         self._read_at: int | None = None  # the snapshot _existing was read from (None: the table was empty)
-        self._staged_ids: set[str] = set()  # ids this run appends (new and changed rows), kept for a shared partition only
+        self._staged: KeySet | None = None  # ids of the rows this run wrote to data files (on disk, made at the first)
         self.retries = 0  # commits the catalog refused because another writer committed first (then re-planned)
         self._buffer: dict[str, dict] = {}
         self._scanned: set[str] = set()  # ids in the buffer whose resource text was scanned upstream
@@ -259,10 +259,14 @@ class TableWriter:
         return self._load_existing().has(source_table, self.key_id, skhs)
 
     def close(self) -> None:
-        """Remove the index of published rows (asked again, it is read again from the table)."""
+        """Remove the index of published rows (asked again, it is read again from the table) and the ids this
+        run wrote (call it once the run has committed or given up)."""
         if self._existing is not None:
             self._existing.close()
             self._existing = None
+        if self._staged is not None:
+            self._staged.close()
+            self._staged = None
 
     def _transaction(self) -> Transaction:
         if self._tx is None:
@@ -310,13 +314,14 @@ class TableWriter:
         data = _to_arrow(rows)  # empties rows: the row dicts are most of a flush's memory
         self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         if changed:
-            if index.staged_among(changed):  # a row this run wrote already: its file must be in the table to be deleted
+            if self._written_by_run(changed):  # its file must be in the transaction for the delete to find the row
                 self._append_files()
             self._transaction().delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
         self._write_files(data)
-        if self.shared_partition:  # a windowed run's rows: one day of a backfill
-            self._staged_ids.update(entry[0] for entry in published)
-        index.upsert(published, staged=True)
+        if self._staged is None:
+            self._staged = KeySet()
+        self._staged.add(entry[0] for entry in published)
+        index.upsert(published)
         self.written += len(published)
 
     def _write_files(self, data: pa.Table) -> None:
@@ -327,6 +332,10 @@ class TableWriter:
         _check_pyarrow_schema_compatible(meta.schema(), provided_schema=data.schema, format_version=meta.format_version)
         uid, counter = self._file_names
         self._files += _dataframe_to_data_files(table_metadata=meta, df=data, io=self.table.io, write_uuid=uid, counter=counter)
+
+    def _written_by_run(self, ids: Iterable[str]) -> set[str]:
+        """Those of ids this run wrote to a data file."""
+        return self._staged.has(ids) if self._staged is not None else set()
 
     def _append_files(self) -> None:
         """Add the data files written so far to the run's transaction, in one append snapshot."""
@@ -348,7 +357,7 @@ class TableWriter:
         gone = index.missing_keys(source_table, self.key_id, seen_source_keys)
         if gone:
             ids = [rid for rid, _ in gone]
-            if index.staged_among(ids):
+            if self._written_by_run(ids):
                 self._append_files()
             for i in range(0, len(ids), 1000):
                 self._transaction().delete(And(EqualTo("institution", self.institution), In("id", ids[i : i + 1000])), snapshot_properties=self.props)
@@ -371,7 +380,7 @@ class TableWriter:
         this one read the partition, a row with an id this run appends. The caller holds the institution's run
         lock from this check through commit(), so no such commit can land in between."""
         self.flush()
-        if not self.shared_partition or not self._staged_ids:
+        if not self.shared_partition or self._staged is None:
             return
         name = ".".join(self.table.name())
         fresh = self.table.catalog.load_table(self.table.name())
@@ -388,7 +397,7 @@ class TableWriter:
                                         and s.summary is not None and s.summary.operation == Operation.APPEND]):
             with fresh.io.new_input(path).open() as f:
                 ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
-            clash += len(self._staged_ids.intersection(ids))
+            clash += len(self._written_by_run(ids))
         if clash:
             raise CommitConflict(
                 f"{name}: {clash} row(s) this run would publish were published by another run of {self.institution} "
