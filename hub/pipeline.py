@@ -45,7 +45,16 @@ from hub.lineage.schema import deletions, run_locks
 from hub.mapping.compile import RowProblem, before_birth
 from hub.mapping.run import block_select, has_time_column
 from hub.mapping.spec import Block, Mapping, load_mapping
-from hub.prepare import PreparePool, Ready, Rejected, default_workers, identity_conflict
+from hub.prepare import (
+    Mark,
+    PreparedBatch,
+    PreparePool,
+    Ready,
+    Rejected,
+    Task,
+    default_workers,
+    identity_conflict,
+)
 from hub.progress import NoProgress, Progress
 from hub.region import Feed, Institution, Region
 from hub.runreport import BlockCount, RunReport
@@ -168,147 +177,35 @@ class InstitutionRun:
         published and unchanged without being mapped again (``hub publish --full`` turns
         this off and re-derives every row).
         """
-        block, mapping = work.block, work.mapping
-        compiled = self.pool.local.compiled(str(mapping.path), work.index, mapping)  # the mapping feed_blocks loaded
-        count = BlockCount(work.feed.name, mapping.label, block.table, block.resource)
-        self.report.counts.append(count)
-        subject_el = next((e for e in block.elements if e.path == "subject"), None)
-        w = self.writer(block.resource)
-        before_w, before_u = w.written, w.unchanged
-        wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
-        last_wm = None
-        seen = KeySet()  # source-key hashes of the block's rows published (duplicates are quarantined; deletions on full pulls)
-        reopened = quarantine.has_open(self.engine, self.inst.id, block.table, block.resource)
-        screen = RowScreen(compiled, self.keys, self.inst.id, wm_index)
-        row_hash_of: dict[str, str] = {}  # source-key hash -> source row hash, for the rows sent to the workers
-        config = f"{mapping.label}|{self.ruleset.label}|{self.keys.key_id}|{hub.__version__}"
-        screened_keys = KeySet()  # source-key hashes of the block's rows screened so far: a key read again is mapped
-        reused = 0
+        return next(self.publish_blocks([BlockJob(work, batches, reuse_unchanged)]))
 
-        def unchanged(rows: list[tuple]) -> tuple[list[tuple], list[str]]:
-            """The rows to map: those not published before from exactly this content and configuration,
-            with their source-key hashes (the workers use them: each row is hashed once)."""
-            nonlocal reused
-            keyed = [(row, screen.key_hash(row), self.keys.hmac_hex("source-key", f"{config}|{row!r}")) for row in rows]
-            skhs = [skh for _, skh, _ in keyed]
-            published_rows = w.row_hashes_for(block.table, skhs) if reuse_unchanged and keyed else {}
-            before = screened_keys.has(skhs) if published_rows else set()
-            out, out_keys, resolved, batch_keys = [], [], [], set()
-            for row, skh, rh in keyed:
-                if published_rows.get(skh) == rh and skh not in before and skh not in batch_keys:
-                    resolved.append(skh)
-                else:
-                    row_hash_of[skh] = rh
-                    out.append(row)
-                    out_keys.append(skh)
-                batch_keys.add(skh)
-            if reuse_unchanged:  # otherwise no row is resolved here and screened_keys is never asked
-                screened_keys.add(batch_keys)
-            if resolved:
-                reused += len(resolved)
-                count.rows_read += len(resolved)
-                count.published += len(resolved)
-                seen.add(resolved)
-                if reopened:
-                    quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, resolved, self.run_id)
-                self.progress.advance(len(resolved))
-            return out, out_keys
+    def publish_blocks(self, jobs: Iterable[BlockJob]) -> Iterator[BlockResult]:
+        """publish() for several blocks in turn: one BlockResult each, in order.
 
-        def screened() -> Iterator[tuple[list[tuple], list[str]]]:
-            """Rows a mapping can read go on to the workers; the others are quarantined here."""
-            nonlocal last_wm
-            for rows in batches:
-                good, bad = screen.split(rows)
-                if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
-                    last_wm = next((r[wm_index] for r in reversed(good) if r[wm_index] is not None), last_wm)
-                good, good_keys = unchanged(good)
-                if bad:
-                    count.rows_read += len(bad)
-                    count.quarantined += len(bad)
-                    stored = []
-                    for row, skh, problem in bad:
-                        self.report.causes[f"{problem.element}: {problem.problem}"] += 1
-                        stored.append(quarantine.QuarantinedRow(
-                            feed=work.feed.name, mapping=mapping.label, source_table=block.table,
-                            resource_type=block.resource, source_key_hash=skh,
-                            cause=f"{problem.element}: {problem.problem}", reason=problem.reason(screen.label(row)),
-                            row=dict(zip(compiled.columns, storable(row), strict=True)),
-                        ))
-                    quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, stored)
-                    self.progress.advance(len(bad))
-                yield good, good_keys
+        The blocks are staged one after the other, exactly as publish() stages each, but the
+        worker processes do not wait for a block to end: the next block's rows are read,
+        screened and sent to them while the parent stages the end of the one before and
+        flushes it. A block into the same resource from the same source table as the one
+        before it starts only once that one is staged (its unchanged rows are compared with
+        what the table holds)."""
 
-        for batch in self.pool.map(str(mapping.path), work.index, screened()):
-            self.report.uncovered.update(batch.uncovered)
-            self.report.dropped_by_rule.update(batch.dropped_by_rule)
-            self.publication.count_scanned(batch.exempted)
-            rejected: list[quarantine.QuarantinedRow] = []
-            published_hashes: list[str] = []
-            now = dt.datetime.now(dt.UTC)
-            seen_before, batch_keys = seen.has(item.source_key_hash for item in batch.items), set()
-            for row, item in zip(batch.rows, batch.items, strict=True):
-                count.rows_read += 1
-                if item.source_key_hash in seen_before or item.source_key_hash in batch_keys:
-                    item = Rejected([_duplicate_key(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
-                batch_keys.add(item.source_key_hash)
-                if isinstance(item, Ready):
-                    if block.resource == "Patient":
-                        conflict = identity_conflict(self.patients.get(item.id), item)
-                        if conflict is not None:
-                            item = Rejected([conflict(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
-                            pseudonym = None
-                        else:
-                            self.patients[item.id] = (item.pseudonym, item.effective_time)
-                            pseudonym = item.pseudonym
-                    else:
-                        pseudonym = self.patients.get(item.patient_ref, (None,))[0] if item.patient_ref else None
-                        if item.patient_ref and pseudonym is None:
-                            item = Rejected([_missing_patient(mapping.path.name, block.resource, subject_el)], False, compiled.row_label(row), item.source_key_hash)
-                        elif item.birth_times and item.patient_ref:  # mapping lines with not_before_birth: true
-                            born = self.patients.get(item.patient_ref, (None, None))[1]
-                            early = before_birth(item.birth_times, born, mapping.timezone, mapping.path.name)
-                            if early is not None:
-                                item = Rejected([early], False, compiled.row_label(row), item.source_key_hash)
-                if isinstance(item, Rejected):
-                    row_hash_of.pop(item.source_key_hash, None)
-                    count.quarantined += 1
-                    count.failed_validation += item.failed_validation
-                    for p in item.problems:
-                        self.report.causes[f"{p.element}: {p.problem}"] += 1
-                    rejected.append(quarantine.QuarantinedRow(
-                        feed=work.feed.name, mapping=mapping.label, source_table=block.table,
-                        resource_type=block.resource, source_key_hash=item.source_key_hash,
-                        cause=f"{item.problems[0].element}: {item.problems[0].problem}",
-                        reason=" | ".join(p.reason(item.label) for p in item.problems),
-                        row=dict(zip(compiled.columns, row, strict=True)),
-                    ))
-                    continue
-                w.add({
-                    "id": item.id, "institution": self.inst.id, "resource_type": block.resource,
-                    "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
-                    "resource": item.text, "content_hash": item.hash,
-                    "source_system": mapping.system, "source_table": block.table,
-                    "source_key_hash": item.source_key_hash, "run_id": self.run_id, "mapping_version": mapping.label,
-                    "ruleset_version": self.ruleset.label, "key_id": self.keys.key_id, "published_at": now,
-                    "source_updated_at": item.source_updated_at, "source_row_hash": row_hash_of.pop(item.source_key_hash, None),
-                }, text_scanned=item.scanned and self.pool.scans_for(self.publication))
-                count.published += 1
-                published_hashes.append(item.source_key_hash)
-            seen.add(batch_keys)
-            quarantine.store(self.engine, self.keys, self.run_id, self.inst.id, rejected)
-            if reopened and published_hashes:
-                quarantine.resolve_published(self.engine, self.inst.id, block.table, block.resource, published_hashes, self.run_id)
-            self.progress.advance(len(batch.rows))
-            self.heartbeat()
-            if w.pending >= self.flush_rows:
-                w.flush()
-        screened_keys.close()
-        before_s = w.stale
-        w.flush()
-        count.written, count.unchanged = w.written - before_w, w.unchanged - before_u + (w.stale - before_s) + reused
-        if count.rows_read != count.published + count.quarantined:
-            raise AssertionError(f"{block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
-        return BlockResult(count, last_wm, seen)
+        def tasks() -> Iterator[Task | Mark]:
+            previous: _BlockPublish | None = None
+            for job in jobs:
+                if previous is not None:
+                    yield Mark(previous, drain=previous.target == (job.work.block.resource, job.work.block.table))
+                block = previous = _BlockPublish(self, job)
+                for rows, key_hashes in block.feed():
+                    yield Task(block, block.mapping_path, job.work.index, rows, key_hashes)
+            if previous is not None:
+                yield Mark(previous)
+
+        for block, batch in self.pool.map_tagged(tasks()):
+            block.begin()
+            if batch is None:
+                yield block.finish()
+            else:
+                block.stage(batch)
 
     def commit(self) -> None:
         """Commit every table's staged changes (one atomic commit per table for the run)."""
@@ -361,6 +258,201 @@ class InstitutionRun:
                 w.close()
             runrecord.release_lock(self.engine, self.lock_key, self.run_id)
         return self.report
+
+
+@dataclass
+class BlockJob:
+    """A block to publish and its source rows, batch by batch (InstitutionRun.publish_blocks).
+
+    progress: (label, total) to open the block's progress display with when its staging
+    starts; None when the caller opened it already."""
+
+    work: BlockWork
+    batches: Iterable[list[tuple]]
+    reuse_unchanged: bool = True
+    progress: tuple[str, int] | None = None
+
+
+class _BlockPublish:
+    """One block of a run: its rows screened and sent to be prepared (feed), then what was
+    prepared staged for publication or quarantine (stage), then its counts checked (finish).
+
+    feed() may run ahead of stage() by a few batches, and ahead of the end of the block before
+    (InstitutionRun.publish_blocks): it touches only this block's own state and the source;
+    stage() and finish() run in block order."""
+
+    def __init__(self, run: InstitutionRun, job: BlockJob):
+        self.run, self.work, self.job = run, job.work, job
+        work = job.work
+        block, mapping = work.block, work.mapping
+        self.block, self.mapping, self.mapping_path = block, mapping, str(mapping.path)
+        self.target = (block.resource, block.table)
+        self.compiled = compiled = run.pool.local.compiled(self.mapping_path, work.index, mapping)  # the mapping feed_blocks loaded
+        self.count = BlockCount(work.feed.name, mapping.label, block.table, block.resource)
+        run.report.counts.append(self.count)
+        self.subject_el = next((e for e in block.elements if e.path == "subject"), None)
+        self.w = run.writer(block.resource)
+        self.wm_index = compiled.columns.index(compiled.qualify(block.watermark.column)) if block.watermark else None
+        self.last_wm = None
+        self.seen = KeySet()  # source-key hashes of the block's rows published (duplicates are quarantined; deletions on full pulls)
+        self.reopened = quarantine.has_open(run.engine, run.inst.id, block.table, block.resource)
+        self.screen = RowScreen(compiled, run.keys, run.inst.id, self.wm_index)
+        self.row_hash_of: dict[str, str] = {}  # source-key hash -> source row hash, for the rows sent to the workers
+        self.config = f"{mapping.label}|{run.ruleset.label}|{run.keys.key_id}|{hub.__version__}"
+        self.screened_keys = KeySet()  # source-key hashes of the block's rows screened so far: a key read again is mapped
+        self.reused = 0
+        self.begun = False
+        self._advanced = 0  # rows the feed settled before staging began (shown once the block's display opens)
+
+    def _advance(self, n: int) -> None:
+        if self.begun:
+            self.run.progress.advance(n)
+        else:
+            self._advanced += n
+
+    def begin(self) -> None:
+        """Staging starts: the writer's counts from here on are this block's (the block before it is flushed)."""
+        if self.begun:
+            return
+        self.begun = True
+        if self.job.progress is not None:
+            self.run.progress.start(*self.job.progress)
+        if self._advanced:
+            self.run.progress.advance(self._advanced)
+        self.before_w, self.before_u, self.before_s = self.w.written, self.w.unchanged, self.w.stale
+
+    def unchanged(self, rows: list[tuple]) -> tuple[list[tuple], list[str]]:
+        """The rows to map: those not published before from exactly this content and configuration,
+        with their source-key hashes (the workers use them: each row is hashed once)."""
+        run, block, count, w = self.run, self.block, self.count, self.w
+        reuse_unchanged = self.job.reuse_unchanged
+        keyed = [(row, self.screen.key_hash(row), run.keys.hmac_hex("source-key", f"{self.config}|{row!r}")) for row in rows]
+        skhs = [skh for _, skh, _ in keyed]
+        published_rows = w.row_hashes_for(block.table, skhs) if reuse_unchanged and keyed else {}
+        before = self.screened_keys.has(skhs) if published_rows else set()
+        out, out_keys, resolved, batch_keys = [], [], [], set()
+        for row, skh, rh in keyed:
+            if published_rows.get(skh) == rh and skh not in before and skh not in batch_keys:
+                resolved.append(skh)
+            else:
+                self.row_hash_of[skh] = rh
+                out.append(row)
+                out_keys.append(skh)
+            batch_keys.add(skh)
+        if reuse_unchanged:  # otherwise no row is resolved here and screened_keys is never asked
+            self.screened_keys.add(batch_keys)
+        if resolved:
+            self.reused += len(resolved)
+            count.rows_read += len(resolved)
+            count.published += len(resolved)
+            self.seen.add(resolved)
+            if self.reopened:
+                quarantine.resolve_published(run.engine, run.inst.id, block.table, block.resource, resolved, run.run_id)
+            self._advance(len(resolved))
+        return out, out_keys
+
+    def feed(self) -> Iterator[tuple[list[tuple], list[str]]]:
+        """Rows a mapping can read go on to the workers; the others are quarantined here."""
+        run, work, block, mapping, compiled, count = self.run, self.work, self.block, self.mapping, self.compiled, self.count
+        wm_index = self.wm_index
+        for rows in self.job.batches:
+            good, bad = self.screen.split(rows)
+            if wm_index is not None:  # rows come in watermark order; NULLs sort first or last by database
+                self.last_wm = next((r[wm_index] for r in reversed(good) if r[wm_index] is not None), self.last_wm)
+            good, good_keys = self.unchanged(good)
+            if bad:
+                count.rows_read += len(bad)
+                count.quarantined += len(bad)
+                stored = []
+                for row, skh, problem in bad:
+                    run.report.causes[f"{problem.element}: {problem.problem}"] += 1
+                    stored.append(quarantine.QuarantinedRow(
+                        feed=work.feed.name, mapping=mapping.label, source_table=block.table,
+                        resource_type=block.resource, source_key_hash=skh,
+                        cause=f"{problem.element}: {problem.problem}", reason=problem.reason(self.screen.label(row)),
+                        row=dict(zip(compiled.columns, storable(row), strict=True)),
+                    ))
+                quarantine.store(run.engine, run.keys, run.run_id, run.inst.id, stored)
+                self._advance(len(bad))
+            yield good, good_keys
+
+    def stage(self, batch: PreparedBatch) -> None:
+        """Stage a prepared batch: each row published (buffered in the table's writer) or quarantined."""
+        run, work, block, mapping, compiled, count, w = self.run, self.work, self.block, self.mapping, self.compiled, self.count, self.w
+        run.report.uncovered.update(batch.uncovered)
+        run.report.dropped_by_rule.update(batch.dropped_by_rule)
+        run.publication.count_scanned(batch.exempted)
+        rejected: list[quarantine.QuarantinedRow] = []
+        published_hashes: list[str] = []
+        now = dt.datetime.now(dt.UTC)
+        seen_before, batch_keys = self.seen.has(item.source_key_hash for item in batch.items), set()
+        for row, item in zip(batch.rows, batch.items, strict=True):
+            count.rows_read += 1
+            if item.source_key_hash in seen_before or item.source_key_hash in batch_keys:
+                item = Rejected([_duplicate_key(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
+            batch_keys.add(item.source_key_hash)
+            if isinstance(item, Ready):
+                if block.resource == "Patient":
+                    conflict = identity_conflict(run.patients.get(item.id), item)
+                    if conflict is not None:
+                        item = Rejected([conflict(mapping.path.name, block)], False, compiled.row_label(row), item.source_key_hash)
+                        pseudonym = None
+                    else:
+                        run.patients[item.id] = (item.pseudonym, item.effective_time)
+                        pseudonym = item.pseudonym
+                else:
+                    pseudonym = run.patients.get(item.patient_ref, (None,))[0] if item.patient_ref else None
+                    if item.patient_ref and pseudonym is None:
+                        item = Rejected([_missing_patient(mapping.path.name, block.resource, self.subject_el)], False, compiled.row_label(row), item.source_key_hash)
+                    elif item.birth_times and item.patient_ref:  # mapping lines with not_before_birth: true
+                        born = run.patients.get(item.patient_ref, (None, None))[1]
+                        early = before_birth(item.birth_times, born, mapping.timezone, mapping.path.name)
+                        if early is not None:
+                            item = Rejected([early], False, compiled.row_label(row), item.source_key_hash)
+            if isinstance(item, Rejected):
+                self.row_hash_of.pop(item.source_key_hash, None)
+                count.quarantined += 1
+                count.failed_validation += item.failed_validation
+                for p in item.problems:
+                    run.report.causes[f"{p.element}: {p.problem}"] += 1
+                rejected.append(quarantine.QuarantinedRow(
+                    feed=work.feed.name, mapping=mapping.label, source_table=block.table,
+                    resource_type=block.resource, source_key_hash=item.source_key_hash,
+                    cause=f"{item.problems[0].element}: {item.problems[0].problem}",
+                    reason=" | ".join(p.reason(item.label) for p in item.problems),
+                    row=dict(zip(compiled.columns, row, strict=True)),
+                ))
+                continue
+            w.add({
+                "id": item.id, "institution": run.inst.id, "resource_type": block.resource,
+                "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
+                "resource": item.text, "content_hash": item.hash,
+                "source_system": mapping.system, "source_table": block.table,
+                "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": mapping.label,
+                "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,
+                "source_updated_at": item.source_updated_at, "source_row_hash": self.row_hash_of.pop(item.source_key_hash, None),
+            }, text_scanned=item.scanned and run.pool.scans_for(run.publication))
+            count.published += 1
+            published_hashes.append(item.source_key_hash)
+        self.seen.add(batch_keys)
+        quarantine.store(run.engine, run.keys, run.run_id, run.inst.id, rejected)
+        if self.reopened and published_hashes:
+            quarantine.resolve_published(run.engine, run.inst.id, block.table, block.resource, published_hashes, run.run_id)
+        self._advance(len(batch.rows))
+        run.heartbeat()
+        if w.pending >= run.flush_rows:
+            w.flush()
+
+    def finish(self) -> BlockResult:
+        """After the block's last batch: flush its rows and check its counts."""
+        count, w = self.count, self.w
+        self.screened_keys.close()
+        w.flush()
+        count.written = w.written - self.before_w
+        count.unchanged = w.unchanged - self.before_u + (w.stale - self.before_s) + self.reused
+        if count.rows_read != count.published + count.quarantined:
+            raise AssertionError(f"{self.block.table}: rows read {count.rows_read} != published {count.published} + quarantined {count.quarantined}")
+        return BlockResult(count, self.last_wm, self.seen)
 
 
 def run_institution(
@@ -465,11 +557,15 @@ def run_institution(
     status = "failed"
     try:
         advances, deletions = [], []
-        for work, since, total in plans:
-            run.progress.start(f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total)
-            compiled = run.pool.local.compiled(str(work.mapping.path), work.index, work.mapping)
-            select = block_select(compiled, work.schema, since, incremental=not full, window=window)
-            result = run.publish(work, iter_batches(work.engine, select, batch_size), reuse_unchanged=not full)
+
+        def jobs() -> Iterator[BlockJob]:
+            for work, since, total in plans:
+                compiled = run.pool.local.compiled(str(work.mapping.path), work.index, work.mapping)
+                select = block_select(compiled, work.schema, since, incremental=not full, window=window)
+                yield BlockJob(work, iter_batches(work.engine, select, batch_size), not full,
+                               (f"{inst.id} {work.feed.name} {work.block.table} → {work.block.resource}", total))
+
+        for (work, _since, _total), result in zip(plans, run.publish_blocks(jobs()), strict=True):
             if window is None and work.block.watermark is not None and result.last_watermark is not None:
                 advances.append((work, result.last_watermark))
             if full:  # a complete pull: what is no longer at the source was deleted there

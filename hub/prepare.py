@@ -62,6 +62,27 @@ class Rejected:
     source_key_hash: str
 
 
+@dataclass(frozen=True)
+class Task:
+    """Rows of one block to prepare (PreparePool.map_tagged); tag comes back with the prepared batch."""
+
+    tag: Any
+    mapping_path: str
+    block_index: int
+    rows: list[tuple[Any, ...]]
+    key_hashes: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in the stream of tasks, given back as (tag, None) in order: e.g. the end of a block.
+    drain: every task before it is yielded before any item after it is read (the next block
+    needs what the caller does with the ones before)."""
+
+    tag: Any
+    drain: bool = False
+
+
 @dataclass
 class PreparedBatch:
     rows: list[tuple[Any, ...]]
@@ -202,6 +223,8 @@ def _updated_at(value: Any, mapping: Mapping) -> dt.datetime | None:
 
 #: Rows per task sent to a worker: small enough that every block splits across the workers.
 TASK_ROWS = 1000
+#: Tasks in flight per worker: enough that the workers go on while the parent reads, screens and flushes.
+WINDOW_PER_WORKER = 4
 _worker: Preparer | None = None
 
 
@@ -233,6 +256,29 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: Bytes a pipe between the parent and its workers holds (Linux's default is 64 KiB; at most /proc/sys/fs/pipe-max-size).
+PIPE_BYTES = 1 << 20
+
+
+def _widen_pipes(pool) -> None:
+    """Let a worker hand over a whole prepared batch (~1 MB) and go on with its next task. Through a
+    pipe of 64 KiB it waits, piece by piece, until the parent's result thread has read each, and
+    that thread runs only when the parent's main thread lets it: measured, a worker then spent a
+    third of its time idle. Where the size cannot be raised (not Linux, a lower limit), pipes stay as they are."""
+    try:
+        import fcntl
+
+        setsize = fcntl.F_SETPIPE_SZ
+        pipes = [pool._inqueue._reader.fileno(), pool._outqueue._reader.fileno()]
+    except (ImportError, AttributeError, OSError):
+        return
+    for fd in pipes:
+        try:
+            fcntl.fcntl(fd, setsize, PIPE_BYTES)
+        except OSError:
+            pass
+
+
 class PreparePool:
     """Runs a Preparer's batches in-process (workers <= 1) or in a process pool."""
 
@@ -244,6 +290,7 @@ class PreparePool:
         if workers > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
             self._pool = ctx.Pool(workers, initializer=_init_worker, initargs=(institution, keys.master, ruleset, self.local.scanner, oracle_every))
+            _widen_pipes(self._pool)
 
     def scans_for(self, publication) -> bool:
         """Whether the items this pool marks scanned were scanned with the publication's own scanner."""
@@ -251,26 +298,57 @@ class PreparePool:
 
     def map(self, mapping_path: str, block_index: int,
             batches: Iterable[tuple[list[tuple[Any, ...]], Sequence[str] | None]]) -> Iterator[PreparedBatch]:
-        """Prepared batches in source order; at most 2 × workers tasks of TASK_ROWS rows in flight.
+        """Prepared batches of one block in source order (map_tagged without tags).
 
         batches: (rows, their source-key hashes) pairs; the hashes (None: computed by the
         workers) are the ones the caller's row screen made, sent along so no row is hashed twice."""
+        for _tag, batch in self.map_tagged(Task(None, mapping_path, block_index, rows, key_hashes) for rows, key_hashes in batches):
+            assert batch is not None
+            yield batch
+
+    def map_tagged(self, items: Iterable[Task | Mark]) -> Iterator[tuple[Any, PreparedBatch | None]]:
+        """(tag, prepared batch) for each Task and (tag, None) for each Mark, in the order of items.
+
+        With workers, a task's rows go out in pieces of TASK_ROWS, at most WINDOW_PER_WORKER per
+        worker in flight: items are read ahead of what is yielded (a caller may be busy with what
+        came before a Mark while the workers go on with what follows it), except past a Mark
+        with drain, which is yielded before the item after it is read."""
         if self._pool is None:
-            for rows, key_hashes in batches:
-                yield self.local.prepare(mapping_path, block_index, rows, key_hashes)
+            for item in items:
+                if isinstance(item, Mark):
+                    yield item.tag, None
+                else:
+                    yield item.tag, self.local.prepare(item.mapping_path, item.block_index, item.rows, item.key_hashes)
             return
-        window: deque = deque()
-        for rows, key_hashes in batches:
+        window: deque = deque()  # (tag, rows, pending result) in order; a Mark has no rows and no result
+        limit, in_flight = WINDOW_PER_WORKER * self.workers, 0
+
+        def head() -> tuple[Any, PreparedBatch | None]:
+            nonlocal in_flight
+            tag, rows, pending = window.popleft()
+            if pending is None:
+                return tag, None
+            in_flight -= 1
+            return tag, _with_rows(rows, pending)
+
+        for item in items:
+            if isinstance(item, Mark):
+                window.append((item.tag, None, None))
+                while item.drain and window:
+                    yield head()
+                continue
+            rows, key_hashes = item.rows, item.key_hashes
             if key_hashes is not None and len(key_hashes) != len(rows):
                 raise ValueError(f"{len(key_hashes)} source-key hashes for {len(rows)} rows")
             for i in range(0, len(rows), TASK_ROWS):
                 chunk = rows[i : i + TASK_ROWS]
-                task = (mapping_path, block_index, chunk, None if key_hashes is None else key_hashes[i : i + TASK_ROWS])
-                window.append((chunk, self._pool.apply_async(_prepare_in_worker, (task,))))
-                if len(window) >= 2 * self.workers:
-                    yield _with_rows(*window.popleft())
+                task = (item.mapping_path, item.block_index, chunk, None if key_hashes is None else key_hashes[i : i + TASK_ROWS])
+                window.append((item.tag, chunk, self._pool.apply_async(_prepare_in_worker, (task,))))
+                in_flight += 1
+                while in_flight >= limit:
+                    yield head()
         while window:
-            yield _with_rows(*window.popleft())
+            yield head()
 
     def close(self) -> None:
         if self._pool is not None:
