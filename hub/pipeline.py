@@ -185,16 +185,20 @@ class InstitutionRun:
         The blocks are staged one after the other, exactly as publish() stages each, but the
         worker processes do not wait for a block to end: the next block's rows are read,
         screened and sent to them while the parent stages the end of the one before and
-        flushes it. A block into the same resource from the same source table as the one
-        before it starts only once that one is staged (its unchanged rows are compared with
-        what the table holds)."""
+        flushes it. A block into a resource that a block still being staged writes starts only
+        once that one is staged: its unchanged rows are compared with what the table's index
+        holds, which the flush updates (two blocks may make the same ids: patients by MRN from
+        two feeds), and its quarantine with what that block resolves."""
+        open_blocks: list[_BlockPublish] = []  # fed, not finished
 
         def tasks() -> Iterator[Task | Mark]:
             previous: _BlockPublish | None = None
             for job in jobs:
                 if previous is not None:
-                    yield Mark(previous, drain=previous.target == (job.work.block.resource, job.work.block.table))
+                    open_blocks[:] = [b for b in open_blocks if not b.finished]
+                    yield Mark(previous, drain=any(b.block.resource == job.work.block.resource for b in open_blocks))
                 block = previous = _BlockPublish(self, job)
+                open_blocks.append(block)
                 for rows, key_hashes in block.feed():
                     yield Task(block, block.mapping_path, job.work.index, rows, key_hashes)
             if previous is not None:
@@ -277,8 +281,9 @@ class _BlockPublish:
     """One block of a run: its rows screened and sent to be prepared (feed), then what was
     prepared staged for publication or quarantine (stage), then its counts checked (finish).
 
-    feed() may run ahead of stage() by a few batches, and ahead of the end of the block before
-    (InstitutionRun.publish_blocks): it touches only this block's own state and the source;
+    feed() may run ahead of stage() by a few batches, and ahead of the end of the blocks before
+    (InstitutionRun.publish_blocks) when they write other resources: it touches this block's own
+    state, the source, the quarantine of its table and the index of its resource's table;
     stage() and finish() run in block order."""
 
     def __init__(self, run: InstitutionRun, job: BlockJob):
@@ -286,7 +291,6 @@ class _BlockPublish:
         work = job.work
         block, mapping = work.block, work.mapping
         self.block, self.mapping, self.mapping_path = block, mapping, str(mapping.path)
-        self.target = (block.resource, block.table)
         self.compiled = compiled = run.pool.local.compiled(self.mapping_path, work.index, mapping)  # the mapping feed_blocks loaded
         self.count = BlockCount(work.feed.name, mapping.label, block.table, block.resource)
         run.report.counts.append(self.count)
@@ -301,7 +305,7 @@ class _BlockPublish:
         self.config = f"{mapping.label}|{run.ruleset.label}|{run.keys.key_id}|{hub.__version__}"
         self.screened_keys = KeySet()  # source-key hashes of the block's rows screened so far: a key read again is mapped
         self.reused = 0
-        self.begun = False
+        self.begun = self.finished = False
         self._advanced = 0  # rows the feed settled before staging began (shown once the block's display opens)
 
     def _advance(self, n: int) -> None:
@@ -448,6 +452,7 @@ class _BlockPublish:
         count, w = self.count, self.w
         self.screened_keys.close()
         w.flush()
+        self.finished = True
         count.written = w.written - self.before_w
         count.unchanged = w.unchanged - self.before_u + (w.stale - self.before_s) + self.reused
         if count.rows_read != count.published + count.quarantined:

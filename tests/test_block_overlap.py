@@ -128,3 +128,38 @@ def test_each_block_display_counts_its_own_rows_when_blocks_overlap(keys, tmp_pa
         assert [label.split(" ", 1)[1] for label, _ in shown] == [f"{c.feed} {c.source_table} → {c.resource_type}" for c in sql], attempt
         assert [n for _, n in shown] == [c.rows_read for c in sql], attempt
         assert sum(c.rows_read for c in sql) > 0
+
+
+def test_a_block_into_a_resource_still_being_staged_waits_for_it(keys, tmp_path, monkeypatch):
+    """Blocks overlap (the next one is fed while the one before is staged), except that a block never
+    starts while one writing the same resource is unfinished: its unchanged rows are compared with the
+    table's index, which that block's flush updates (two feeds may make the same patient ids)."""
+    from hub import pipeline
+    from hub.demo.generator import generate_region
+    from hub.region import load_region
+
+    log: list[tuple[str, object, str]] = []  # the blocks themselves: alive, so never two alike
+    feed, finish = pipeline._BlockPublish.feed, pipeline._BlockPublish.finish
+
+    def logged_feed(self):
+        log.append(("feed", self, self.block.resource))
+        yield from feed(self)
+
+    def logged_finish(self):
+        log.append(("finish", self, self.block.resource))
+        return finish(self)
+
+    monkeypatch.setattr(pipeline._BlockPublish, "feed", logged_feed)
+    monkeypatch.setattr(pipeline._BlockPublish, "finish", logged_finish)
+    generate_region(tmp_path, patients=40)
+    region = load_region(tmp_path)
+    for inst in region.institutions:
+        pipeline.run_institution(region, inst.id, keys, workers=2)
+    fed = {b: i for i, (what, b, _) in enumerate(log) if what == "feed"}
+    done = {b: i for i, (what, b, _) in enumerate(log) if what == "finish"}
+    resource = {b: r for _, b, r in log}
+    blocks = sorted(fed, key=fed.get)
+    same = [(a, b) for i, a in enumerate(blocks) for b in blocks[i + 1:] if resource[a] == resource[b]]
+    assert same, "the demo has two blocks into one resource (vital signs and lab results are Observations)"
+    assert all(done[a] < fed[b] for a, b in same)
+    assert any(fed[b] < done[a] for a, b in zip(blocks, blocks[1:], strict=False)), "no block was fed while the one before was staged"
