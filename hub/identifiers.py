@@ -467,6 +467,11 @@ class KnownValues:
     def __repr__(self) -> str:  # never the values
         return f"KnownValues({len(self._keys)} forms)"
 
+    def forms_of(self, alphabet: frozenset[str]) -> tuple[str, ...]:
+        """The compact forms made only of characters in alphabet: the only ones a text written in
+        that alphabet (lowercase hex, say) can hold."""
+        return tuple(key for key, _, _ in self._keys if set(key) <= alphabet)
+
     def absent_from(self, pairs: frozenset[str]) -> bool:
         """True when no value can be in a text whose compact form has only these pairs of adjacent
         characters: every form is 2 characters or more, so a text holding one holds its first two."""

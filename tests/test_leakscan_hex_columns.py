@@ -1,0 +1,102 @@
+"""The leak scan of hex columns (ids, pseudonyms, hashes) skips only values it could find nothing in.
+
+Scanner.columns leaves out of detection the values of an all-lowercase-hex column that hold
+neither 17 digits in a row nor a canary form made of hex characters (Scanner._suspects). The
+promise: a value left out is one the detector finds nothing in, and a scan finds every
+identifier planted in such a column, in the row it is in, exactly as the full scan does.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hub.identifiers import resident_id_check_char
+from hub.leakscan import Scanner, detect
+
+CANARIES = frozenset({
+    "13800138000",  # a mobile: digits only, so hex can hold it
+    "110101199003071234",  # an ID number
+    "0571-88001234",  # a landline
+    "Ada Bea",  # a name written in hex letters
+    "Zhang San",  # a name hex cannot hold
+})
+
+
+def _valid_id(birth: str = "19900307", area: str = "330106", seq: str = "123") -> str:
+    first17 = area + birth + seq
+    return first17 + resident_id_check_char(first17)
+
+
+def _hex(n: int) -> str:
+    return secrets.token_hex(n)[:n]
+
+
+@pytest.fixture(scope="module")
+def scanner() -> Scanner:
+    return Scanner(CANARIES)
+
+
+def _plain(scanner: Scanner) -> Scanner:
+    """The same scan without the hex shortcut: every value goes through detection."""
+    full = Scanner(scanner.canaries, scanner.policy)
+    full._suspects = lambda distinct: distinct
+    return full
+
+
+_pieces = st.one_of(
+    st.text(alphabet="0123456789abcdef", min_size=1, max_size=24),
+    st.text(alphabet="0123456789", min_size=10, max_size=22),  # digit runs around the thresholds
+    st.sampled_from(["13800138000", "110101199003071234", "0571", "88001234", "adabea", "beaada", _valid_id()]),
+    st.builds(lambda d, s: _valid_id(seq=f"{s:03d}", birth=d), st.sampled_from(["19900307", "20010101", "19751231"]),
+              st.integers(0, 999)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_pieces, min_size=1, max_size=6).map("".join).filter(lambda v: len(v) >= 16))
+def test_a_hex_value_left_out_holds_nothing_the_detector_finds(value):
+    scanner = Scanner(CANARIES)
+    if scanner._suspects([value]) == []:
+        assert detect(value, scanner.known) == [], value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(_pieces, min_size=1, max_size=6).map("".join).filter(lambda v: len(v) >= 16),
+                min_size=1, max_size=8, unique=True))
+def test_the_values_kept_from_a_column_are_those_kept_one_by_one(values):
+    scanner = Scanner(CANARIES)
+    if all(set(v) <= set("0123456789abcdef") for v in values):
+        assert scanner._suspects(values) == [v for v in values if scanner._suspects([v])]
+    else:  # a check character X: the column is not all hex, nothing is left out
+        assert scanner._suspects(values) == values
+
+
+def test_planted_identifiers_are_found_in_their_rows_as_by_the_full_scan(scanner):
+    ids = [_hex(32) for _ in range(3000)]
+    planted = {
+        17: _hex(7) + _valid_id() + _hex(7),  # an ID number of nobody in particular
+        400: "13800138000" + _hex(21),  # the canary mobile at the start
+        1999: _hex(14) + "110101199003071234",  # the canary ID at the end
+        2500: _hex(10) + "adabea" + _hex(16),  # the canary name, in hex letters
+    }
+    for row, value in planted.items():
+        ids[row] = value
+    columns = {"id": ids, "patient": [_hex(32) for _ in range(3000)], "content_hash": [_hex(64) for _ in range(3000)]}
+    fast = scanner.columns(columns, "t")
+    full = _plain(scanner).columns(columns, "t")
+    assert sorted((h.kind, h.where) for h in fast.hits) == sorted((h.kind, h.where) for h in full.hits)
+    assert {h.where for h in fast.hits} >= {f"t.id[row {row}]" for row in planted}
+    assert fast.rows == full.rows == 3000
+
+
+def test_a_column_that_is_not_all_long_lowercase_hex_is_scanned_whole(scanner):
+    for column in (["ABCDEF0123456789ABCD"],  # upper case is not ours
+                   [_hex(32), "13800138000"],  # one value is not hex of 16+ characters
+                   [_hex(32), _hex(8)],
+                   [_hex(32), _hex(32) + " "],
+                   ["Zhang San", _hex(32)]):
+        assert scanner._suspects(column) == column
