@@ -463,8 +463,8 @@ class Scanner:
         one of its forms made of hex characters stands (KnownValues.forms_of). A value holding neither 17
         digits in a row nor such a form is left out."""
         joined = "\n".join(distinct)
-        if not distinct or _HEX_LINES.fullmatch(joined) is None:
-            return distinct
+        if not distinct or joined.count("\n") != len(distinct) - 1 or _HEX_LINES.fullmatch(joined) is None:
+            return distinct  # (a value holding a line break is no hex value: the detector reads across it)
         starts = list(itertools.accumulate((len(t) + 1 for t in distinct[:-1]), initial=0))
         keep: set[int] = set()
         for text, needle in ((joined.encode().translate(_DIGITS_AS_ZERO), _SEVENTEEN_DIGITS), *((joined, f) for f in self._hex_forms)):

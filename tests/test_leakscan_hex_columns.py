@@ -100,3 +100,16 @@ def test_a_column_that_is_not_all_long_lowercase_hex_is_scanned_whole(scanner):
                    [_hex(32), _hex(32) + " "],
                    ["Zhang San", _hex(32)]):
         assert scanner._suspects(column) == column
+
+
+def test_a_value_of_hex_lines_is_no_hex_value(scanner):
+    """A line break inside a value is a separator to the detector: an ID number or a canary split
+    across it is found, so such a value is scanned like any text (found by a review)."""
+    split = [_hex(7) + _valid_id()[:9] + "\n" + _valid_id()[9:] + _hex(7),  # an ID number cut 9 + 9
+             "ccccccccccc13800\n138000ddddddddddd",  # the canary mobile
+             "fffffffffff0571880\n01234fffffffffff"]  # the canary landline
+    for value in split:
+        column = [_hex(32), value, _hex(32)]
+        assert scanner._suspects(column) == column
+        found = scanner.columns({"id": column}, "t").hits
+        assert [h.where for h in found] == ["t.id[row 1]"], value
