@@ -81,7 +81,8 @@ def test_planted_identifiers_are_found_in_their_rows_as_by_the_full_scan(scanner
         17: _hex(7) + _valid_id() + _hex(7),  # an ID number of nobody in particular
         400: "13800138000" + _hex(21),  # the canary mobile at the start
         1999: _hex(14) + "110101199003071234",  # the canary ID at the end
-        2500: _hex(10) + "adabea" + _hex(16),  # the canary name, in hex letters
+        2500: _hex(9) + "0adabea0" + _hex(15),  # the canary name, in hex letters (between digits: a name of
+        # letters is not looked for inside a longer word, so a hex letter beside it would hide it from both scans)
     }
     for row, value in planted.items():
         ids[row] = value
