@@ -51,6 +51,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import itertools
 import re
 import time
 import unicodedata
@@ -916,6 +917,33 @@ def _in_hex_token(text: str, start: int, end: int) -> bool:
     while right < len(text) and text[right] in _HEX:
         right += 1
     return right - left >= 16
+
+
+_HEX_LINES = re.compile(r"[0-9a-f]{16,}(?:\n[0-9a-f]{16,})*")
+_ID_DIGITS = b"0" * 17  # an 18-character ID in hex has 18 digits in a row (its check character x is no hex): 17 is a margin
+
+
+def hex_suspects(values: list[str], known: KnownValues) -> list[str]:
+    """values without those find_identifiers(document=True) cannot find anything in, when every value is
+    lowercase hex of 16 characters or more (ids, pseudonyms, hashes); any other list as it is.
+
+    Such a value is a hex token (_in_hex_token): in it, no digits make a mobile, a landline or a
+    15-digit ID, and an 18-character ID needs 18 digits in a row (no hex letter is in _RUN_GLUE). A
+    known value is found only where one of its forms made of hex characters stands (forms_of). A value
+    holding neither 17 digits in a row nor such a form is left out. A value holding a line break is no
+    hex value: the detector reads a number or a known value across it."""
+    joined = "\n".join(values)
+    if not values or joined.count("\n") != len(values) - 1 or _HEX_LINES.fullmatch(joined) is None:
+        return values
+    starts = list(itertools.accumulate((len(t) + 1 for t in values[:-1]), initial=0))
+    keep: set[int] = set()
+    for text, needle in ((joined.encode().translate(_AS_DIGITS), _ID_DIGITS), *((joined, f) for f in known.forms_of(_HEX))):
+        i = text.find(needle)
+        while i >= 0:
+            k = bisect.bisect_right(starts, i) - 1
+            keep.add(k)
+            i = text.find(needle, starts[k + 1] if k + 1 < len(starts) else len(text))  # the next value
+    return [values[k] for k in sorted(keep)]
 
 
 # ---- the simple interfaces -------------------------------------------------------------

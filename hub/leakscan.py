@@ -31,7 +31,6 @@ its element path (``Observation.note[0].text``), never shown by value.
 from __future__ import annotations
 
 import bisect
-import itertools
 import json
 import re
 import unicodedata
@@ -179,10 +178,6 @@ def load_scan_policy(path: Path) -> ScanPolicy:
 #: Joins a column's values for the one-pass scan: '.' is never a separator inside a number,
 #: so digits at the end of one value and the start of the next do not make one number.
 _JOIN = "\n.\n"
-_HEX_CHARS = frozenset("0123456789abcdef")
-_HEX_LINES = re.compile(r"[0-9a-f]{16,}(?:\n[0-9a-f]{16,})*")
-_DIGITS_AS_ZERO = bytes(48 if 48 <= c <= 57 else 97 for c in range(256))
-_SEVENTEEN_DIGITS = b"0" * 17
 
 
 def known_values(canaries: Iterable[str]) -> identifiers.KnownValues:
@@ -326,8 +321,6 @@ class Scanner:
         self.known = known_values(self.canaries)
         # a canary number is never exempt, even where it overlaps a finding an exemption covers
         self._canary_numbers = frozenset(d for d in (_digits(c) for c in self.canaries) if len(d) >= 6)
-        # what detection can find in a value of lowercase hex: see _suspects
-        self._hex_forms = self.known.forms_of(_HEX_CHARS)
 
     # -- single values ---------------------------------------------------------------------
 
@@ -452,28 +445,9 @@ class Scanner:
         return result
 
     def _suspects(self, distinct: list[str]) -> list[str]:
-        """distinct without the values detection cannot find anything in, when every value is lowercase hex of
-        16 characters or more (ids, pseudonyms, hashes: five columns of every published row); any other list
-        as it is.
-
-        Such a value, 16 characters or more, is a hex token to the detector (document mode): in it, no
-        digits make a mobile, a landline or a 15-digit ID, and an 18-character ID needs 18 digits in a row
-        (between two digits of a number there may be separators or an 'x', never another letter: see
-        hub.identifiers._RUN_GLUE; its check character x is no hex character). A canary is found only where
-        one of its forms made of hex characters stands (KnownValues.forms_of). A value holding neither 17
-        digits in a row nor such a form is left out."""
-        joined = "\n".join(distinct)
-        if not distinct or joined.count("\n") != len(distinct) - 1 or _HEX_LINES.fullmatch(joined) is None:
-            return distinct  # (a value holding a line break is no hex value: the detector reads across it)
-        starts = list(itertools.accumulate((len(t) + 1 for t in distinct[:-1]), initial=0))
-        keep: set[int] = set()
-        for text, needle in ((joined.encode().translate(_DIGITS_AS_ZERO), _SEVENTEEN_DIGITS), *((joined, f) for f in self._hex_forms)):
-            i = text.find(needle)
-            while i >= 0:
-                k = bisect.bisect_right(starts, i) - 1
-                keep.add(k)
-                i = text.find(needle, starts[k + 1] if k + 1 < len(starts) else len(text))  # the next value
-        return [distinct[k] for k in sorted(keep)]
+        """The distinct values of a column detection must see: all, but for a column of lowercase hex
+        (five of every published row) only those that can hold a finding (identifiers.hex_suspects)."""
+        return identifiers.hex_suspects(distinct, self.known)
 
     def arrow(self, table: pa.Table, where: str, **kw) -> ScanResult:
         """Every string and numeric column of an Arrow table (see columns() for the options)."""

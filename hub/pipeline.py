@@ -192,17 +192,16 @@ class InstitutionRun:
         open_blocks: list[_BlockPublish] = []  # fed, not finished
 
         def tasks() -> Iterator[Task | Mark]:
-            previous: _BlockPublish | None = None
             for job in jobs:
-                if previous is not None:
+                if open_blocks:  # the last one is the block just fed: its end is not given back yet
                     open_blocks[:] = [b for b in open_blocks if not b.finished]
-                    yield Mark(previous, drain=any(b.block.resource == job.work.block.resource for b in open_blocks))
-                block = previous = _BlockPublish(self, job)
+                    yield Mark(open_blocks[-1], drain=any(b.block.resource == job.work.block.resource for b in open_blocks))
+                block = _BlockPublish(self, job)
                 open_blocks.append(block)
                 for rows, key_hashes in block.feed():
                     yield Task(block, block.mapping_path, job.work.index, rows, key_hashes)
-            if previous is not None:
-                yield Mark(previous)
+            if open_blocks:
+                yield Mark(open_blocks[-1])
 
         for block, batch in self.pool.map_tagged(tasks()):
             block.begin()

@@ -235,7 +235,7 @@ def _init_worker(institution: str, master: bytes, ruleset: Ruleset, scanner: Sca
 
 
 def _prepare_in_worker(args: tuple[str, int, list[tuple[Any, ...]], Sequence[str] | None]) -> PreparedBatch:
-    """A task's batch, without its rows: the parent has them (PreparePool.map puts them back), so they are not sent back."""
+    """A task's batch, without its rows: the parent has them (PreparePool.map_tagged puts them back), so they are not sent back."""
     assert _worker is not None
     batch = _worker.prepare(*args)
     batch.rows = []
@@ -264,8 +264,8 @@ PIPE_BYTES = 1 << 20
 def _widen_pipes(pool) -> None:
     """Let a worker hand over a whole prepared batch (~1 MB) and go on with its next task. Through a
     pipe of 64 KiB it waits, piece by piece, until the parent's result thread has read each, and
-    that thread runs only when the parent's main thread lets it: measured, a worker then spent a
-    third of its time idle. Where the size cannot be raised (not Linux, a lower limit), pipes stay as they are."""
+    that thread runs only when the parent's main thread lets it: measured, a worker spent ~8 % of
+    its time sending. Where the size cannot be raised (not Linux, a lower limit), pipes stay as they are."""
     try:
         import fcntl
 
@@ -297,18 +297,10 @@ class PreparePool:
         """Whether the items this pool marks scanned were scanned with the publication's own scanner."""
         return self.local.scanner is publication.scanner
 
-    def map(self, mapping_path: str, block_index: int,
-            batches: Iterable[tuple[list[tuple[Any, ...]], Sequence[str] | None]]) -> Iterator[PreparedBatch]:
-        """Prepared batches of one block in source order (map_tagged without tags).
-
-        batches: (rows, their source-key hashes) pairs; the hashes (None: computed by the
-        workers) are the ones the caller's row screen made, sent along so no row is hashed twice."""
-        for _tag, batch in self.map_tagged(Task(None, mapping_path, block_index, rows, key_hashes) for rows, key_hashes in batches):
-            assert batch is not None
-            yield batch
-
     def map_tagged(self, items: Iterable[Task | Mark]) -> Iterator[tuple[Any, PreparedBatch | None]]:
         """(tag, prepared batch) for each Task and (tag, None) for each Mark, in the order of items.
+        A Task's key_hashes (None: computed by the workers) are the ones the caller's row screen
+        made, sent along so no row is hashed twice.
 
         With workers, a task's rows go out in pieces of TASK_ROWS, at most WINDOW_PER_WORKER per
         worker in flight: items are read ahead of what is yielded (a caller may be busy with what

@@ -17,7 +17,7 @@ from deid.ruleset import load_ruleset
 from hub.fhir.ids import source_key_hash
 from hub.leakscan import CLEAN, Hit, Scanner, ScanResult, load_canaries, load_scan_policy
 from hub.mapping.run import block_select
-from hub.prepare import PreparePool, Preparer, Ready, Rejected
+from hub.prepare import PreparePool, Preparer, Ready, Rejected, Task
 from hub.sources.screen import RowScreen
 from hub.sources.sql import iter_batches
 
@@ -95,7 +95,7 @@ def test_worker_processes_get_the_hashes_and_give_back_the_parents_rows(region, 
 
         old, prepare_module.TASK_ROWS = prepare_module.TASK_ROWS, small
         try:
-            pooled = list(pool.map(path, index, [(rows, hashes), (rows[:3], None)]))
+            pooled = [b for _, b in pool.map_tagged([Task(None, path, index, rows, hashes), Task(None, path, index, rows[:3])])]
         finally:
             prepare_module.TASK_ROWS = old
         expected = [local.local.prepare(path, index, rows[i:i + small], hashes[i:i + small]) for i in range(0, len(rows), small)]
