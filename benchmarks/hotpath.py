@@ -17,6 +17,9 @@ Each measurement runs in a fresh process (module caches start cold, as in a new 
 --trees runs the same measurements for several code trees, interleaved, and prints the
 medians and the ratio to the first tree: e.g. the unmodified code in a git worktree first.
 
+The modules of hub.compiled run compiled when built (`hub compiled build`); a tree given as
+DIR+pure runs its Python sources (HUB_PURE_PYTHON=1): `--trees .+pure,.` measures the build.
+
 Usage: python benchmarks/hotpath.py [--patients 600] [--repeat 3] [--workspace DIR] [--trees A,B]
 """
 
@@ -34,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+PURE = "+pure"  # a tree given as DIR+pure runs with HUB_PURE_PYTHON=1: its Python sources, not its compiled modules
 STAGES = ("ids", "map", "check", "known", "deid", "scrub", "json", "scan", "columns")
 
 
@@ -185,7 +189,8 @@ def measure_stages(ws: Path) -> dict:
 
 
 def _child(tree: str, ws: Path, mode: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": tree}
+    tree, pure = (tree[: -len(PURE)], True) if tree.endswith(PURE) else (tree, False)
+    env = {**os.environ, "PYTHONPATH": tree} | ({"HUB_PURE_PYTHON": "1"} if pure else {})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--workspace", str(ws), "--one", mode]
     out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True)
     if out.returncode:
@@ -203,9 +208,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         import hub
+        from hub import compiled
 
         result = measure_total(args.workspace) if args.one == "total" else measure_stages(args.workspace)
-        print(json.dumps({**result, "hub": str(Path(hub.__file__).parent)}))
+        states = compiled.status()  # after the run: how the modules were loaded
+        print(json.dumps({**result, "hub": str(Path(hub.__file__).parent), "compiled": sum(v == "compiled" for v in states.values())}))
         return
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="hub-hotpath-")) / "ws"
     if not (ws / "region.yaml").exists():
@@ -213,7 +220,8 @@ def main() -> None:
 
         counts = generate_region(ws, patients=args.patients)
         print(f"demo region: {args.patients} people, {sum(sum(t.values()) for t in counts.values())} source rows, in {ws}")
-    trees = [str(Path(t).resolve()) for t in (args.trees.split(",") if args.trees else [Path(__file__).resolve().parents[1]])]
+    trees = [str(Path(t.removesuffix(PURE)).resolve()) + (PURE if t.endswith(PURE) else "")
+             for t in (args.trees.split(",") if args.trees else [str(Path(__file__).resolve().parents[1])])]
     totals: dict[str, list[dict]] = {t: [] for t in trees}
     stages: dict[str, list[dict]] = {t: [] for t in trees}
     for r in range(args.repeat):
@@ -221,8 +229,9 @@ def main() -> None:
             totals[tree].append(_child(tree, ws, "total"))
             stages[tree].append(_child(tree, ws, "stages"))
             t, s = totals[tree][-1], stages[tree][-1]
-            assert t["hub"].startswith(tree), f"{tree} ran the code of {t['hub']}: set up PYTHONPATH"
+            assert t["hub"].startswith(tree.removesuffix(PURE)), f"{tree} ran the code of {t['hub']}: set up PYTHONPATH"
             print(f"run {r + 1} {tree}: {t['resources']} resources of {t['rows']} rows, {t['per_cpu_s']:,.0f} per CPU-second, "
+                  f"{t['compiled']} compiled modules, "
                   f"digest {t['digest']}; stages µs: " + " ".join(f"{k} {s[k]:.1f}" for k in STAGES), flush=True)
     print(f"\nmedians of {args.repeat} runs (µs per published resource; deid excludes scrub)")
     print(f"{'tree':<28} {'res/CPU-s':>10} {'ratio':>6} " + " ".join(f"{k:>7}" for k in STAGES) + f" {'digest':>17}")

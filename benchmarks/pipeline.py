@@ -10,8 +10,10 @@ people), then in the same run measures:
 
 Prints rows/second for both and their ratio (the machines are noisy, so compare ratios),
 hub's rate per CPU-second (the per-core rate: parent and worker processes together) and the
-peak resident memory of the parent and of the largest worker. hub runs in a process of its own,
-so its peak memory is the pipeline's alone (not the generator's, which holds the whole region).
+peak resident memory of the parent and of the largest worker. hub runs in a process of its
+own, so its peak memory is the pipeline's alone (not the generator's, which holds the whole
+region). It also says how many of the per-row modules ran compiled (hub/compiled.py: `hub
+compiled build`; HUB_PURE_PYTHON=1 runs the Python sources).
 
   --sizes 500,2000,8000   runs each size in a fresh process and prints the memory curve
                           (peak RSS against source rows) and the per-core rate of each.
@@ -117,7 +119,10 @@ def hub_only(ws: Path, workers: int, flush_rows: int) -> None:
     for inst in region.institutions:
         report = run_institution(region, inst.id, keys, workers=workers, flush_rows=flush_rows)
         again += sum(c["read"] for c in report.by_resource().values())
+    from hub import compiled
+
     print(json.dumps({"read": read, "published": published, "quarantined": quarantined, "wall_s": hub_s, "cpu_s": hub_cpu,
+                      "compiled": compiled.summary(),
                       "workers": workers, "peak_rss_mib": parent_rss, "peak_worker_rss_mib": worker_rss,
                       "again_read": again, "again_s": time.perf_counter() - t}))
 
@@ -166,7 +171,7 @@ def main() -> None:
     ratio = (read / hub_s) / (copied / base_s)
     print(f"hub       end to end, {hub['workers']} worker(s): {read} source rows -> {published} resources published, "
           f"{quarantined} quarantined, in {hub_s:.1f}s = {published / hub_s:,.0f} resources/s ({read / hub_s:,.0f} rows/s)")
-    print(f"per core  {published / hub_cpu:,.0f} resources per CPU-second ({hub_cpu:.1f} CPU-s, parent and workers)")
+    print(f"per core  {published / hub_cpu:,.0f} resources per CPU-second ({hub_cpu:.1f} CPU-s, parent and workers; {hub['compiled']})")
     print(f"ratio     hub / plain copy (rows/s): {ratio:.3f}  "
           f"(hub reads some tables once per resource type: {read} block rows vs {copied} table rows)")
     parent_rss, worker_rss = hub["peak_rss_mib"], hub["peak_worker_rss_mib"]

@@ -1,5 +1,5 @@
 """The ``hub`` command line: one module per noun (demo, feeds, quarantine, research, keys,
-deid, lakehouse, lineage, audit, recognition, views, trainset, deploy) and ``hub listen``.
+deid, lakehouse, lineage, audit, recognition, views, trainset, deploy, compiled) and ``hub listen``.
 
 Commands are ``hub <noun> <verb>`` where there is a noun; reports are Rich tables, long
 work shows progress bars with counts and rates, and ``--json`` is there for machines.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hub.cli import (  # noqa: F401  - importing a module registers its commands
     audit,
+    compiled,
     dagster,
     deid_rules,
     demo,

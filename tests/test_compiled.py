@@ -1,0 +1,93 @@
+"""The compiled builds of the per-row modules (hub/compiled.py): used only while they match their
+sources, never with HUB_PURE_PYTHON, and giving exactly what the Python sources give."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hub import compiled
+from tests.conftest import REPO
+
+REQUIRE_ENV = "HUB_REQUIRE_COMPILED"  # set by .ci/run: there the build must exist, a skip would hide a failed build
+
+
+def _need_build() -> None:
+    if not compiled.current():
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"the compiled modules are not built or are stale ({compiled.summary()}); `hub compiled build` failed?")
+        pytest.skip("the compiled modules are not built (`hub compiled build`, or make test)")
+
+
+def _loaded_from(env: dict[str, str]) -> dict[str, str]:
+    """{module: file it was loaded from} in a fresh interpreter with env."""
+    code = ("import importlib, json, sys; from hub import compiled; "
+            "print(json.dumps({m: importlib.import_module(m).__file__ for m in compiled.MODULES}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_a_build_that_does_not_match_its_source_is_not_used(monkeypatch):
+    module = compiled.MODULES[0]
+    digest = compiled._digest(compiled.source_of(module))
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    monkeypatch.setattr(compiled, "_built", lambda m: compiled.source_of(m).with_suffix(".so"))
+    assert compiled.reason_pure(module, {module: digest}) is None
+    assert compiled.reason_pure(module, {module: "0" * 64}) == "source changed since the build"
+    assert compiled.reason_pure(module, {}) == "source changed since the build"
+    guard = compiled._StaleGuard()
+    guard._manifest = {module: "0" * 64}
+    spec = guard.find_spec(module, None)
+    assert spec is not None and spec.origin == str(compiled.source_of(module))
+    guard._manifest = {module: digest}
+    assert guard.find_spec(module, None) is None  # Python's own finder takes the build
+    # a build left from a module that is no longer in MODULES is not used either
+    spec = guard.find_spec("hub.pipeline", None)
+    assert spec is not None and spec.origin == str(compiled.source_of("hub.pipeline"))
+    monkeypatch.setattr(compiled, "_built", lambda m: None)
+    assert guard.find_spec("hub.pipeline", None) is None  # nothing built: Python's own finder
+    assert guard.find_spec("json", None) is None
+
+
+def test_without_a_build_the_sources_run(monkeypatch):
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    monkeypatch.setattr(compiled, "_built", lambda m: None)
+    assert compiled.reason_pure("hub.identifiers", {"hub.identifiers": "x"}) == "not built"
+    assert not compiled.current()
+
+
+def test_pure_python_env_loads_every_module_from_its_source():
+    files = _loaded_from({**os.environ, compiled.PURE_ENV: "1"})
+    assert set(files) == set(compiled.MODULES)
+    assert all(f.endswith(".py") for f in files.values()), files
+
+
+def test_a_current_build_is_what_a_new_process_loads():
+    _need_build()
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    files = _loaded_from(env)
+    assert not any(f.endswith(".py") for f in files.values()), files
+
+
+@pytest.mark.slow
+def test_compiled_modules_prepare_exactly_what_the_sources_prepare(tmp_path):
+    """Every resource, id, hash, column, quarantine problem and leak finding of a demo region's rows,
+    prepared once by the compiled modules and once by the Python sources (benchmarks/hotpath.py's digest)."""
+    _need_build()
+    from hub.demo.generator import generate_region
+
+    ws = tmp_path / "ws"
+    generate_region(ws, patients=80)
+    out = {}
+    for pure in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | ({compiled.PURE_ENV: "1"} if pure else {})
+        run = subprocess.run([sys.executable, "benchmarks/hotpath.py", "--workspace", str(ws), "--one", "total"],
+                             env=env, cwd=REPO, capture_output=True, text=True, check=True)
+        out[pure] = json.loads(run.stdout.splitlines()[-1])
+    assert out[False]["compiled"] == len(compiled.MODULES) and out[True]["compiled"] == 0
+    assert out[False]["resources"] == out[True]["resources"] > 5000
+    assert out[False]["digest"] == out[True]["digest"]
