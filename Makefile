@@ -21,7 +21,7 @@ test: $(STAMP) compiled
 	$(BIN)/ruff check hub deid dagster_project tests benchmarks
 	$(BIN)/pytest -q
 
-# The per-row modules compiled with Cython (~1.4x faster, same output; hub/compiled.py). Skipped when
+# The per-row modules compiled with Cython (~1.3x faster, same output; hub/compiled.py). Skipped when
 # the build is current; if it fails (no C compiler), hub runs its Python sources and this says so.
 compiled: $(STAMP)
 	-@$(BIN)/hub compiled build --if-stale

@@ -27,6 +27,7 @@ def _loaded_from(env: dict[str, str]) -> dict[str, str]:
     """{module: file it was loaded from} in a fresh interpreter with env."""
     code = ("import importlib, json, sys; from hub import compiled; "
             "print(json.dumps({m: importlib.import_module(m).__file__ for m in compiled.MODULES}))")
+    env = env | {"PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -40,10 +41,10 @@ def test_a_build_that_does_not_match_its_source_is_not_used(monkeypatch):
     assert compiled.reason_pure(module, {module: "0" * 64}) == "source changed since the build"
     assert compiled.reason_pure(module, {}) == "source changed since the build"
     guard = compiled._StaleGuard()
-    guard._manifest = {module: "0" * 64}
+    monkeypatch.setattr(compiled, "_manifest", lambda: {module: "0" * 64})
     spec = guard.find_spec(module, None)
     assert spec is not None and spec.origin == str(compiled.source_of(module))
-    guard._manifest = {module: digest}
+    monkeypatch.setattr(compiled, "_manifest", lambda: {module: digest})  # read again at each import: a new build counts
     assert guard.find_spec(module, None) is None  # Python's own finder takes the build
     # a build left from a module that is no longer in MODULES is not used either
     spec = guard.find_spec("hub.pipeline", None)
@@ -51,6 +52,21 @@ def test_a_build_that_does_not_match_its_source_is_not_used(monkeypatch):
     monkeypatch.setattr(compiled, "_built", lambda m: None)
     assert guard.find_spec("hub.pipeline", None) is None  # nothing built: Python's own finder
     assert guard.find_spec("json", None) is None
+
+
+def test_a_build_whose_source_is_gone_is_never_imported(monkeypatch, tmp_path):
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    monkeypatch.setattr(compiled, "_built", lambda m: tmp_path / "gone.so")
+    monkeypatch.setattr(compiled, "source_of", lambda m: tmp_path / "gone.py")  # renamed or deleted
+    with pytest.raises(ModuleNotFoundError, match="only a compiled build of it is left"):
+        compiled._StaleGuard().find_spec("hub.gone", None)
+    assert compiled.reason_pure("hub.identifiers", {}) == "source missing"
+
+
+@pytest.mark.parametrize(("value", "pure"), [("1", True), ("true", True), ("YES", True), ("0", False), ("false", False), ("", False)])
+def test_pure_python_is_asked_for_explicitly(monkeypatch, value, pure):
+    monkeypatch.setenv(compiled.PURE_ENV, value)
+    assert compiled.pure_requested() is pure
 
 
 def test_without_a_build_the_sources_run(monkeypatch):
@@ -84,10 +100,12 @@ def test_compiled_modules_prepare_exactly_what_the_sources_prepare(tmp_path):
     generate_region(ws, patients=80)
     out = {}
     for pure in (False, True):
-        env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | ({compiled.PURE_ENV: "1"} if pure else {})
+        env = ({k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | {"PYTHONPATH": str(REPO)}
+               | ({compiled.PURE_ENV: "1"} if pure else {}))
         run = subprocess.run([sys.executable, "benchmarks/hotpath.py", "--workspace", str(ws), "--one", "total"],
                              env=env, cwd=REPO, capture_output=True, text=True, check=True)
         out[pure] = json.loads(run.stdout.splitlines()[-1])
+    assert out[False]["hub"] == out[True]["hub"] == str(REPO / "hub")  # this tree's code, not an installed one
     assert out[False]["compiled"] == len(compiled.MODULES) and out[True]["compiled"] == 0
     assert out[False]["resources"] == out[True]["resources"] > 5000
     assert out[False]["digest"] == out[True]["digest"]

@@ -7,8 +7,9 @@ import os
 import typer
 
 from hub.cli.base import app, console
+from hub.errors import CommandFailed
 
-compiled_app = typer.Typer(help="Compiled (Cython) builds of the per-row modules: ~1.4× faster, same output.",
+compiled_app = typer.Typer(help="Compiled (Cython) builds of the per-row modules: ~1.3× faster, same output.",
                            no_args_is_help=True)
 app.add_typer(compiled_app, name="compiled")
 
@@ -30,14 +31,17 @@ def compiled_build(
     try:
         compiled.build(jobs)
     except ImportError as exc:
-        raise typer.BadParameter(f"Cython is not installed ({exc}): pip install cython; hub runs its Python sources meanwhile") from None
+        raise CommandFailed(f"Cython is not installed ({exc}): `pip install cython`, then build again. Until then "
+                            f"{compiled.summary()}: the others run from their Python sources.") from None
+    except Exception as exc:  # the compiler's own messages are above
+        raise CommandFailed(f"the build failed ({type(exc).__name__}: {exc}); every module runs from its Python source") from None
     console.print(compiled.summary(), highlight=False)
 
 
 @compiled_app.command("status")
 def compiled_status() -> None:
     """Which modules run compiled, and why the others run from source (not built, edited since the
-    build, or HUB_PURE_PYTHON set)."""
+    build, or HUB_PURE_PYTHON=1)."""
     from hub import compiled
 
     for module, state in compiled.status().items():
