@@ -163,12 +163,15 @@ BUILD_DIR = _ROOT / "build" / "cython"
 def build(jobs: int = 2) -> list[str]:
     """Compile MODULES in place (C sources and objects under build/) and write the manifest; the
     names of the modules built. Raises ImportError without Cython, and the compiler's error on a
-    failed build (the Python sources still run). One build at a time per tree (a file lock)."""
+    failed build (the Python sources still run). One build at a time per tree (a file lock); only in
+    a source checkout (an editable install), never inside site-packages."""
     import fcntl
 
     from Cython.Build import cythonize
     from setuptools import Distribution, Extension
 
+    if not (_ROOT / "pyproject.toml").exists():
+        raise RuntimeError(f"the modules are built in a source checkout (pip install -e), not in {_ROOT}")
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     with open(BUILD_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
