@@ -178,5 +178,24 @@ def effective_time(resource: dict, tz: dt.tzinfo) -> dt.datetime | None:
             if len(node) in (4, 7):  # a year or year-month (partial FHIR dates, e.g. a generalised birth date)
                 node += "-01" * ((10 - len(node)) // 3)
             parsed = dt.datetime.fromisoformat(node)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+            return shared_zone(parsed) if parsed.tzinfo else parsed.replace(tzinfo=tz)
     return None
+
+
+_ZONES: dict[tuple[dt.timedelta | None, str | None], dt.timezone] = {}
+_MAX_ZONES = 256
+
+
+def shared_zone(when: dt.datetime) -> dt.datetime:
+    """when with one shared tzinfo per fixed offset (and name): fromisoformat makes a new one for
+    each value, and pickle then writes each one out (a worker's results cost twice as much to send)."""
+    tz = when.tzinfo
+    if type(tz) is not dt.timezone:
+        return when
+    key = (tz.utcoffset(None), tz.tzname(None))
+    shared = _ZONES.get(key)
+    if shared is None:
+        if len(_ZONES) >= _MAX_ZONES:  # offsets come from the data (to the microsecond): keep the table bounded
+            return when
+        shared = _ZONES[key] = tz
+    return when if shared is tz else when.replace(tzinfo=shared)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import pickle
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -95,3 +98,27 @@ def test_readers_pyarrow_duckdb_polars_agree(region, monkeypatch):
 def test_tables_declare_their_sort_order(region):
     table = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.patient")
     assert [table.schema().find_column_name(f.source_id) for f in table.sort_order().fields] == ["patient", "effective_time"]
+
+
+def test_effective_times_of_one_offset_share_one_zone_and_keep_their_value():
+    from hub.lakehouse import tables
+
+    zone = dt.timezone(dt.timedelta(hours=8))
+    a = tables.effective_time({"resourceType": "Observation", "effectiveDateTime": "2024-03-05T10:00:00+08:00"}, zone)
+    b = tables.effective_time({"resourceType": "Observation", "effectiveDateTime": "2024-03-06T11:30:00+08:00"}, zone)
+    utc = tables.effective_time({"resourceType": "Observation", "effectiveDateTime": "2024-03-06T11:30:00+00:00"}, zone)
+    assert a.tzinfo is b.tzinfo  # pickled once in a worker's results, not once per value
+    assert a == dt.datetime(2024, 3, 5, 2, 0, tzinfo=dt.UTC) and a.isoformat() == "2024-03-05T10:00:00+08:00"
+    assert utc.utcoffset() == dt.timedelta(0) and utc.tzinfo is not a.tzinfo
+    assert len(pickle.dumps([a, b])) < len(pickle.dumps([dt.datetime.fromisoformat("2024-03-05T10:00:00+08:00"),
+                                                          dt.datetime.fromisoformat("2024-03-06T11:30:00+08:00")]))
+
+
+def test_the_shared_zones_stay_bounded_whatever_offsets_the_data_holds(monkeypatch):
+    from hub.lakehouse import tables
+
+    monkeypatch.setattr(tables, "_ZONES", {})
+    values = [dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(seconds=s, microseconds=7))) for s in range(2000)]
+    out = [tables.shared_zone(v) for v in values]
+    assert out == values and [v.utcoffset() for v in out] == [v.utcoffset() for v in values]
+    assert len(tables._ZONES) == tables._MAX_ZONES
