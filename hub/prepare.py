@@ -25,7 +25,7 @@ from deid.ruleset import Ruleset
 from hub.fhir.check import Validator
 from hub.fhir.ids import source_key_hash
 from hub.fhir.jsonio import content_hash, dumps
-from hub.lakehouse.tables import effective_time, primary_code, shared_zone
+from hub.lakehouse.tables import effective_time, parse_instant, primary_code
 from hub.leakscan import Hit, Scanner, load_scan_policy
 from hub.mapping.compile import CompiledBlock, RowProblem
 from hub.mapping.run import map_and_validate
@@ -214,7 +214,7 @@ def _updated_at(value: Any, mapping: Mapping) -> dt.datetime | None:
     if value is None:
         return None
     try:
-        return shared_zone(dt.datetime.fromisoformat(parse_datetime(value, mapping.datetime_formats, mapping.timezone)))
+        return parse_instant(parse_datetime(value, mapping.datetime_formats, mapping.timezone))
     except ValueProblem:
         return None
 
