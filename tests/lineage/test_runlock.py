@@ -23,7 +23,7 @@ from hub.demo.generator import generate_region
 from hub.lakehouse.orphans import find_orphans
 from hub.lakehouse.tables import open_catalog
 from hub.lineage import runrecord
-from hub.pipeline import run_institution
+from hub.pipeline import feed_blocks, run_institution
 from hub.region import load_region
 from tests.conftest import TEST_MASTER_KEY
 
@@ -56,7 +56,7 @@ def _all_ids(region) -> dict[str, list[str]]:
 def test_two_publishes_of_one_institution_at_once_publish_each_row_once(region):
     code = f"""
         from deid.keys import Keyring
-        from hub.pipeline import run_institution
+        from hub.pipeline import feed_blocks, run_institution
         r = run_institution(region, {INST!r}, Keyring.load(), lock_wait=120)
         print(sum(c['published'] for c in r.by_resource().values()))
     """
@@ -161,3 +161,56 @@ def test_processes_opening_a_new_catalog_at_once_all_succeed(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, [o[1][-600:] for o in outs if o[1]]
+
+
+def test_kill_minus_9_with_workers_mid_stream_loses_nothing_duplicates_nothing_and_leaves_no_worker(region, keys, tmp_path_factory):
+    """The parent is killed while its workers hold tasks of the next blocks and flushes are on disk:
+    the next run publishes exactly what an undisturbed run does, and the killed run's workers go too."""
+    reference = tmp_path_factory.mktemp("reference") / "ws"
+    generate_region(reference, patients=12)
+    expected = run_institution(load_region(reference), INST, keys).by_resource()
+    victim = _python(f"""
+        import os, signal
+        import hub.pipeline as pipeline
+        import hub.prepare as prepare
+        from deid.keys import Keyring
+        prepare.TASK_ROWS = 5  # many tasks in flight at once
+        staged, stage = [], pipeline._BlockPublish.stage
+
+        def stage_then_die(self, batch):
+            stage(self, batch)
+            staged.append(self.block.table)
+            if len(set(staged)) >= 3 and self.w.written:  # a third block or later staging, the next in the workers, flushes on disk
+                print(self.block.table, " ".join(str(p.pid) for p in self.run.pool._pool._pool), flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        pipeline._BlockPublish.stage = stage_then_die
+        pipeline.run_institution(region, {INST!r}, Keyring.load(), workers=2, flush_rows=40)
+        print("finished", flush=True)
+    """, region.workspace)
+    out, err = victim.communicate(timeout=300)
+    assert victim.returncode == -signal.SIGKILL, (out, err[-3000:])
+    table, *pids = out.split()
+    workers = [int(p) for p in pids]
+    last = [w.block.table for w in feed_blocks(next(i for i in region.institutions if i.id == INST))][-1]
+    assert len(workers) == 2 and table != last, out  # killed with blocks still to come
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in workers), "the killed run's workers are still running"
+
+    report = run_institution(region, INST, keys, workers=2)
+    assert len(report.abandoned_runs) == 1 and report.orphans_removed > 0  # its flushed files, never committed
+    assert {rt: c["published"] for rt, c in report.by_resource().items()} == {rt: c["published"] for rt, c in expected.items()}
+    assert {rt: c["quarantined"] for rt, c in report.by_resource().items()} == {rt: c["quarantined"] for rt, c in expected.items()}
+    ids = _all_ids(region)
+    assert all(len(v) == len(set(v)) for v in ids.values()), {k: len(v) - len(set(v)) for k, v in ids.items()}
+    assert {t: len(v) for t, v in ids.items()} == {t: len(v) for t, v in _all_ids(load_region(reference)).items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
