@@ -87,11 +87,16 @@ def reason_pure(module: str, manifest: dict[str, str] | None = None) -> str | No
     """Why module runs from its Python source, or None when its compiled build is used."""
     if pure_requested():
         return f"{PURE_ENV} is set"
+    return _stale(module, manifest if manifest is not None else _manifest())
+
+
+def _stale(module: str, manifest: dict[str, str]) -> str | None:
+    """Why module's build (whatever HUB_PURE_PYTHON says) is not the one of its present source, or None."""
     if not source_of(module).exists():
         return "source missing"
     if _built(module) is None:
         return "not built"
-    recorded = (manifest if manifest is not None else _manifest()).get(module)
+    recorded = manifest.get(module)
     if recorded is None or recorded != _digest(source_of(module)):
         return "source changed since the build"
     return None
@@ -145,7 +150,7 @@ def status() -> dict[str, str]:
 def current() -> bool:
     """Every module of MODULES has a build made from its present source."""
     manifest = _manifest()
-    return all(_built(m) is not None and manifest.get(m) == _digest(source_of(m)) for m in MODULES)
+    return all(_stale(m, manifest) is None for m in MODULES)
 
 
 def summary() -> str:
