@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import os
@@ -62,11 +61,16 @@ class Context:
     resource_id: str
     patient: str | None = None  # the patient's pseudonym (date shift is per patient)
     known_names: tuple[str, ...] = ()  # names from the source record, for scrub
+    _known: KnownValues | None = field(default=None, init=False, repr=False, compare=False)
 
-    @functools.cached_property
+    @property
     def known(self) -> KnownValues:
-        """known_names prepared for the detector (once per resource, whatever its strings)."""
-        return known_values_of(self.known_names)
+        """known_names prepared for the detector (once per resource, whatever its strings; a plain
+        property: functools.cached_property takes a lock on every first read, one per resource here)."""
+        known = self._known
+        if known is None:
+            known = self._known = known_values_of(self.known_names)
+        return known
 
 
 def parse_action(spec: Any) -> Action:
