@@ -19,7 +19,10 @@ published meanwhile (``TableWriter.check_shared``), so no id is ever appended tw
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import gc
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -459,6 +462,40 @@ class _BlockPublish:
         return BlockResult(count, self.last_wm, self.seen)
 
 
+_frozen_runs = 0  # runs of this process inside frozen_heap (a windowed run runs another inside it)
+_frozen_lock = threading.Lock()
+
+
+def frozen_heap(fn):
+    """Runs fn with what is alive at its start (modules, classes, the models of fhir.resources, pyiceberg
+    and SQLAlchemy: ~120,000 objects) left out of the collector's full collections (gc.freeze), in this
+    process and in the workers it forks meanwhile, and given back at its end (gc.unfreeze): nothing alive
+    now is kept from a later collection. Full collections walked that heap again and again, about a
+    twentieth of a pooled run's parent CPU (docs/performance.md). A process that froze its heap itself
+    (a server that forks its workers) is left as it is."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        global _frozen_runs
+        with _frozen_lock:
+            mine = _frozen_runs > 0 or gc.get_freeze_count() == 0
+            if mine:
+                if _frozen_runs == 0:
+                    gc.freeze()
+                _frozen_runs += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if mine:
+                with _frozen_lock:
+                    _frozen_runs -= 1
+                    if _frozen_runs == 0:
+                        gc.unfreeze()
+
+    return run
+
+
+@frozen_heap
 def run_institution(
     region: Region,
     institution_id: str,
