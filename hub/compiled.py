@@ -33,6 +33,7 @@ MODULES = (
     "hub.identifiers",
     "hub.leakscan",
     "hub.prepare",
+    "hub.resources",
     "hub.fhir.check",
     "hub.fhir.jsonio",
     "hub.mapping.compile",

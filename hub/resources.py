@@ -188,7 +188,8 @@ class ResourcePreparer:
                 "no identifier in published data: correct the resource at the source, or declare a code system whose codes "
                 f"look like identifiers under leak_scan: in {self.deid.ruleset.path.name}", None) for hit in found.hits],
                 False, f"line {lineno}", self.key_hash(file, key)))
-        self.exempted.update(found.exempted)
+        if found.exempted:  # Counter.update is Python code, even for nothing to add
+            self.exempted.update(found.exempted)
         is_patient = rtype == "Patient"
         return Prepared(lineno, rtype, Ready(
             id=clean["id"], text=out, hash=content_hash(out), code=primary_code(clean),

@@ -109,3 +109,65 @@ def test_compiled_modules_prepare_exactly_what_the_sources_prepare(tmp_path):
     assert out[False]["compiled"] == len(compiled.MODULES) and out[True]["compiled"] == 0
     assert out[False]["resources"] == out[True]["resources"] > 5000
     assert out[False]["digest"] == out[True]["digest"]
+
+
+_NDJSON_DIGEST = r'''
+import gzip, hashlib, json, sys, datetime as dt
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from ndjson import write_export
+import hub.resources
+from deid.engine import Deidentifier
+from deid.keys import Keyring
+from deid.ruleset import load_ruleset
+from hub.leakscan import Scanner, load_canaries, load_scan_policy
+from hub.region import load_region
+from hub.resources import ResourcePreparer
+
+region = load_region(Path(sys.argv[1]))
+ruleset = load_ruleset(region.ruleset, region.zone)
+keys = Keyring(bytes(range(32)))
+scanner = Scanner(load_canaries(region.workspace), load_scan_policy(region.ruleset))
+prep = ResourcePreparer("city-first", keys, Deidentifier(ruleset, keys), scanner, "bulk", dt.timezone(dt.timedelta(hours=8)), 7)
+folder = Path(sys.argv[2])
+write_export(folder, 60, 5)
+hostile = [
+    '{"resourceType": "Observation", "id": "n1", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p1"},'
+    ' "note": [{"text": "call 138 0013 8000 or 330106198001011234"}]}',
+    '{"resourceType": "Observation", "id": "bad id!", "status": "final", "code": {"text": "x"}}',
+    '{"resourceType": "Basic", "id": "b1"}', 'not json', None,
+    '{"resourceType": "Observation", "id": "s1", "status": "final", "code": {"text": "\\ud800"}}',
+]
+h, n = hashlib.sha256(), 0
+for name in sorted(p.name for p in folder.iterdir()):
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(folder / name, "rt", encoding="utf-8") as f:
+        lines = [(i + 1, line) for i, line in enumerate(f)]
+    for p in prep.prepare(name, lines + [(len(lines) + i + 1, t) for i, t in enumerate(hostile)], None):
+        h.update(repr((p.line, p.resource_type, p.references, sorted(vars(p.item).items()))).encode())
+        n += 1
+h.update(repr(sorted(prep.take_exempted().items())).encode())
+print(json.dumps({"digest": h.hexdigest(), "lines": n, "resources": hub.resources.__file__}))
+'''
+
+
+@pytest.mark.slow
+def test_compiled_ndjson_preparer_gives_exactly_what_its_source_gives(tmp_path):
+    """Every line of a bulk export (and hostile lines: an identifier in a note, a bad id, an unknown type,
+    broken JSON, an over-long line, a lone surrogate) prepared by hub.resources compiled and from source."""
+    _need_build()
+    from hub.demo.generator import generate_region
+
+    ws = tmp_path / "ws"
+    generate_region(ws, patients=3)
+    out = {}
+    for pure in (False, True):
+        env = ({k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | {"PYTHONPATH": str(REPO)}
+               | ({compiled.PURE_ENV: "1"} if pure else {}))
+        run = subprocess.run([sys.executable, "-c", _NDJSON_DIGEST, str(ws), str(tmp_path / f"export-{pure}")],
+                             env=env, cwd=REPO, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out[pure] = json.loads(run.stdout.splitlines()[-1])
+    assert not out[False]["resources"].endswith(".py") and out[True]["resources"].endswith(".py")
+    assert out[False]["lines"] == out[True]["lines"] > 400
+    assert out[False]["digest"] == out[True]["digest"]
