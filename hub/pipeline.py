@@ -463,6 +463,7 @@ class _BlockPublish:
 
 
 _frozen_runs = 0  # runs of this process inside frozen_heap (a windowed run runs another inside it)
+_frozen_by_us = False  # the heap is frozen by frozen_heap (not by the process itself)
 _frozen_lock = threading.Lock()
 
 
@@ -470,20 +471,28 @@ def frozen_heap(fn):
     """Runs fn with what is alive at its start (modules, classes, the models of fhir.resources, pyiceberg
     and SQLAlchemy: ~120,000 objects) left out of the collector's full collections (gc.freeze), in this
     process and in the workers it forks meanwhile, and given back at its end (gc.unfreeze): nothing alive
-    now is kept from a later collection. Full collections walked that heap again and again, about a
-    twentieth of a pooled run's parent CPU (docs/performance.md). A process that froze its heap itself
-    (a server that forks its workers) is left as it is."""
+    then is kept from a later collection. Full collections walked that heap again and again: ~4 % of a
+    pooled run's CPU (docs/performance.md). Garbage is collected first, so none is kept for the run's
+    length. A process that froze its heap itself (a server that forks its workers) is left as it is; a
+    freeze an interrupted run left behind (an exception between freezing and counting) is taken back
+    by the next run."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        global _frozen_runs
-        with _frozen_lock:
-            mine = _frozen_runs > 0 or gc.get_freeze_count() == 0
-            if mine:
-                if _frozen_runs == 0:
-                    gc.freeze()
-                _frozen_runs += 1
+        global _frozen_runs, _frozen_by_us
+        mine = False
         try:
+            with _frozen_lock:
+                if _frozen_runs == 0 and _frozen_by_us:
+                    gc.unfreeze()
+                    _frozen_by_us = False
+                if _frozen_runs > 0 or gc.get_freeze_count() == 0:
+                    if _frozen_runs == 0:
+                        gc.collect()
+                        _frozen_by_us = True  # before freezing: an interruption in between leaves it to be taken back
+                        gc.freeze()
+                    _frozen_runs += 1
+                    mine = True
             return fn(*args, **kwargs)
         finally:
             if mine:
@@ -491,6 +500,7 @@ def frozen_heap(fn):
                     _frozen_runs -= 1
                     if _frozen_runs == 0:
                         gc.unfreeze()
+                        _frozen_by_us = False
 
     return run
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 
 import pytest
 
@@ -87,3 +88,47 @@ def test_a_failing_run_gives_the_heap_back_too():
     with pytest.raises(RuntimeError):
         fails()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_freeze_left_by_an_interrupted_run_is_taken_back_by_the_next(monkeypatch):
+    """An exception between gc.freeze() and the run's bookkeeping (KeyboardInterrupt, a signal handler)
+    must not leave the heap frozen for the life of a long-running process."""
+    real_freeze = gc.freeze
+
+    def freeze_then_interrupted():
+        real_freeze()
+        raise KeyboardInterrupt
+
+    @frozen_heap
+    def run() -> int:
+        return gc.get_freeze_count()
+
+    monkeypatch.setattr(gc, "freeze", freeze_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert gc.get_freeze_count() > IMPORTED  # left frozen by the interrupted run
+    monkeypatch.setattr(gc, "freeze", real_freeze)
+    assert run() > IMPORTED
+    assert gc.get_freeze_count() == 0  # taken back: the next run did not mistake it for the process's own
+
+
+def test_garbage_from_before_a_run_is_not_kept_while_it_runs():
+    class Cycle:
+        pass
+
+    def garbage() -> weakref.ref:
+        a, b = Cycle(), Cycle()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    @frozen_heap
+    def run(refs: list[weakref.ref]) -> int:
+        return sum(r() is not None for r in refs)
+
+    gc.disable()  # no collection may happen by chance before the run
+    try:
+        refs = [garbage() for _ in range(100)]
+        assert sum(r() is not None for r in refs) == 100
+        assert run(refs) == 0  # collected before the freeze, not held (frozen) until the run ends
+    finally:
+        gc.enable()

@@ -183,19 +183,25 @@ def effective_time(resource: dict, tz: dt.tzinfo) -> dt.datetime | None:
 
 
 _ZONES: dict[dt.tzinfo, dt.tzinfo] = {}
-_MAX_ZONES = 256
+_MINUTE = dt.timedelta(minutes=1)
 
 
 def parse_instant(text: str) -> dt.datetime:
-    """datetime.fromisoformat(text) with one shared tzinfo per UTC offset. fromisoformat makes a new
-    one for each value, and pickle writes out each one: a worker's results cost twice as much to send."""
+    """datetime.fromisoformat(text) with one shared tzinfo per UTC offset of whole minutes (the offsets
+    of real places: at most 2,879, however hostile the data). fromisoformat makes a new zone for each
+    value, and pickle writes out each one: a worker's results cost twice as much to send."""
     when = dt.datetime.fromisoformat(text)
     tz = when.tzinfo
     if tz is None:
         return when
     shared = _ZONES.get(tz)  # fromisoformat's zones are unnamed fixed offsets: equal offsets, equal zones
     if shared is None:
-        if len(_ZONES) >= _MAX_ZONES:  # offsets come from the data (to the microsecond): keep the table bounded
+        if tz.utcoffset(None) % _MINUTE:  # seconds or microseconds: no place's offset, not worth a slot
             return when
-        shared = _ZONES[tz] = tz
-    return when if shared is tz else when.astimezone(shared)  # same offset: same wall time (replace() costs 4x more)
+        shared = _ZONES.setdefault(tz, tz)
+    if shared is tz:
+        return when
+    try:
+        return when.astimezone(shared)  # same offset: same wall time (replace() costs 4x more)
+    except OverflowError:  # at the ends of the calendar (year 1, year 9999) the trip through UTC overflows
+        return when

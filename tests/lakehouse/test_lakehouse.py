@@ -118,8 +118,19 @@ def test_the_shared_zones_stay_bounded_whatever_offsets_the_data_holds(monkeypat
     from hub.lakehouse import tables
 
     monkeypatch.setattr(tables, "_ZONES", {})
-    texts = [f"2024-01-01T00:00:00+00:{s // 60:02d}:{s % 60:02d}" for s in range(1, 2001)]
+    texts = [f"2024-01-01T00:00:00+00:{s // 60:02d}:{s % 60:02d}" for s in range(1, 2001)]  # offsets to the second
+    texts += [f"2024-01-01T00:00:00{sign}{m // 60:02d}:{m % 60:02d}" for sign in "+-" for m in range(24 * 60)]
+    texts += ["2024-01-01T00:00:00+05:30:15.123456", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00-00:00"]
     out = [tables.parse_instant(t) for t in texts]
     plain = [dt.datetime.fromisoformat(t) for t in texts]
     assert out == plain and [v.isoformat() for v in out] == [v.isoformat() for v in plain]
-    assert len(tables._ZONES) == tables._MAX_ZONES
+    assert [v.utcoffset() for v in out] == [v.utcoffset() for v in plain]
+    assert len(tables._ZONES) == 2 * 24 * 60 - 1  # whole minutes only, +00:00 once
+
+
+def test_instants_at_the_ends_of_the_calendar_parse_as_fromisoformat_does():
+    from hub.lakehouse import tables
+
+    for text in ("2024-01-01T00:00:00+08:00", "0001-01-01T00:00:00+08:00", "9999-12-31T23:59:59-05:00"):
+        assert tables.parse_instant(text) == dt.datetime.fromisoformat(text)
+        assert tables.parse_instant(text).isoformat() == dt.datetime.fromisoformat(text).isoformat()

@@ -170,18 +170,24 @@ def test_kill_minus_9_with_workers_mid_stream_loses_nothing_duplicates_nothing_a
     generate_region(reference, patients=12)
     expected = run_institution(load_region(reference), INST, keys).by_resource()
     victim = _python(f"""
-        import os, signal
+        import os, signal, time
         import hub.pipeline as pipeline
         import hub.prepare as prepare
         from deid.keys import Keyring
         prepare.TASK_ROWS = 5  # many tasks in flight at once
-        staged, stage = [], pipeline._BlockPublish.stage
+        staged, stage, prepare_in_worker = [], pipeline._BlockPublish.stage, prepare._prepare_in_worker
+
+        def slow_prepare(task):  # the workers are still at work when the parent dies
+            time.sleep(0.05)
+            return prepare_in_worker(task)
+
+        prepare._prepare_in_worker = slow_prepare
 
         def stage_then_die(self, batch):
             stage(self, batch)
             staged.append(self.block.table)
             if len(set(staged)) >= 3 and self.w.written:  # a third block or later staging, the next in the workers, flushes on disk
-                print(self.block.table, " ".join(str(p.pid) for p in self.run.pool._pool._pool), flush=True)
+                print(self.block.table, len(self.run.pool._pool._cache), " ".join(str(p.pid) for p in self.run.pool._pool._pool), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
         pipeline._BlockPublish.stage = stage_then_die
@@ -190,10 +196,11 @@ def test_kill_minus_9_with_workers_mid_stream_loses_nothing_duplicates_nothing_a
     """, region.workspace)
     out, err = victim.communicate(timeout=300)
     assert victim.returncode == -signal.SIGKILL, (out, err[-3000:])
-    table, *pids = out.split()
+    table, in_flight, *pids = out.split()
     workers = [int(p) for p in pids]
     last = [w.block.table for w in feed_blocks(next(i for i in region.institutions if i.id == INST))][-1]
     assert len(workers) == 2 and table != last, out  # killed with blocks still to come
+    assert int(in_flight) > 0, out  # and tasks in the workers
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
