@@ -32,6 +32,16 @@ def _loaded_from(env: dict[str, str]) -> dict[str, str]:
     return json.loads(out.stdout)
 
 
+
+def _last_json(args: list[str], pure: bool) -> dict:
+    """The JSON on the last line a fresh interpreter of this tree prints for args: running its compiled
+    modules, or with HUB_PURE_PYTHON=1 its Python sources."""
+    env = ({k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | {"PYTHONPATH": str(REPO)}
+           | ({compiled.PURE_ENV: "1"} if pure else {}))
+    run = subprocess.run([sys.executable, *args], env=env, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
 def test_a_build_that_does_not_match_its_source_is_not_used(monkeypatch):
     module = compiled.MODULES[0]
     digest = compiled._digest(compiled.source_of(module))
@@ -98,13 +108,7 @@ def test_compiled_modules_prepare_exactly_what_the_sources_prepare(tmp_path):
 
     ws = tmp_path / "ws"
     generate_region(ws, patients=80)
-    out = {}
-    for pure in (False, True):
-        env = ({k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | {"PYTHONPATH": str(REPO)}
-               | ({compiled.PURE_ENV: "1"} if pure else {}))
-        run = subprocess.run([sys.executable, "benchmarks/hotpath.py", "--workspace", str(ws), "--one", "total"],
-                             env=env, cwd=REPO, capture_output=True, text=True, check=True)
-        out[pure] = json.loads(run.stdout.splitlines()[-1])
+    out = {pure: _last_json(["benchmarks/hotpath.py", "--workspace", str(ws), "--one", "total"], pure) for pure in (False, True)}
     assert out[False]["hub"] == out[True]["hub"] == str(REPO / "hub")  # this tree's code, not an installed one
     assert out[False]["compiled"] == len(compiled.MODULES) and out[True]["compiled"] == 0
     assert out[False]["resources"] == out[True]["resources"] > 5000
@@ -160,14 +164,7 @@ def test_compiled_ndjson_preparer_gives_exactly_what_its_source_gives(tmp_path):
 
     ws = tmp_path / "ws"
     generate_region(ws, patients=3)
-    out = {}
-    for pure in (False, True):
-        env = ({k: v for k, v in os.environ.items() if k != compiled.PURE_ENV} | {"PYTHONPATH": str(REPO)}
-               | ({compiled.PURE_ENV: "1"} if pure else {}))
-        run = subprocess.run([sys.executable, "-c", _NDJSON_DIGEST, str(ws), str(tmp_path / f"export-{pure}")],
-                             env=env, cwd=REPO, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr[-2000:]
-        out[pure] = json.loads(run.stdout.splitlines()[-1])
+    out = {pure: _last_json(["-c", _NDJSON_DIGEST, str(ws), str(tmp_path / f"export-{pure}")], pure) for pure in (False, True)}
     assert not out[False]["resources"].endswith(".py") and out[True]["resources"].endswith(".py")
     assert out[False]["lines"] == out[True]["lines"] > 400
     assert out[False]["digest"] == out[True]["digest"]
