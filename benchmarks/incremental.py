@@ -19,8 +19,9 @@ the next grade.
 Prints CPU seconds (this process and its finished children; parent-only with one worker) and
 wall time of each run, the change run's ratio to the full run, what that run committed to
 Iceberg (summed over every snapshot of every table carrying its run id: added and deleted
-records, data files and bytes) and so how many rows it rewrote per row changed (pyiceberg
-deletes copy-on-write: a replaced row rewrites the whole data file that held it), and the
+records, data files and bytes, rows masked by position deletes) and so how many rows it rewrote
+per row changed (hub masks a replaced row by its position, so this should be 0; with pyiceberg's
+own copy-on-write deletes a replaced row rewrote the whole data file that held it), and the
 resources it published and wrote.
 
   --sizes 500,2000    runs each size in a fresh process and prints one line each, so the
@@ -58,7 +59,8 @@ from hub.region import Region, load_region
 
 #: qualitative results (the demo's urine protein and CRP below the limit): the next grade
 QUALITATIVE = {"阴性": "±", "±": "1+", "1+": "2+", "2+": "1+", "<0.5": "0.6"}
-SUMMARY = ("added-records", "deleted-records", "added-data-files", "deleted-data-files", "added-files-size", "removed-files-size")
+SUMMARY = ("added-records", "deleted-records", "added-data-files", "deleted-data-files", "added-files-size", "removed-files-size",
+           "added-position-deletes", "added-delete-files")
 
 
 def cpu_seconds() -> float:
@@ -140,7 +142,7 @@ def committed(region: Region, run_ids: list[str]) -> dict[str, int]:
     """Summed snapshot summaries of every snapshot of every table of the zone that one of run_ids committed."""
     catalog = open_catalog(region.catalog_url, region.warehouse)
     wanted, sums = set(run_ids), dict.fromkeys(SUMMARY, 0)
-    sums["snapshots"] = sums["table-records"] = 0
+    sums["snapshots"] = sums["table-records"] = 0  # table-records: live rows (records less those masked by position deletes)
     for ident in catalog.list_tables(region.zone):
         table = catalog.load_table(ident)
         for snap in table.metadata.snapshots:
@@ -151,7 +153,8 @@ def committed(region: Region, run_ids: list[str]) -> dict[str, int]:
                     sums[f] += int(props.get(f, 0))
         current = table.current_snapshot()
         if current is not None and current.summary is not None:
-            sums["table-records"] += int(current.summary.additional_properties.get("total-records", 0))
+            props = current.summary.additional_properties
+            sums["table-records"] += int(props.get("total-records", 0)) - int(props.get("total-position-deletes", 0))
     return sums
 
 
@@ -236,7 +239,8 @@ def main() -> None:
           f"{change['written']:,} resources written, {change['unchanged']:,} unchanged")
     print(f"committed  {sums['snapshots']} snapshot(s): {sums['added-records']:,} records added, {sums['deleted-records']:,} deleted "
           f"(tables now hold {sums['table-records']:,}); data files +{sums['added-data-files']} -{sums['deleted-data-files']}, "
-          f"{sums['added-files-size'] / 1e6:.1f} MB written, {sums['removed-files-size'] / 1e6:.1f} MB removed")
+          f"{sums['added-files-size'] / 1e6:.1f} MB written, {sums['removed-files-size'] / 1e6:.1f} MB removed; "
+          f"{sums['added-position-deletes']:,} rows masked by position in {sums['added-delete-files']} delete file(s)")
     print(f"rewritten  {rewritten:,} unchanged rows copied into new files = {result['rewritten_per_change']:.1f} per row changed")
     print(HEADER)
     print(line(args.patients, result))

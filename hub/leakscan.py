@@ -500,8 +500,9 @@ def _local_path(file_path: str) -> Path:
 
 def run_files(table, run_id: str) -> list[Path]:
     """The Parquet data files one run added to an Iceberg table (its snapshots carry hub.run-id),
-    whatever was committed after it: what a run's check must scan, and no more."""
-    from pyiceberg.manifest import ManifestEntryStatus
+    whatever was committed after it: what a run's check must scan, and no more. Position delete files
+    (paths and row numbers of hub's own files) hold no published value and are not listed."""
+    from pyiceberg.manifest import DataFileContent, ManifestEntryStatus
 
     files: list[Path] = []
     for snap in table.metadata.snapshots:
@@ -511,6 +512,6 @@ def run_files(table, run_id: str) -> list[Path]:
             if manifest.added_snapshot_id != snap.snapshot_id:
                 continue
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-                if entry.status == ManifestEntryStatus.ADDED:
+                if entry.status == ManifestEntryStatus.ADDED and entry.data_file.content == DataFileContent.DATA:
                     files.append(_local_path(entry.data_file.file_path))
     return files

@@ -40,10 +40,11 @@ def lakehouse_snapshots(
     t.add_column("at (UTC)", no_wrap=True, min_width=16)
     t.add_column("operation", no_wrap=True)
     t.add_column("records", justify="right", no_wrap=True)
+    t.add_column("masked", justify="right", no_wrap=True)
     t.add_column("run, tags", overflow="fold")  # wraps rather than cuts
     for h in rows:
         at = h["at"][:16].replace("T", " ")
-        t.add_row(str(h["snapshot_id"]), at, h["operation"], str(h["records"]),
+        t.add_row(str(h["snapshot_id"]), at, h["operation"], str(h["records"]), str(h["masked"]),
                   "\n".join([h["run_id"] or "(no run)", *(f"tag: {tag}" for tag in h["tags"])]))
     console.print(t)
 

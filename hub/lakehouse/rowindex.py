@@ -2,9 +2,11 @@
 
 ``PublishedRows`` is what a ``TableWriter`` knows of the rows published in its (table,
 institution) partition: for each resource id, its content hash, source update time, source-key
-hash, source table, key id and source row hash. It is rebuilt from Iceberg at the start of each
-run (streamed scan batch by batch into a temporary SQLite file) and asked in batches: the ids of
-a flush, the source-key hashes of a batch of source rows, an anti-join for deletion detection.
+hash, source table, key id and source row hash, and where it sits (its data file, as a number the
+writer assigns, and its position in that file: what a position delete names). It is rebuilt from
+Iceberg at the start of each run (streamed file by file into a temporary SQLite file) and asked in
+batches: the ids of a flush, the source-key hashes of a batch of source rows, an anti-join for
+deletion detection. It also keeps the positions the run masks until its commit writes them.
 
 ``KeySet`` is a set of strings (source-key hashes seen in a block) with the same storage.
 
@@ -38,6 +40,8 @@ T = TypeVar("T")
 
 #: The columns of the published rows the index holds, in the order of its tuples.
 COLUMNS = ("id", "content_hash", "source_updated_at", "source_key_hash", "source_table", "key_id", "source_row_hash")
+#: Where a row sits: its data file's number (the writer's) and its position in that file.
+LOCATION = ("_file", "_pos")
 #: Values per SQL statement (SQLite's limit on bound parameters is far above this).
 CHUNK = 500
 #: Rows turned into Python values at once while the index is filled.
@@ -129,12 +133,14 @@ class PublishedRows(_Scratch):
     def __init__(self, directory: Path | str | None = None, cache_kib: int = 4096):
         super().__init__(directory, "hub-published-", cache_kib)
         self.db.execute("CREATE TABLE rows (id TEXT NOT NULL, content_hash TEXT, updated_us INTEGER, skh TEXT, "
-                        "source_table TEXT, key_id TEXT, row_hash TEXT)")
+                        "source_table TEXT, key_id TEXT, row_hash TEXT, file INTEGER, pos INTEGER)")
+        self.db.execute("CREATE TABLE masked (file INTEGER NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (file, pos)) WITHOUT ROWID")
         self._indexed = False
 
     @_disk_errors
     def fill(self, batches: Iterable[pa.RecordBatch]) -> int:
-        """Add the rows of batches (each with the COLUMNS) to an empty index, then index them; returns how many.
+        """Add the rows of batches (each with the COLUMNS, and the LOCATION if known) to an empty index, then
+        index them; returns how many.
         Loaded before indexing (sorting once is much faster than growing a B-tree row by row). An id found
         twice (it should not be) keeps the values of its last row, as a dict filled in scan order would."""
         if self._indexed:
@@ -146,7 +152,11 @@ class PublishedRows(_Scratch):
                 batch = whole.slice(start, FILL_ROWS)
                 cols = [batch.column(batch.schema.get_field_index(c)) for c in COLUMNS]
                 cols[2] = pc.cast(cols[2], pa.int64())  # timestamp[us, UTC] -> microseconds since the epoch
-                self.db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", zip(*(c.to_pylist() for c in cols), strict=True))
+                values = [c.to_pylist() for c in cols]
+                for c in LOCATION:
+                    i = batch.schema.get_field_index(c)
+                    values.append(batch.column(i).to_pylist() if i >= 0 else [None] * batch.num_rows)
+                self.db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", zip(*values, strict=True))
                 n += batch.num_rows
         self.db.execute("COMMIT")
         try:
@@ -177,16 +187,50 @@ class PublishedRows(_Scratch):
         return out
 
     @_disk_errors
-    def upsert(self, rows: Iterable[tuple[str, str | None, dt.datetime | None, str | None, str | None, str | None, str | None]]) -> None:
-        """Index rows (tuples in COLUMNS order): an id held already keeps its place and takes the new values."""
+    def upsert(self, rows: Iterable[tuple]) -> None:
+        """Index rows (tuples in COLUMNS order, then optionally the LOCATION): an id held already keeps its place
+        and takes the new values."""
         self._ready()
         self.db.execute("BEGIN")
         self.db.executemany(
-            "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET content_hash = excluded.content_hash, "
+            "INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET content_hash = excluded.content_hash, "
             "updated_us = excluded.updated_us, skh = excluded.skh, source_table = excluded.source_table, "
-            "key_id = excluded.key_id, row_hash = excluded.row_hash",
-            ((rid, ch, to_us(at), skh, st, kid, rh) for rid, ch, at, skh, st, kid, rh in rows))
+            "key_id = excluded.key_id, row_hash = excluded.row_hash, file = excluded.file, pos = excluded.pos",
+            ((row[0], row[1], to_us(row[2]), *row[3:7], *(row[7:9] if len(row) > 7 else (None, None))) for row in rows))
         self.db.execute("COMMIT")
+
+    @_disk_errors
+    def locate(self, ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """id -> (file number, position) of each of ids held whose place is known."""
+        self._ready()
+        out: dict[str, tuple[int, int]] = {}
+        for chunk in _chunks(ids):
+            sql = f"SELECT id, file, pos FROM rows WHERE id IN ({','.join('?' * len(chunk))}) AND file IS NOT NULL"
+            for rid, file, pos in self.db.execute(sql, chunk):
+                out[rid] = (file, pos)
+        return out
+
+    @_disk_errors
+    def mask_other_keys(self, key_id: str | None) -> None:
+        """Mask the place of every row held that was made with a key other than key_id."""
+        self._ready()
+        self.db.execute("INSERT OR IGNORE INTO masked SELECT file, pos FROM rows WHERE key_id IS NOT ? AND file IS NOT NULL", (key_id,))
+
+    @_disk_errors
+    def mask(self, places: Iterable[tuple[int, int]]) -> None:
+        """Remember (file number, position) pairs as deleted by this run (until ``masked`` is asked at commit)."""
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR IGNORE INTO masked VALUES (?, ?)", places)
+        self.db.execute("COMMIT")
+
+    def masked_files(self) -> dict[int, int]:
+        """file number -> how many of its positions this run masked."""
+        return dict(self.db.execute("SELECT file, count(*) FROM masked GROUP BY file"))
+
+    def masked(self, file: int) -> list[int]:
+        """The positions of file this run masked, in order."""
+        return [pos for (pos,) in self.db.execute("SELECT pos FROM masked WHERE file = ? ORDER BY pos", (file,))]
+
 
     def _by_key(self, what: str, source_table: str, key_id: str | None, skhs: Iterable[str]) -> Iterator[tuple]:
         self._ready()

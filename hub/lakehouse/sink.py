@@ -274,7 +274,9 @@ class Publication:
 
     def rewrite_small_files(self, table: Table, institution: str, small_bytes: int, min_files: int) -> dict[str, Any]:
         """Compaction: rewrite the institution's data files of table smaller than small_bytes (at least
-        min_files of them) into as few files as the target size allows, sorted like every write; committed now.
+        min_files of them), and every data file with rows masked by position deletes (whatever their number),
+        into as few files as the target size allows, sorted like every write, masked rows left out; committed now.
+        The position delete files stay (they name only files no snapshot from now on reads: dangling, harmless).
 
         The rows are the published ones, unchanged (they passed the scan when published, so they are
         not scanned again). The overwrite names the exact files it replaces and is scoped to the
@@ -292,9 +294,9 @@ class Publication:
 
         def attempt(t: Table) -> int | None:
             tasks = [task for task in t.scan(row_filter=EqualTo("institution", institution)).plan_files()
-                     if task.file.file_size_in_bytes < small_bytes and not task.delete_files
+                     if (task.file.file_size_in_bytes < small_bytes or task.delete_files)
                      and str(task.file.partition[0]) == institution] if t.current_snapshot() else []
-            if len(tasks) < min_files:
+            if len(tasks) < min_files and not any(task.delete_files for task in tasks):
                 out["skipped"] = f"{len(tasks)} small file(s), fewer than {min_files}"
                 return None
             data = ArrowScan(t.metadata, t.io, t.schema(), AlwaysTrue()).to_table(tasks=tasks).sort_by(

@@ -2,14 +2,16 @@
 
 A row is identified by its resource id. Before its first write in a run, the writer reads
 (id, content_hash, source_updated_at, source_key_hash, source_table, key_id, source_row_hash) of
-the institution's partition once, batch by batch, into a temporary on-disk index
-(``hub.lakehouse.rowindex.PublishedRows``), which it then asks a batch at a time: a run's memory
-does not grow with the rows of the partition. ``close()`` removes that index.
-Rows are staged into one Iceberg transaction per table per run (data files are written as
-they come, so memory stays bounded) and committed together by ``commit()``. The data files of
-a run go into the transaction as one append snapshot at commit, not one per flush (each
-append re-reads the transaction's growing metadata); a flush that replaces or deletes a row
-an earlier flush of the same run wrote appends the files written so far first.
+the institution's partition once, file by file, with each row's data file and position, into a
+temporary on-disk index (``hub.lakehouse.rowindex.PublishedRows``), which it then asks a batch
+at a time: a run's memory does not grow with the rows of the partition. ``close()`` removes that
+index. Data files are written as rows come (memory stays bounded) and committed together by
+``commit()``, in one transaction per table per run: one append snapshot with the run's data
+files (an append per flush would re-read the transaction's growing metadata each time), then
+the rows the run replaced or deleted, **masked by position** (``hub.lakehouse.positions``: one
+position delete file per commit, merge on read) instead of rewriting the files that hold them;
+a data file all of whose rows the run removed is dropped whole. So a run that changes 1 % of a
+partition writes 1 % of it again, not all of it.
 
 - a new id is appended; an unchanged one (same content hash) is skipped;
 - a changed one replaces the old version under the same id, unless the old version is
@@ -66,14 +68,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from pyiceberg.expressions import And, EqualTo, In, NotEqualTo
 from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.snapshots import Operation
 
 from hub.errors import CommandFailed
-from hub.lakehouse.rowindex import COLUMNS, KeySet, PublishedRows
+from hub.lakehouse.positions import (
+    commit_position_deletes,
+    drop_data_files,
+    partition_rows,
+    validate_still_there,
+    write_position_deletes,
+)
+from hub.lakehouse.rowindex import COLUMNS, LOCATION, KeySet, PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA
 
 T = TypeVar("T")
@@ -225,6 +233,10 @@ class TableWriter:
         self._existing: PublishedRows | None = None
         self._tx: Transaction | None = None
         self._files: list[DataFile] = []  # data files written since the last append to _tx (``_append_files``)
+        self._data_files: list[DataFile] = []  # file number (the index's) -> data file, read or written by this run
+        self._file_no: dict[str, int] = {}
+        self._own: set[int] = set()  # numbers of the files this run wrote
+        self._live_at_read: dict[int, int] = {}  # file number -> its live rows when the partition was read
         self._file_names = (uuid.uuid4(), itertools.count())  # unique data file names across this writer's flushes
         self.written = 0
         self.unchanged = 0
@@ -242,12 +254,39 @@ class TableWriter:
             self._read_at = snap.snapshot_id if snap is not None else None
             index = PublishedRows()
             try:
-                index.fill(self.table.scan(row_filter=EqualTo("institution", self.institution), selected_fields=COLUMNS).to_arrow_batch_reader())
+                index.fill(self._located(partition_rows(self.table, self.institution, COLUMNS)))
             except BaseException:
                 index.close()
                 raise
             self._existing = index
         return self._existing
+
+    def _number(self, data_file: DataFile, own: bool) -> int:
+        """The index's number for data_file (given at its first sight)."""
+        no = self._file_no.get(data_file.file_path)
+        if no is None:
+            no = self._file_no[data_file.file_path] = len(self._data_files)
+            self._data_files.append(data_file)
+            if own:
+                self._own.add(no)
+        return no
+
+    def _located(self, rows: Iterable[tuple[DataFile, pa.RecordBatch, Any]]) -> Iterable[pa.RecordBatch]:
+        """The partition's batches with the LOCATION columns added; counts each file's live rows."""
+        for data_file, batch, positions in rows:
+            no = self._number(data_file, own=False)
+            self._live_at_read[no] = self._live_at_read.get(no, 0) + batch.num_rows
+            yield (batch.append_column(LOCATION[0], pa.array([no] * batch.num_rows, pa.int64()))
+                        .append_column(LOCATION[1], pa.array(positions, pa.int64())))
+
+    def _mask(self, index: PublishedRows, ids: list[str]) -> None:
+        """Remember where the published versions of ids sit, to mask them at commit."""
+        places = index.locate(ids)
+        if len(places) != len(set(ids)):
+            raise CommandFailed(f"{'.'.join(self.table.name())}: {len(set(ids)) - len(places)} published row(s) of "
+                                f"{self.institution} to replace or delete have no known place in the table's files; "
+                                "nothing of this run is committed", 2)
+        index.mask(places.values())
 
     def row_hashes_for(self, source_table: str, skhs: Iterable[str]) -> dict[str, str]:
         """source-key hash -> source row hash of what this table holds from source_table under this key, for those
@@ -314,24 +353,34 @@ class TableWriter:
         data = _to_arrow(rows)  # empties rows: the row dicts are most of a flush's memory
         self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         if changed:
-            if self._written_by_run(changed):  # its file must be in the transaction for the delete to find the row
-                self._append_files()
-            self._transaction().delete(And(EqualTo("institution", self.institution), In("id", changed)), snapshot_properties=self.props)
-        self._write_files(data)
+            self._mask(index, changed)
+        places = self._write_files(data)
         if self._staged is None:
             self._staged = KeySet()
         self._staged.add(entry[0] for entry in published)
-        index.upsert(published)
+        index.upsert((*entry, *places[entry[0]]) for entry in published)
         self.written += len(published)
 
-    def _write_files(self, data: pa.Table) -> None:
+    def _write_files(self, data: pa.Table) -> dict[str, tuple[int, int]]:
         """Write data as Parquet data files of the table, not yet part of it: commit() appends every file of
         the run in one snapshot (an append per flush would make each flush re-read the transaction's
-        growing metadata: quadratic in the number of flushes)."""
+        growing metadata: quadratic in the number of flushes). Returns id -> (file number, position) of
+        each row, read back from the files (how pyiceberg splits and orders rows into files is its own)."""
         meta = self.table.metadata
         _check_pyarrow_schema_compatible(meta.schema(), provided_schema=data.schema, format_version=meta.format_version)
         uid, counter = self._file_names
-        self._files += _dataframe_to_data_files(table_metadata=meta, df=data, io=self.table.io, write_uuid=uid, counter=counter)
+        written = list(_dataframe_to_data_files(table_metadata=meta, df=data, io=self.table.io, write_uuid=uid, counter=counter))
+        self._files += written
+        places: dict[str, tuple[int, int]] = {}
+        for data_file in written:
+            no = self._number(data_file, own=True)
+            with self.table.io.new_input(data_file.file_path).open() as f:
+                ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            places.update((rid, (no, pos)) for pos, rid in enumerate(ids))
+        if len(places) != data.num_rows:
+            raise CommandFailed(f"{'.'.join(self.table.name())}: {data.num_rows} rows written but {len(places)} found in "
+                                "the files written; nothing of this run is committed", 2)
+        return places
 
     def _written_by_run(self, ids: Iterable[str]) -> set[str]:
         """Those of ids this run wrote to a data file."""
@@ -346,6 +395,31 @@ class TableWriter:
             for f in files:
                 append.append_data_file(f)
 
+    def _stage_masks(self) -> None:
+        """Stage what this run replaced or deleted: data files read from the table all of whose rows went are
+        dropped whole; the other rows are masked by one position delete file (in one snapshot each)."""
+        if self._existing is None:
+            return
+        index = self._existing
+        masked = index.masked_files()
+        if not masked:
+            return
+        drop = sorted(no for no, n in masked.items() if no not in self._own and n >= self._live_at_read.get(no, -1))
+        masks = {self._data_files[no] for no in masked if no not in self._own}
+        try:
+            validate_still_there(self.table, self._read_at, masks)
+        except ValidationException as exc:
+            raise CommitConflict(f"{'.'.join(self.table.name())}: since this run read {self.institution}'s rows, another commit "
+                                 f"removed or masked rows of a data file this run masks rows of; nothing of this commit is "
+                                 f"visible, run it again ({exc})", 2) from exc
+        if drop:
+            drop_data_files(self._transaction(), [self._data_files[no] for no in drop], self.institution, self.props)
+        keep = sorted((no for no in masked if no not in drop), key=lambda no: self._data_files[no].file_path)
+        if keep:
+            rows = ((self._data_files[no].file_path, pos) for no in keep for pos in index.masked(no))
+            deletes = write_position_deletes(self.table, self._data_files[keep[0]], rows)
+            commit_position_deletes(self._transaction(), [deletes], {self._data_files[no] for no in keep if no not in self._own}, self.props)
+
     def stage_deletions(self, source_table: str, seen_source_keys: Iterable[str]) -> list[tuple[str, str]]:
         """After a full pull of source_table: stage deletion of rows whose source key was not seen.
 
@@ -357,10 +431,7 @@ class TableWriter:
         gone = index.missing_keys(source_table, self.key_id, seen_source_keys)
         if gone:
             ids = [rid for rid, _ in gone]
-            if self._written_by_run(ids):
-                self._append_files()
-            for i in range(0, len(ids), 1000):
-                self._transaction().delete(And(EqualTo("institution", self.institution), In("id", ids[i : i + 1000])), snapshot_properties=self.props)
+            self._mask(index, ids)
             index.delete(ids)
         return gone
 
@@ -370,10 +441,9 @@ class TableWriter:
         For re-pseudonymization: the old-key rows leave in the same commit as the re-keyed
         rows arrive, so no reader ever sees a person twice or not at all. Returns how many.
         """
-        old = self._load_existing().drop_other_keys(self.key_id)
-        if old:
-            self._transaction().delete(And(EqualTo("institution", self.institution), NotEqualTo("key_id", self.key_id)), snapshot_properties=self.props)
-        return old
+        index = self._load_existing()
+        index.mask_other_keys(self.key_id)
+        return index.drop_other_keys(self.key_id)
 
     def check_shared(self) -> None:
         """For a writer sharing its partition: raise CommitConflict if a run of the institution committed, since
@@ -408,6 +478,7 @@ class TableWriter:
         """Make everything staged in this run visible, atomically (after ``check_shared`` for a shared partition)."""
         self.check_shared()
         self._append_files()
+        self._stage_masks()
         if self._tx is None:
             return
         tx, self._tx, before = self._tx, None, refused_commits(self.table)

@@ -1,4 +1,5 @@
-"""Every Parquet or Iceberg write of hub goes through the one sink (hub/lakehouse/sink.py and the writer it makes).
+"""Every Parquet or Iceberg write of hub goes through the one sink (hub/lakehouse/sink.py, the writer it makes
+and the position deletes that writer stages).
 
 The test reads the source of hub/, deid/ and dagster_project/ and lists every call that
 writes data: Parquet files (``write_table``, ``to_parquet`` ...) and Iceberg tables
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-SINK = {"hub/lakehouse/sink.py", "hub/lakehouse/writer.py"}
+SINK = {"hub/lakehouse/sink.py", "hub/lakehouse/writer.py", "hub/lakehouse/positions.py"}
 #: Calls that write data whatever they are called on.
 WRITES = {"write_table", "write_to_dataset", "to_parquet", "write_parquet", "write_csv", "write_dataset",
           "overwrite", "add_files", "dynamic_partition_overwrite", "upsert"}

@@ -1,8 +1,8 @@
 """A run's data files are appended to a table once, at commit; rows it replaces or deletes again stay correct.
 
 The table writer writes each flush's Parquet files at once but adds them to the run's transaction only at
-commit (one append snapshot), unless a later flush of the same run replaces or deletes a row in one of them:
-then the files written so far are appended first, so the delete finds them.
+commit (one append snapshot). A later flush of the same run that replaces or deletes a row in one of them
+masks that row by its position in the run's own file (hub.lakehouse.positions), so it is published once.
 """
 
 from __future__ import annotations
