@@ -72,6 +72,9 @@ RESOURCE_ORDER = ("Organization", "Patient", "Encounter")
 #: this (a flush holds its rows as dicts, then as Arrow, while they are scanned and written). 20,000 lab
 #: results peak at ~630 MiB in the parent where 50,000 peaked at ~880, at the same speed (docs/performance.md).
 FLUSH_ROWS = 20_000
+#: Under the workspace: each table writer's index of published rows, kept between runs (hub.lakehouse.rowindex):
+#: ~0.5 KB per published row; removing it costs the next run one read of each partition.
+ROW_INDEX_DIR = "rowindex"
 #: A windowed run waits this long for the institution's regular run lock before it commits.
 WINDOW_COMMIT_WAIT = 3600.0
 #: What other resources refer to: a windowed run first brings these up to date with a regular run
@@ -167,7 +170,8 @@ class InstitutionRun:
         if resource_type not in self.writers:
             table = ensure_table(self.icat, self.region.zone, resource_type)
             self.writers[resource_type] = self.publication.table_writer(table, self.inst.id, self.keys.key_id,
-                                                                        shared_partition=self.window is not None)
+                                                                        shared_partition=self.window is not None,
+                                                                        index_dir=self.region.workspace / ROW_INDEX_DIR)
         return self.writers[resource_type]
 
     def publish(self, work: BlockWork, batches: Iterable[list[tuple]], *, reuse_unchanged: bool = True) -> BlockResult:

@@ -7,19 +7,19 @@ has a cheaper form, which pyiceberg reads but does not write: a **position delet
 writes them:
 
 - ``partition_rows`` reads a partition's live rows file by file, each with its data file and its
-  position in that file (the rows earlier position deletes removed are skipped, as a scan skips
-  them), so a writer knows where every published row sits;
+  position in that file (rows earlier masks removed are skipped, as a scan skips them), so a
+  writer knows where every published row sits;
 - ``write_position_deletes`` writes one delete file (Parquet, the spec's ``file_path``/``pos``
-  columns, sorted) for positions in data files of one partition;
-- ``commit_position_deletes`` adds such files to a transaction as one snapshot (operation
-  ``delete``, a manifest of content ``deletes``). Re-planned after a concurrent commit, it checks
-  that no data file it masks rows of was removed meanwhile, and that no other commit masked rows
-  of them meanwhile (a second writer replacing the same row): either raises ``ValidationException``,
-  which the writer reports as a conflict, so a row is never masked in a file that is gone nor
-  replaced twice.
-
-A data file all of whose rows a run deletes is removed whole instead (``TableWriter`` does that):
-masks cost every later read until compaction, and a fully masked file is only dead weight.
+  columns, sorted) per masked data file: its path bounds name that file alone, so readers apply
+  it to that file only and compaction can remove it with the file;
+- ``stage_run_commit`` makes one snapshot of a run's new data files, its delete files and the data
+  files it removes whole (all their rows gone), so no reader of any snapshot sees a replaced row
+  twice; ``check_untouched`` (before the commit) and the snapshot's re-planning (after a
+  concurrent commit) refuse it when another commit removed, or masked rows of, a file it masks
+  or removes since its writer read the partition: a row is never masked in a file that is gone
+  nor replaced twice. The messages name counts, never file statistics (which hold row values);
+- ``compaction`` is pyiceberg's overwrite that also removes the delete files of the files a
+  compaction rewrites (``masks_of``).
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ from pyiceberg.manifest import (
     DataFileContent,
     FileFormat,
     ManifestContent,
-    ManifestWriter,
+    ManifestEntry,
+    ManifestEntryStatus,
+    ManifestFile,
     ManifestWriterV2,
 )
 from pyiceberg.table import FileScanTask, Table, Transaction
 from pyiceberg.table.snapshots import Operation
-from pyiceberg.table.update.snapshot import _FastAppendFiles, _OverwriteFiles
-from pyiceberg.table.update.validate import (
-    _validate_data_files_exist,
-    _validate_no_new_deletes_for_data_files,
-)
+from pyiceberg.table.update.snapshot import _OverwriteFiles
+from pyiceberg.table.update.validate import _validate_data_files_exist
+from pyiceberg.typedef import EMPTY_DICT
 
 #: The spec's reserved field ids of a position delete file's columns.
 PATH_FIELD_ID, POS_FIELD_ID = 2147483546, 2147483545
@@ -100,32 +100,28 @@ def partition_rows(table: Table, institution: str, columns: tuple[str, ...]) -> 
             raise ValueError(f"{task.file.file_path}: {start} rows read, its manifest says {task.file.record_count}")
 
 
-def write_position_deletes(table: Table, like: DataFile, rows: Iterable[tuple[str, int]]) -> DataFile:
-    """Write one position delete file masking rows ((data file path, position), sorted by both, in data
-    files of like's partition); returns it, not yet part of the table (``commit_position_deletes``)."""
-    paths, positions = [], []
-    for path, pos in rows:
-        paths.append(path)
-        positions.append(pos)
-    if not paths:
-        raise ValueError("write_position_deletes: no rows")
+def write_position_deletes(table: Table, data_file: DataFile, positions: list[int]) -> DataFile:
+    """Write one position delete file masking positions (sorted) of one data file; returns it, not yet part of the
+    table (``stage_run_commit``). One delete file per data file: its path bounds name that file alone, so a
+    reader applies it to that file only (a file spanning several paths is read for every file between them)."""
+    if not positions:
+        raise ValueError("write_position_deletes: no positions")
     # beside the data files of the partition: a killed run's delete file is an orphan of that partition too
-    location = f"{posixpath.dirname(like.file_path)}/{uuid.uuid4()}-deletes.parquet"
-    data = pa.Table.from_arrays([pa.array(paths, pa.string()), pa.array(positions, pa.int64())], schema=DELETE_SCHEMA)
-    output = table.io.new_output(location)
-    with output.create(overwrite=False) as fo:
+    location = f"{posixpath.dirname(data_file.file_path)}/{uuid.uuid4()}-deletes.parquet"
+    data = pa.Table.from_arrays([pa.array([data_file.file_path] * len(positions), pa.string()), pa.array(positions, pa.int64())],
+                                schema=DELETE_SCHEMA)
+    with table.io.new_output(location).create(overwrite=False) as fo:
         pq.write_table(data, fo, compression="zstd")
-    size = len(table.io.new_input(location))
-    lo, hi = min(paths), max(paths)
     try:
-        spec_id = like.spec_id
+        spec_id = data_file.spec_id
     except AttributeError:  # a DataFile pyiceberg just wrote carries no spec id until read back from a manifest
         spec_id = table.metadata.default_spec_id
+    path = data_file.file_path.encode()
     return DataFile.from_args(
         content=DataFileContent.POSITION_DELETES, file_path=location, file_format=FileFormat.PARQUET,
-        partition=like.partition, record_count=len(paths), file_size_in_bytes=size,
-        lower_bounds={PATH_FIELD_ID: lo.encode(), POS_FIELD_ID: int(min(positions)).to_bytes(8, "little", signed=True)},
-        upper_bounds={PATH_FIELD_ID: hi.encode(), POS_FIELD_ID: int(max(positions)).to_bytes(8, "little", signed=True)},
+        partition=data_file.partition, record_count=len(positions), file_size_in_bytes=len(table.io.new_input(location)),
+        lower_bounds={PATH_FIELD_ID: path, POS_FIELD_ID: positions[0].to_bytes(8, "little", signed=True)},
+        upper_bounds={PATH_FIELD_ID: path, POS_FIELD_ID: positions[-1].to_bytes(8, "little", signed=True)},
         sort_order_id=None, spec_id=spec_id, equality_ids=None, key_metadata=None)
 
 
@@ -140,71 +136,186 @@ class _DeleteManifestWriter(ManifestWriterV2):
         return {**super()._meta, "content": "deletes"}
 
 
-class _PositionDeletes(_FastAppendFiles):
-    """A snapshot that adds position delete files: every manifest of its parent kept, one new deletes manifest.
-    masks: the data files its delete files mask rows of, that were in the table when the writer read it."""
-
-    def __init__(self, transaction: Transaction, io: Any, masks: set[DataFile], snapshot_properties: dict[str, str]):
-        super().__init__(Operation.DELETE, transaction, io, snapshot_properties=snapshot_properties)
-        self._masks = masks
-
-    def new_manifest_writer(self, spec: Any) -> ManifestWriter:
-        return _DeleteManifestWriter(spec=spec, schema=self.schema(), output_file=self.new_manifest_output(),
-                                     snapshot_id=self._snapshot_id, avro_compression=self._compression)
-
-    def _validate_concurrency(self) -> None:
-        window = self._commit_window
-        if window is None or window.is_empty() or window.head is None or not self._masks:
-            return
-        table = self._transaction._table
-        _validate_data_files_exist(table, window.head, self._masks, window.base)
-        _validate_no_new_deletes_for_data_files(table, window.head, None, self._masks, window.base)
-
-
-def commit_position_deletes(tx: Transaction, delete_files: list[DataFile], masks: set[DataFile], props: dict[str, str]) -> None:
-    """Stage delete_files in tx as one snapshot (committed with the transaction). masks: the table's data files
-    (as read before this transaction) whose rows they mask; files this transaction adds need no check."""
-    producer = _PositionDeletes(tx, tx._table.io, masks, props)
-    for f in delete_files:
-        producer.append_data_file(f)
-    producer.commit()
+def _masked_since(table: Table, head: Any, base: Any, paths: set[str]) -> set[str]:
+    """Those of paths that a delete file added after snapshot base, up to head, may mask rows of (by its path
+    bounds; one without bounds counts for every path). Raises ValidationException when base is not an ancestor
+    of head (the history was rolled back or expired meanwhile)."""
+    hit: set[str] = set()
+    snap = head
+    while snap is not None and (base is None or snap.snapshot_id != base.snapshot_id):
+        for manifest in snap.manifests(table.io):
+            if manifest.content != ManifestContent.DELETES or manifest.added_snapshot_id != snap.snapshot_id:
+                continue
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                if entry.status != ManifestEntryStatus.ADDED or entry.snapshot_id != snap.snapshot_id:
+                    continue
+                lo, hi = (entry.data_file.lower_bounds or {}).get(PATH_FIELD_ID), (entry.data_file.upper_bounds or {}).get(PATH_FIELD_ID)
+                hit |= paths if lo is None or hi is None else {p for p in paths if lo <= p.encode() <= hi}
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    if base is not None and snap is None:
+        raise ValidationException("the snapshot the rows were read from is no longer an ancestor of the table's current one")
+    return hit
 
 
-class _DropFiles(_OverwriteFiles):
-    """An overwrite that only removes the named data files; validated against exactly those files."""
+def _check_untouched(table: Table, head: Any, base: Any, files: set[DataFile]) -> None:
+    """Raise ValidationException (naming counts, never values) if a commit after base, up to head, removed one of
+    files or masked rows of one: the rows a commit masks must be where its writer read them."""
+    if not files or head is None or (base is not None and head.snapshot_id == base.snapshot_id):
+        return
+    try:
+        _validate_data_files_exist(table, head, files, base)
+    except ValidationException:
+        raise ValidationException(f"{len(files)} data file(s) whose rows this commit masks or removes: "
+                                  "at least one was removed by another commit meanwhile") from None
+    masked = _masked_since(table, head, base, {f.file_path for f in files})
+    if masked:
+        raise ValidationException(f"rows of {len(masked)} data file(s) this commit masks or removes were masked by "
+                                  "another commit meanwhile")
 
-    def __init__(self, transaction: Transaction, io: Any, snapshot_properties: dict[str, str]):
+
+def check_untouched(table: Table, read_at: int | None, files: set[DataFile]) -> None:
+    """``_check_untouched`` from snapshot read_at (when a writer read the partition) to the catalog's current
+    metadata (a commit landing after this check is caught by the commit's own re-planning)."""
+    if not files or read_at is None:
+        return
+    fresh = table.catalog.load_table(table.name())
+    base = fresh.snapshot_by_id(read_at)
+    if base is None:
+        raise ValidationException("the snapshot the rows were read from is no longer in the table's history")
+    _check_untouched(fresh, fresh.current_snapshot(), base, files)
+
+
+class _RunCommit(_OverwriteFiles):
+    """One snapshot for a run's changes to a table: its new data files, the position delete files masking the
+    rows it replaced or deleted, and the data files it removed whole; readers of any snapshot see each id once.
+    Re-planned after a concurrent commit, it checks that nothing removed or masked rows of the files it masks
+    or removes (``touched``) since the transaction began."""
+
+    def __init__(self, transaction: Transaction, io: Any, touched: set[DataFile], snapshot_properties: dict[str, str]):
         super().__init__(Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties)
+        self._touched = touched
+        self._delete_files: list[DataFile] = []
+
+    def add_delete_file(self, delete_file: DataFile) -> _RunCommit:
+        self._delete_files.append(delete_file)
+        return self
+
+    def _manifests(self) -> list[ManifestFile]:
+        manifests = super()._manifests()
+        if not self._delete_files:
+            return manifests
+        writer = _DeleteManifestWriter(spec=self._transaction.table_metadata.spec(), schema=self.schema(),
+                                       output_file=self.new_manifest_output(), snapshot_id=self._snapshot_id,
+                                       avro_compression=self._compression)
+        with writer:
+            for delete_file in self._delete_files:
+                writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
+                                                   sequence_number=None, file_sequence_number=None, data_file=delete_file))
+        return [*manifests, writer.to_manifest_file()]
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Any:
+        added = self._added_data_files  # the summary counts delete files among the added ones, by their content
+        self._added_data_files = [*added, *self._delete_files]
+        try:
+            return super()._summary(snapshot_properties)
+        finally:
+            self._added_data_files = added
 
     def _validate_concurrency(self) -> None:
         window = self._commit_window
         if window is None or window.is_empty() or window.head is None:
             return
-        table = self._transaction._table
-        _validate_data_files_exist(table, window.head, self._deleted_data_files, window.base)
-        _validate_no_new_deletes_for_data_files(table, window.head, None, self._deleted_data_files, window.base)
+        _check_untouched(self._transaction._table, window.head, window.base, self._touched)
 
 
-def drop_data_files(tx: Transaction, files: list[DataFile], institution: str, props: dict[str, str]) -> None:
-    """Stage the removal of whole data files (all their rows deleted) in tx as one snapshot."""
-    producer = _DropFiles(tx, tx._table.io, props)
-    for f in files:
+def stage_run_commit(tx: Transaction, data_files: list[DataFile], delete_files: list[DataFile], removed: list[DataFile],
+                     touched: set[DataFile], props: dict[str, str]) -> None:
+    """Stage a run's changes to one table in tx as one snapshot (committed with the transaction). touched: the
+    table's data files (as read before this transaction) that delete_files mask rows of or that are removed."""
+    producer = _RunCommit(tx, tx._table.io, touched, props)
+    for f in data_files:
+        producer.append_data_file(f)
+    for f in delete_files:
+        producer.add_delete_file(f)
+    for f in removed:
         producer.delete_data_file(f)
     producer.commit()
 
 
-def validate_still_there(table: Table, read_at: int | None, files: set[DataFile]) -> None:
-    """Raise ValidationException if, since snapshot read_at (when a writer read the partition), a commit removed
-    one of files or masked rows of it: the rows a writer is about to mask must be where it read them. Reads the
-    catalog's current metadata (a commit landing after this check is caught by the commit's own re-planning)."""
-    if not files or read_at is None:
-        return
-    table = table.catalog.load_table(table.name())
-    head = table.current_snapshot()
-    if not files or head is None or read_at is None or head.snapshot_id == read_at:
-        return
-    base = table.snapshot_by_id(read_at)
-    if base is None:
-        raise ValidationException(f"the snapshot {read_at} the rows were read from is no longer in the table's history")
-    _validate_data_files_exist(table, head, files, base)
-    _validate_no_new_deletes_for_data_files(table, head, None, files, base)
+class _Compaction(_OverwriteFiles):
+    """pyiceberg's overwrite, also removing position delete files (pyiceberg's would write their entries into data
+    manifests): the delete files of the data files a compaction rewrites go with them, so no mask outlives its
+    file and the snapshot's position delete count stays that of the masks still in force."""
+
+    def __init__(self, transaction: Transaction, io: Any, snapshot_properties: dict[str, str]):
+        super().__init__(Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties)
+        self._removed_deletes: list[DataFile] = []
+
+    def remove_delete_file(self, delete_file: DataFile) -> _Compaction:
+        self._removed_deletes.append(delete_file)
+        return self
+
+    def _writer(self, spec_id: int, content: ManifestContent) -> Any:
+        if content == ManifestContent.DELETES:
+            return _DeleteManifestWriter(spec=self.spec(spec_id), schema=self.schema(), output_file=self.new_manifest_output(),
+                                         snapshot_id=self._snapshot_id, avro_compression=self._compression)
+        return self.new_manifest_writer(self.spec(spec_id))
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        removed = {f.file_path for f in self._deleted_data_files} | {f.file_path for f in self._removed_deletes}
+        snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
+        out: list[ManifestFile] = []
+        for manifest in snapshot.manifests(io=self._io) if snapshot else []:
+            if not self._build_manifest_evaluator(manifest.partition_spec_id)(manifest):
+                out.append(manifest)
+                continue
+            entries = manifest.fetch_manifest_entry(io=self._io, discard_deleted=True)
+            kept = [e for e in entries if e.data_file.file_path not in removed]
+            if len(kept) == len(entries):
+                out.append(manifest)
+            elif kept:
+                with self._writer(manifest.partition_spec_id, manifest.content) as writer:
+                    for e in kept:
+                        writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.EXISTING, snapshot_id=e.snapshot_id,
+                                                                 sequence_number=e.sequence_number,
+                                                                 file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+                out.append(writer.to_manifest_file())
+        return out
+
+    def _manifests(self) -> list[ManifestFile]:
+        manifests = super()._manifests()  # added data files, removed data files, and _existing_manifests above
+        if not self._removed_deletes:
+            return manifests
+        removed = {f.file_path for f in self._removed_deletes}
+        snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
+        entries = [e for m in snapshot.manifests(io=self._io) if m.content == ManifestContent.DELETES
+                   for e in m.fetch_manifest_entry(io=self._io, discard_deleted=True) if e.data_file.file_path in removed]
+        if len(entries) != len(removed):
+            raise ValidationException(f"{len(removed) - len(entries)} position delete file(s) to remove are not in the table")
+        with self._writer(self._transaction.table_metadata.default_spec_id, ManifestContent.DELETES) as writer:
+            for e in entries:
+                writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.DELETED, snapshot_id=self._snapshot_id,
+                                                         sequence_number=e.sequence_number,
+                                                         file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+        return [*manifests, writer.to_manifest_file()]
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Any:
+        removed = self._deleted_data_files  # the summary counts delete files among the removed ones, by their content
+        self._deleted_data_files = {*removed, *self._removed_deletes}
+        try:
+            return super()._summary(snapshot_properties)
+        finally:
+            self._deleted_data_files = removed
+
+
+def compaction(tx: Transaction, props: dict[str, str]) -> _Compaction:
+    """An overwrite for a compaction (a context manager, like pyiceberg's): delete_data_file, append_data_file,
+    delete_by_predicate as pyiceberg's, and remove_delete_file for the masks of the files it rewrites."""
+    return _Compaction(tx, tx._table.io, props)
+
+
+def masks_of(task: Any) -> list[DataFile]:
+    """The position delete files of a scan task that mask rows of its data file alone (exact path bounds)."""
+    path = task.file.file_path.encode()
+    return [d for d in task.delete_files
+            if (d.lower_bounds or {}).get(PATH_FIELD_ID) == path and (d.upper_bounds or {}).get(PATH_FIELD_ID) == path]

@@ -10,9 +10,15 @@ deletion detection. It also keeps the positions the run masks until its commit w
 
 ``KeySet`` is a set of strings (source-key hashes seen in a block) with the same storage.
 
-Both are scratch: one temporary file each, in the system temp directory (``TMPDIR``) unless told
-otherwise, with no journal and no fsync (a crash loses nothing: the next run rebuilds them),
-unnamed once open and freed when closed, collected or the process ends. SQLite's page cache (a
+Both are scratch by default: one temporary file each, in the system temp directory (``TMPDIR``)
+unless told otherwise, with no journal and no fsync (a crash loses nothing: the next run rebuilds
+them), unnamed once open and freed when closed, collected or the process ends.
+
+A ``PublishedRows`` can also be **kept** between runs (``PublishedRows(keep=path)``): a file of the
+workspace, journaled (WAL), locked by one process at a time, stamped with the table and snapshot it
+reflects (``stamp``). Its writer stamps it after each commit and reuses it when no commit touched the
+partition since (``hub.lakehouse.writer``), so a run that changes 1 % of a partition does not read the
+other 99 % again. An unstamped file (a run that died before committing) is rebuilt. SQLite's page cache (a
 few MiB each) is all they hold in memory; the file takes about 0.5 KB per published row.
 Rows are kept in the order they were first indexed, like a dict's insertion order, so a
 question that several rows answer (two ids with one source-key hash) gets the same answer a
@@ -22,6 +28,7 @@ dict of them would give: the last one indexed.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import functools
 import os
 import sqlite3
@@ -84,17 +91,24 @@ def _disk_errors(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.OperationalError as exc:
-            raise CommandFailed(f"the run's temporary index in {os.path.dirname(self.path)} could not be written ({exc}); "
+            raise CommandFailed(f"the run's index of published rows in {os.path.dirname(self.path)} could not be written ({exc}); "
                                 "free space there or point TMPDIR at a larger disk, then run again (nothing was committed)", 2) from exc
     return wrapper
 
 
-def _close(conn: sqlite3.Connection, path: str) -> None:
+def _close(conn: sqlite3.Connection, path: str, lock: int | None = None) -> None:
     conn.close()
+    if lock is not None:  # a kept file: it stays, its lock goes
+        os.close(lock)
+        return
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class Busy(Exception):
+    """A kept index is open in another process."""
 
 
 class _Scratch:
@@ -102,7 +116,10 @@ class _Scratch:
     name is removed as soon as it is open, so even a killed run leaves nothing behind (the space is
     freed when the process ends); elsewhere the file is removed on close."""
 
-    def __init__(self, directory: Path | str | None, prefix: str, cache_kib: int):
+    def __init__(self, directory: Path | str | None, prefix: str, cache_kib: int, keep: Path | None = None):
+        if keep is not None:
+            self._open_kept(Path(keep), cache_kib)
+            return
         fd, self.path = tempfile.mkstemp(prefix=prefix, suffix=".sqlite", dir=directory)
         os.close(fd)
         try:
@@ -118,8 +135,28 @@ class _Scratch:
             os.unlink(self.path)
         self._finalizer = weakref.finalize(self, _close, self.db, self.path)
 
+    def _open_kept(self, path: Path, cache_kib: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise Busy(self.path) from None
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=FILE", f"cache_size=-{cache_kib}"):
+                self.db.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            if hasattr(self, "db"):
+                self.db.close()
+            os.close(lock)
+            raise
+        self._finalizer = weakref.finalize(self, _close, self.db, self.path, lock)
+
     def close(self) -> None:
-        """Remove the file (idempotent)."""
+        """Remove the file, or for a kept one close it (idempotent)."""
         self._finalizer()
 
     @property
@@ -130,19 +167,93 @@ class _Scratch:
 class PublishedRows(_Scratch):
     """The published rows of one (table, institution) partition, for one run: see the module docstring."""
 
-    def __init__(self, directory: Path | str | None = None, cache_kib: int = 4096):
-        super().__init__(directory, "hub-published-", cache_kib)
-        self.db.execute("CREATE TABLE rows (id TEXT NOT NULL, content_hash TEXT, updated_us INTEGER, skh TEXT, "
+    def __init__(self, directory: Path | str | None = None, cache_kib: int = 4096, *, keep: Path | None = None):
+        """keep: the file of a kept index (raises Busy when another process has it open); else a scratch one."""
+        try:
+            super().__init__(directory, "hub-published-", cache_kib, keep)
+            self._schema()
+        except sqlite3.DatabaseError:
+            if keep is None:
+                raise
+            if hasattr(self, "_finalizer"):
+                self.close()
+            else:  # it failed while opening: its lock is released by the failed open, the file is left to remove
+                self.path = str(keep)
+            self._remove_files()  # not a database any more (a torn or foreign file): start it again
+            super().__init__(directory, "hub-published-", cache_kib, keep)
+            self._schema()
+        self._files: dict[str, int] = {}
+
+    def _schema(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS rows (id TEXT NOT NULL, content_hash TEXT, updated_us INTEGER, skh TEXT, "
                         "source_table TEXT, key_id TEXT, row_hash TEXT, file INTEGER, pos INTEGER)")
-        self.db.execute("CREATE TABLE masked (file INTEGER NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (file, pos)) WITHOUT ROWID")
-        self._indexed = False
+        self.db.execute("CREATE TABLE IF NOT EXISTS masked (file INTEGER NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (file, pos)) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE IF NOT EXISTS files (no INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, live INTEGER NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
+        self._indexed = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'rows_id'").fetchone() is not None
+
+    def discard(self) -> None:
+        """Close a kept index and remove its files (the next open starts empty)."""
+        self.close()
+        self._remove_files()
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def stamp(self) -> str | None:
+        """What the index reflects (the writer's "table uuid:snapshot id"), or None: not known (being changed)."""
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'stamp'").fetchone()
+        return row[0] if row else None
+
+    @_disk_errors
+    def set_stamp(self, stamp: str | None) -> None:
+        self.db.execute("INSERT INTO meta VALUES ('stamp', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (stamp,))
+
+    @_disk_errors
+    def file_number(self, path: str, live: int = 0) -> int:
+        """The number of a data file (given at its first sight, with live rows in it); adds live to its count."""
+        no = self._files.get(path)
+        if no is None:
+            row = self.db.execute("SELECT no FROM files WHERE path = ?", (path,)).fetchone()
+            no = row[0] if row else self.db.execute("INSERT INTO files (path, live) VALUES (?, 0)", (path,)).lastrowid
+            self._files[path] = no
+        if live:
+            self.db.execute("UPDATE files SET live = live + ? WHERE no = ?", (live, no))
+        return no
+
+    def files_of(self, nos: Iterable[int]) -> dict[int, tuple[str, int]]:
+        """file number -> (path, live rows when read or written) of those of nos known."""
+        out: dict[int, tuple[str, int]] = {}
+        for chunk in _chunks(nos):
+            for no, path, live in self.db.execute(f"SELECT no, path, live FROM files WHERE no IN ({','.join('?' * len(chunk))})", chunk):
+                out[no] = (path, live)
+        return out
+
+    @_disk_errors
+    def committed(self, stamp: str) -> None:
+        """The run's masks are committed: count them out of their files' live rows (a file left with none is
+        forgotten), forget them, and stamp the index."""
+        self.db.execute("BEGIN")
+        self.db.execute("UPDATE files SET live = live - (SELECT count(*) FROM masked WHERE masked.file = files.no) "
+                        "WHERE no IN (SELECT DISTINCT file FROM masked)")
+        self.db.execute("DELETE FROM files WHERE live <= 0")
+        self.db.execute("DELETE FROM masked")
+        self.db.execute("INSERT INTO meta VALUES ('stamp', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", (stamp,))
+        self.db.execute("COMMIT")
+        self._files.clear()
 
     @_disk_errors
     def fill(self, batches: Iterable[pa.RecordBatch]) -> int:
         """Add the rows of batches (each with the COLUMNS, and the LOCATION if known) to an empty index, then
         index them; returns how many.
         Loaded before indexing (sorting once is much faster than growing a B-tree row by row). An id found
-        twice (it should not be) keeps the values of its last row, as a dict filled in scan order would."""
+        twice (it should not be) keeps the values of its last row, as a dict filled in scan order would, and
+        the places of its other rows are masked (``masked``), so the run's commit publishes it once again."""
         if self._indexed:
             raise RuntimeError("PublishedRows.fill: the index is already filled")
         n = 0
@@ -161,7 +272,9 @@ class PublishedRows(_Scratch):
         self.db.execute("COMMIT")
         try:
             self.db.execute("CREATE UNIQUE INDEX rows_id ON rows (id)")
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError:  # an id published twice: the other copies are masked at the run's commit
+            self.db.execute("INSERT OR IGNORE INTO masked SELECT file, pos FROM rows WHERE file IS NOT NULL "
+                            "AND rowid NOT IN (SELECT max(rowid) FROM rows GROUP BY id)")
             self.db.execute("DELETE FROM rows WHERE rowid NOT IN (SELECT max(rowid) FROM rows GROUP BY id)")
             self.db.execute("CREATE UNIQUE INDEX rows_id ON rows (id)")
         self.db.execute("CREATE INDEX rows_key ON rows (source_table, key_id, skh)")

@@ -59,6 +59,7 @@ from pyiceberg.io.pyarrow import (  # _dataframe_to_data_files: how pyiceberg's 
 from pyiceberg.table import Table, Transaction
 
 from deid.keys import Keyring
+from hub.lakehouse.positions import compaction, masks_of
 from hub.lakehouse.tables import ARROW_SCHEMA
 from hub.lakehouse.writer import (
     COMMIT_RETRY,
@@ -257,11 +258,14 @@ class Publication:
     # ---- Iceberg -------------------------------------------------------------------------
 
     def table_writer(self, table: Table, institution: str, key_id: str | None = None, *,
-                     shared_partition: bool = False) -> TableWriter:
+                     shared_partition: bool = False, index_dir: Path | None = None) -> TableWriter:
         """The versioned, idempotent upsert of resource rows into one table for one institution
-        (shared_partition: other runs of the institution commit meanwhile; see TableWriter)."""
+        (shared_partition: other runs of the institution commit meanwhile; index_dir: where the index of
+        published rows is kept between runs, one file per table and institution; see TableWriter)."""
         self._staging()
-        writer = TableWriter(table, institution, self.id, self.scan, key_id, self.policy, shared_partition=shared_partition)
+        kept = index_dir / ".".join(table.name()) / f"{institution}.sqlite" if index_dir is not None else None
+        writer = TableWriter(table, institution, self.id, self.scan, key_id, self.policy, shared_partition=shared_partition,
+                             kept_index=kept)
         self.writers.append(writer)
         return writer
 
@@ -276,7 +280,7 @@ class Publication:
         """Compaction: rewrite the institution's data files of table smaller than small_bytes (at least
         min_files of them), and every data file with rows masked by position deletes (whatever their number),
         into as few files as the target size allows, sorted like every write, masked rows left out; committed now.
-        The position delete files stay (they name only files no snapshot from now on reads: dangling, harmless).
+        The position delete files of the files it rewrites are removed with them.
 
         The rows are the published ones, unchanged (they passed the scan when published, so they are
         not scanned again). The overwrite names the exact files it replaces and is scoped to the
@@ -303,10 +307,12 @@ class Publication:
                 [("patient", "ascending"), ("effective_time", "ascending")])
             tx, written = t.transaction(), []
             try:
-                with tx.update_snapshot(snapshot_properties=props).overwrite() as rewrite:
+                with compaction(tx, props) as rewrite:
                     rewrite.delete_by_predicate(EqualTo("institution", institution))  # scopes conflict checks to the partition
                     for task in tasks:
                         rewrite.delete_data_file(task.file)
+                        for mask in masks_of(task):  # its masks go with it (applied in data, which skips masked rows)
+                            rewrite.remove_delete_file(mask)
                     for data_file in _dataframe_to_data_files(table_metadata=tx.table_metadata, df=data, io=t.io,
                                                               write_uuid=rewrite.commit_uuid):
                         written.append(data_file)

@@ -13,8 +13,8 @@ from hub.lakehouse.writer import retry_commit
 
 def history(catalog: Catalog, name: str) -> list[dict]:
     """A table's snapshots, oldest first, with the run that made each and the tags on it. records: rows in the
-    data files the snapshot reads; masked: position deletes among them (rows replaced or deleted since, until a
-    compaction rewrites their files; the count keeps masks whose files compaction already rewrote)."""
+    data files the snapshot reads; masked: those of them position deletes mask (rows replaced or deleted since,
+    until a compaction rewrites their files): records - masked rows are read."""
     table = catalog.load_table(name)
     tags: dict[int, list[str]] = {}
     for ref_name, ref in table.metadata.refs.items():
@@ -27,7 +27,6 @@ def history(catalog: Catalog, name: str) -> list[dict]:
             "snapshot_id": s.snapshot_id, "at": dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.UTC).isoformat(),
             "operation": s.summary.operation.value if s.summary else "", "run_id": props.get("hub.run-id"),
             "records": int(props.get("total-records", 0) or s.summary.get("total-records") or 0) if s.summary else 0,
-            # rows of those records masked by position deletes (a replaced or deleted row; compaction folds them in)
             "masked": int(props.get("total-position-deletes", 0) or 0),
             "tags": sorted(tags.get(s.snapshot_id, [])),
         })

@@ -6,12 +6,14 @@ the institution's partition once, file by file, with each row's data file and po
 temporary on-disk index (``hub.lakehouse.rowindex.PublishedRows``), which it then asks a batch
 at a time: a run's memory does not grow with the rows of the partition. ``close()`` removes that
 index. Data files are written as rows come (memory stays bounded) and committed together by
-``commit()``, in one transaction per table per run: one append snapshot with the run's data
-files (an append per flush would re-read the transaction's growing metadata each time), then
-the rows the run replaced or deleted, **masked by position** (``hub.lakehouse.positions``: one
-position delete file per commit, merge on read) instead of rewriting the files that hold them;
-a data file all of whose rows the run removed is dropped whole. So a run that changes 1 % of a
-partition writes 1 % of it again, not all of it.
+``commit()``, in one snapshot per table per run (an append per flush would re-read the
+transaction's growing metadata each time): the run's data files and, for the rows it replaced
+or deleted, **masks by position** (``hub.lakehouse.positions``: a position delete file per data
+file holding such rows, merge on read) instead of rewriting the files that hold them; a data
+file all of whose rows the run removed is dropped whole. So a run that changes 1 % of a
+partition writes 1 % of it again, not all of it. The index can be **kept** between runs
+(``kept_index``): stamped with the snapshot the run committed, and reused by the next run while
+every commit since is another institution's, so that run does not read the partition either.
 
 - a new id is appended; an unchanged one (same content hash) is skipped;
 - a changed one replaces the old version under the same id, unless the old version is
@@ -21,10 +23,10 @@ partition writes 1 % of it again, not all of it.
 
 **Concurrent commits.** Runs of different institutions commit to the same table at once
 (Dagster partitions on several workers). A commit is optimistic: pyiceberg (0.12) catches the
-catalog's ``CommitFailedException``, refreshes the table, re-plans the run's staged snapshots
-(delete, rewrite, append) on top of the new head, reusing the data files already written,
-validates that the concurrent commits touched nothing the run deletes (serializable
-isolation, scoped by the run's ``institution = X`` filters), and commits again, with
+catalog's ``CommitFailedException``, refreshes the table, re-plans the run's staged snapshot
+on top of the new head, reusing the data files already written, validates that the concurrent
+commits neither removed nor masked rows of the data files the run masks or removes
+(``hub.lakehouse.positions``), and commits again, with
 jittered exponential back-off. ``RetryPolicy`` bounds that (attempts, waits, total time);
 ``commit_with_retry`` counts the retries (``TableWriter.retries``) and, after the last
 attempt, raises ``CommitConflict`` naming the table. Metadata-only changes (tags, snapshot
@@ -37,13 +39,13 @@ a backfill by day) of one institution run at once, each under its own day lock, 
 run may publish rows into the partition after this writer read it (``_existing``). Such a
 writer is made with ``shared_partition=True``: it records the table's snapshot when it reads
 the partition and, at commit (``check_shared``, the caller holding the institution's run
-lock so no run of it commits meanwhile), reads the ids of the data files ADDED by the append
-snapshots of the same institution committed since. An id this run would add or replace that
+lock so no run of it commits meanwhile), reads the ids of the data files ADDED by the runs of
+the same institution committed since (append and overwrite snapshots). An id this run would add or replace that
 one of them added raises ``CommitConflict`` before anything is committed: appending it
 would leave the id twice (a source row whose time moved from one window into another while
 both ran). Run again, the run sees the row as published and upserts it. Files only rewritten
-(a copy-on-write delete, compaction) hold rows that were published before, which this run
-either read or finds in an append since; they are not read.
+(compaction) hold rows that were published before, which this run either read or finds in a
+run's snapshot since; they are not read. A shared partition's index is never kept.
 
 Every staged batch is leak-scanned first (by the ``scan`` the publication hands in): rows
 carrying an identifier are never written. A resource text added with ``text_scanned`` has
@@ -62,12 +64,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import EqualTo
 from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile, ManifestContent, ManifestEntryStatus
 from pyiceberg.table import Table, TableProperties, Transaction
@@ -75,13 +79,12 @@ from pyiceberg.table.snapshots import Operation
 
 from hub.errors import CommandFailed
 from hub.lakehouse.positions import (
-    commit_position_deletes,
-    drop_data_files,
+    check_untouched,
     partition_rows,
-    validate_still_there,
+    stage_run_commit,
     write_position_deletes,
 )
-from hub.lakehouse.rowindex import COLUMNS, LOCATION, KeySet, PublishedRows
+from hub.lakehouse.rowindex import COLUMNS, LOCATION, Busy, KeySet, PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA
 
 T = TypeVar("T")
@@ -187,10 +190,16 @@ def commit_with_retry(table: Table, tx: Transaction, policy: RetryPolicy = COMMI
                              f"kept committing to this table; nothing of this commit is visible, run it again ({exc})", 2) from exc
     except ValidationException as exc:
         raise CommitConflict(f"{name}: a concurrent commit changed data files this commit replaces; nothing of this "
-                             f"commit is visible, run it again ({exc})", 2) from exc
+                             f"commit is visible, run it again ({_plain(exc)})", 2) from exc
     finally:
         _without_policy(table, overlaid, original)
     return refused_commits(table) - before
+
+
+def _plain(exc: Exception) -> str:
+    """An exception's text without pyiceberg's renderings of data files (their column bounds hold row values)."""
+    text = str(exc)
+    return text.split("DataFile[", 1)[0].rstrip(" :[(") + (" (file details left out)" if "DataFile[" in text else "")
 
 
 def retry_commit(table: Table, attempt: Callable[[Table], T], policy: RetryPolicy = COMMIT_RETRY) -> tuple[T, int]:
@@ -218,10 +227,12 @@ class TableWriter:
     """Stages one run's upserts for one table and institution; commit() makes them visible at once."""
 
     def __init__(self, table: Table, institution: str, run_id: str, scan: Callable[[pa.Table, str], object], key_id: str | None = None,
-                 policy: RetryPolicy = COMMIT_RETRY, *, shared_partition: bool = False):
+                 policy: RetryPolicy = COMMIT_RETRY, *, shared_partition: bool = False, kept_index: Path | None = None):
         """scan(data, where) raises LeakBlocked when data carries an identifier. shared_partition: other runs of
         the institution may commit to its partition while this one stages (a windowed run): commit() then
-        checks for rows they added that this run would add again (``check_shared``)."""
+        checks for rows they added that this run would add again (``check_shared``). kept_index: a file that
+        keeps the index of published rows between runs (not for a shared partition): reused while no other
+        commit touched the partition, read again from the table otherwise."""
         self.table, self.institution, self.run_id, self.scan, self.key_id = counting(table), institution, run_id, scan, key_id
         self.policy = policy
         self.shared_partition = shared_partition
@@ -233,10 +244,9 @@ class TableWriter:
         self._existing: PublishedRows | None = None
         self._tx: Transaction | None = None
         self._files: list[DataFile] = []  # data files written since the last append to _tx (``_append_files``)
-        self._data_files: list[DataFile] = []  # file number (the index's) -> data file, read or written by this run
-        self._file_no: dict[str, int] = {}
-        self._own: set[int] = set()  # numbers of the files this run wrote
-        self._live_at_read: dict[int, int] = {}  # file number -> its live rows when the partition was read
+        self._own: dict[int, DataFile] = {}  # the index's file number -> data file, of the files this run wrote
+        self.kept_index = None if shared_partition else kept_index
+        self.index_reused = False  # the kept index was current: the partition was not read
         self._file_names = (uuid.uuid4(), itertools.count())  # unique data file names across this writer's flushes
         self.written = 0
         self.unchanged = 0
@@ -248,34 +258,61 @@ class TableWriter:
         return {"hub.run-id": self.run_id, "hub.institution": self.institution}
 
     def _load_existing(self) -> PublishedRows:
-        """The index of what is published in the partition (read once, at the first question)."""
+        """The index of what is published in the partition (read once, at the first question; or the kept one,
+        if it is current)."""
         if self._existing is None:
             snap = self.table.current_snapshot()
             self._read_at = snap.snapshot_id if snap is not None else None
-            index = PublishedRows()
+            index = self._kept()
+            if index is not None and self._current(index.stamp):
+                index.set_stamp(None)  # changed from here on, until this run commits
+                self._existing, self.index_reused = index, True
+                return index
+            if index is not None:
+                index.discard()
+                index = self._kept()
+            if index is None:  # (an empty index is falsy: it has a length)
+                index = PublishedRows()
             try:
-                index.fill(self._located(partition_rows(self.table, self.institution, COLUMNS)))
+                index.set_stamp(None)
+                index.fill(self._located(index, partition_rows(self.table, self.institution, COLUMNS)))
             except BaseException:
                 index.close()
                 raise
             self._existing = index
         return self._existing
 
-    def _number(self, data_file: DataFile, own: bool) -> int:
-        """The index's number for data_file (given at its first sight)."""
-        no = self._file_no.get(data_file.file_path)
-        if no is None:
-            no = self._file_no[data_file.file_path] = len(self._data_files)
-            self._data_files.append(data_file)
-            if own:
-                self._own.add(no)
-        return no
+    def _kept(self) -> PublishedRows | None:
+        """The kept index, opened (None: none is configured, or another process has it open: then a scratch one)."""
+        if self.kept_index is None:
+            return None
+        try:
+            return PublishedRows(keep=self.kept_index)
+        except Busy:
+            return None
 
-    def _located(self, rows: Iterable[tuple[DataFile, pa.RecordBatch, Any]]) -> Iterable[pa.RecordBatch]:
+    def _stamp(self, snapshot_id: int | None) -> str:
+        return f"{self.table.metadata.table_uuid}:{snapshot_id}"
+
+    def _current(self, stamp: str | None) -> bool:
+        """Whether an index stamped so still holds the partition as the table has it: the stamp's snapshot is the
+        current one or an ancestor, and every commit since is another institution's run (hub's runs write only
+        their institution's partition; maintenance and commits made outside hub count as touching it)."""
+        if stamp is None:
+            return False
+        snap = self.table.current_snapshot()
+        while snap is not None and self._stamp(snap.snapshot_id) != stamp:
+            institution = _props(snap).get("hub.institution")
+            if institution is None or institution == self.institution or "hub.maintenance" in _props(snap):
+                return False
+            snap = self.table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        return snap is not None or stamp == self._stamp(None)
+
+    @staticmethod
+    def _located(index: PublishedRows, rows: Iterable[tuple[DataFile, pa.RecordBatch, Any]]) -> Iterable[pa.RecordBatch]:
         """The partition's batches with the LOCATION columns added; counts each file's live rows."""
         for data_file, batch, positions in rows:
-            no = self._number(data_file, own=False)
-            self._live_at_read[no] = self._live_at_read.get(no, 0) + batch.num_rows
+            no = index.file_number(data_file.file_path, batch.num_rows)
             yield (batch.append_column(LOCATION[0], pa.array([no] * batch.num_rows, pa.int64()))
                         .append_column(LOCATION[1], pa.array(positions, pa.int64())))
 
@@ -373,9 +410,10 @@ class TableWriter:
         self._files += written
         places: dict[str, tuple[int, int]] = {}
         for data_file in written:
-            no = self._number(data_file, own=True)
             with self.table.io.new_input(data_file.file_path).open() as f:
                 ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            no = self._existing.file_number(data_file.file_path, len(ids))
+            self._own[no] = data_file
             places.update((rid, (no, pos)) for pos, rid in enumerate(ids))
         if len(places) != data.num_rows:
             raise CommandFailed(f"{'.'.join(self.table.name())}: {data.num_rows} rows written but {len(places)} found in "
@@ -395,30 +433,45 @@ class TableWriter:
             for f in files:
                 append.append_data_file(f)
 
-    def _stage_masks(self) -> None:
-        """Stage what this run replaced or deleted: data files read from the table all of whose rows went are
-        dropped whole; the other rows are masked by one position delete file (in one snapshot each)."""
-        if self._existing is None:
-            return
+    def _masks(self) -> tuple[list[DataFile], list[DataFile], set[DataFile]]:
+        """What this run replaced or deleted, ready to commit: (position delete files written, one per data file
+        with masked rows; data files to remove whole, read from the table with every row of them gone; the
+        table's data files these touch). Raises CommitConflict when another commit removed or masked rows of
+        one of those files since this run read the partition."""
         index = self._existing
-        masked = index.masked_files()
+        masked = index.masked_files() if index is not None else {}
         if not masked:
-            return
-        drop = sorted(no for no, n in masked.items() if no not in self._own and n >= self._live_at_read.get(no, -1))
-        masks = {self._data_files[no] for no in masked if no not in self._own}
+            return [], [], set()
+        name = ".".join(self.table.name())
+        known = index.files_of(masked)
+        files = {**self._table_files({known[no][0] for no in masked if no in known and no not in self._own}),
+                 **{no: f for no, f in self._own.items() if no in masked}}
+        if len(files) != len(masked):
+            index.discard()  # the index names a file the table no longer has: the next run reads the partition again
+            raise CommitConflict(f"{name}: {len(masked) - len(files)} data file(s) of {self.institution} this run masks rows "
+                                 "of are no longer in the table; nothing of this commit is visible, run it again", 2)
+        touched = {files[no] for no in masked if no not in self._own}
         try:
-            validate_still_there(self.table, self._read_at, masks)
+            check_untouched(self.table, self._read_at, touched)
         except ValidationException as exc:
-            raise CommitConflict(f"{'.'.join(self.table.name())}: since this run read {self.institution}'s rows, another commit "
-                                 f"removed or masked rows of a data file this run masks rows of; nothing of this commit is "
-                                 f"visible, run it again ({exc})", 2) from exc
-        if drop:
-            drop_data_files(self._transaction(), [self._data_files[no] for no in drop], self.institution, self.props)
-        keep = sorted((no for no in masked if no not in drop), key=lambda no: self._data_files[no].file_path)
-        if keep:
-            rows = ((self._data_files[no].file_path, pos) for no in keep for pos in index.masked(no))
-            deletes = write_position_deletes(self.table, self._data_files[keep[0]], rows)
-            commit_position_deletes(self._transaction(), [deletes], {self._data_files[no] for no in keep if no not in self._own}, self.props)
+            raise CommitConflict(f"{name}: since this run read {self.institution}'s rows, {exc}; nothing of this commit is "
+                                 "visible, run it again", 2) from exc
+        # a file is removed whole only in a table partitioned by institution: elsewhere it may hold others' rows
+        drop = {no for no, n in masked.items() if no not in self._own and n >= known[no][1]
+                and len(files[no].partition) and str(files[no].partition[0]) == self.institution}
+        deletes = [write_position_deletes(self.table, files[no], index.masked(no))
+                   for no in sorted(set(masked) - drop, key=lambda no: files[no].file_path)]
+        return deletes, [files[no] for no in sorted(drop)], touched
+
+    def _table_files(self, paths: set[str]) -> dict[int, DataFile]:
+        """file number -> the table's data file, for those of paths in the institution's partition now (the
+        manifests are read, not the files)."""
+        if not paths:
+            return {}
+        index = self._existing
+        return {index.file_number(task.file.file_path): task.file
+                for task in self.table.scan(row_filter=EqualTo("institution", self.institution)).plan_files()
+                if task.file.file_path in paths}
 
     def stage_deletions(self, source_table: str, seen_source_keys: Iterable[str]) -> list[tuple[str, str]]:
         """After a full pull of source_table: stage deletion of rows whose source key was not seen.
@@ -463,8 +516,8 @@ class TableWriter:
                                  "table's history (expired meanwhile); nothing of this commit is visible, run it again", 2)
         clash = 0
         for path in added_files(fresh, [s for s in since if _props(s).get("hub.institution") == self.institution
-                                        and _props(s).get("hub.run-id") != self.run_id
-                                        and s.summary is not None and s.summary.operation == Operation.APPEND]):
+                                        and _props(s).get("hub.run-id") != self.run_id and "hub.maintenance" not in _props(s)
+                                        and s.summary is not None and s.summary.operation in (Operation.APPEND, Operation.OVERWRITE)]):
             with fresh.io.new_input(path).open() as f:
                 ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
             clash += len(self._written_by_run(ids))
@@ -477,9 +530,15 @@ class TableWriter:
     def commit(self) -> None:
         """Make everything staged in this run visible, atomically (after ``check_shared`` for a shared partition)."""
         self.check_shared()
-        self._append_files()
-        self._stage_masks()
+        deletes, removed, touched = self._masks()
+        if deletes or removed:  # one snapshot: no reader ever sees a replaced row twice or a deleted one missing early
+            data_files, self._files = self._files, []
+            stage_run_commit(self._transaction(), data_files, deletes, removed, touched, self.props)
+        else:
+            self._append_files()
         if self._tx is None:
+            if self._existing is not None:  # nothing changed: the index holds the partition as it was read
+                self._existing.set_stamp(self._stamp(self._read_at))
             return
         tx, self._tx, before = self._tx, None, refused_commits(self.table)
         try:
@@ -487,6 +546,8 @@ class TableWriter:
         finally:
             self.retries += refused_commits(self.table) - before
         self.snapshot_ids += committed_snapshots(self.table, self.run_id)
+        if self._existing is not None and self.snapshot_ids:
+            self._existing.committed(self._stamp(self.snapshot_ids[-1]))
 
 
 def _to_arrow(rows: list[dict], chunk: int = 4096) -> pa.Table:

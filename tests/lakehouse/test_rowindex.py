@@ -162,7 +162,7 @@ def test_the_writer_reads_a_partition_of_several_batches_and_decides_as_before(t
 def test_a_full_disk_fails_the_run_with_what_to_do(tmp_path):
     index = PublishedRows(tmp_path)
     index.db.execute("PRAGMA max_page_count = 8")  # what a full disk looks like to SQLite
-    with pytest.raises(CommandFailed, match=f"temporary index in {tmp_path} could not be written .*full.*TMPDIR"):
+    with pytest.raises(CommandFailed, match=f"index of published rows in {tmp_path} could not be written .*full.*TMPDIR"):
         index.fill([_batch([_row(i) for i in range(2000)])])
     index.close()
 
