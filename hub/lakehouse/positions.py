@@ -19,7 +19,7 @@ writes them:
   or removes since its writer read the partition: a row is never masked in a file that is gone
   nor replaced twice. The messages name counts, never file statistics (which hold row values);
 - ``compaction`` is pyiceberg's overwrite that also removes the delete files of the files a
-  compaction rewrites (``masks_of``).
+  compaction rewrites (``masks_of``); a run removes those of the files it drops whole the same way.
 """
 
 from __future__ import annotations
@@ -141,6 +141,7 @@ def _masked_since(table: Table, head: Any, base: Any, paths: set[str]) -> set[st
     bounds; one without bounds counts for every path). Raises ValidationException when base is not an ancestor
     of head (the history was rolled back or expired meanwhile)."""
     hit: set[str] = set()
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
     snap = head
     while snap is not None and (base is None or snap.snapshot_id != base.snapshot_id):
         for manifest in snap.manifests(table.io):
@@ -151,7 +152,7 @@ def _masked_since(table: Table, head: Any, base: Any, paths: set[str]) -> set[st
                     continue
                 lo, hi = (entry.data_file.lower_bounds or {}).get(PATH_FIELD_ID), (entry.data_file.upper_bounds or {}).get(PATH_FIELD_ID)
                 hit |= paths if lo is None or hi is None else {p for p in paths if lo <= p.encode() <= hi}
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
     if base is not None and snap is None:
         raise ValidationException("the snapshot the rows were read from is no longer an ancestor of the table's current one")
     return hit
@@ -185,73 +186,20 @@ def check_untouched(table: Table, read_at: int | None, files: set[DataFile]) -> 
     _check_untouched(fresh, fresh.current_snapshot(), base, files)
 
 
-class _RunCommit(_OverwriteFiles):
-    """One snapshot for a run's changes to a table: its new data files, the position delete files masking the
-    rows it replaced or deleted, and the data files it removed whole; readers of any snapshot see each id once.
-    Re-planned after a concurrent commit, it checks that nothing removed or masked rows of the files it masks
-    or removes (``touched``) since the transaction began."""
-
-    def __init__(self, transaction: Transaction, io: Any, touched: set[DataFile], snapshot_properties: dict[str, str]):
-        super().__init__(Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties)
-        self._touched = touched
-        self._delete_files: list[DataFile] = []
-
-    def add_delete_file(self, delete_file: DataFile) -> _RunCommit:
-        self._delete_files.append(delete_file)
-        return self
-
-    def _manifests(self) -> list[ManifestFile]:
-        manifests = super()._manifests()
-        if not self._delete_files:
-            return manifests
-        writer = _DeleteManifestWriter(spec=self._transaction.table_metadata.spec(), schema=self.schema(),
-                                       output_file=self.new_manifest_output(), snapshot_id=self._snapshot_id,
-                                       avro_compression=self._compression)
-        with writer:
-            for delete_file in self._delete_files:
-                writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
-                                                   sequence_number=None, file_sequence_number=None, data_file=delete_file))
-        return [*manifests, writer.to_manifest_file()]
-
-    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Any:
-        added = self._added_data_files  # the summary counts delete files among the added ones, by their content
-        self._added_data_files = [*added, *self._delete_files]
-        try:
-            return super()._summary(snapshot_properties)
-        finally:
-            self._added_data_files = added
-
-    def _validate_concurrency(self) -> None:
-        window = self._commit_window
-        if window is None or window.is_empty() or window.head is None:
-            return
-        _check_untouched(self._transaction._table, window.head, window.base, self._touched)
-
-
-def stage_run_commit(tx: Transaction, data_files: list[DataFile], delete_files: list[DataFile], removed: list[DataFile],
-                     touched: set[DataFile], props: dict[str, str]) -> None:
-    """Stage a run's changes to one table in tx as one snapshot (committed with the transaction). touched: the
-    table's data files (as read before this transaction) that delete_files mask rows of or that are removed."""
-    producer = _RunCommit(tx, tx._table.io, touched, props)
-    for f in data_files:
-        producer.append_data_file(f)
-    for f in delete_files:
-        producer.add_delete_file(f)
-    for f in removed:
-        producer.delete_data_file(f)
-    producer.commit()
-
-
-class _Compaction(_OverwriteFiles):
-    """pyiceberg's overwrite, also removing position delete files (pyiceberg's would write their entries into data
-    manifests): the delete files of the data files a compaction rewrites go with them, so no mask outlives its
-    file and the snapshot's position delete count stays that of the masks still in force."""
+class _Changes(_OverwriteFiles):
+    """pyiceberg's overwrite that also adds and removes position delete files, each in a manifest of content
+    ``deletes`` (pyiceberg would write their entries into data manifests, or leave them out)."""
 
     def __init__(self, transaction: Transaction, io: Any, snapshot_properties: dict[str, str]):
         super().__init__(Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties)
+        self._delete_files: list[DataFile] = []
         self._removed_deletes: list[DataFile] = []
 
-    def remove_delete_file(self, delete_file: DataFile) -> _Compaction:
+    def add_delete_file(self, delete_file: DataFile) -> _Changes:
+        self._delete_files.append(delete_file)
+        return self
+
+    def remove_delete_file(self, delete_file: DataFile) -> _Changes:
         self._removed_deletes.append(delete_file)
         return self
 
@@ -266,7 +214,9 @@ class _Compaction(_OverwriteFiles):
         snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
         out: list[ManifestFile] = []
         for manifest in snapshot.manifests(io=self._io) if snapshot else []:
-            if not self._build_manifest_evaluator(manifest.partition_spec_id)(manifest):
+            if not (manifest.has_added_files() or manifest.has_existing_files()):
+                continue  # only entries of files removed before: the history, not this snapshot's files
+            if not removed or not self._build_manifest_evaluator(manifest.partition_spec_id)(manifest):
                 out.append(manifest)
                 continue
             entries = manifest.fetch_manifest_entry(io=self._io, discard_deleted=True)
@@ -284,34 +234,76 @@ class _Compaction(_OverwriteFiles):
 
     def _manifests(self) -> list[ManifestFile]:
         manifests = super()._manifests()  # added data files, removed data files, and _existing_manifests above
-        if not self._removed_deletes:
-            return manifests
-        removed = {f.file_path for f in self._removed_deletes}
-        snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
-        entries = [e for m in snapshot.manifests(io=self._io) if m.content == ManifestContent.DELETES
-                   for e in m.fetch_manifest_entry(io=self._io, discard_deleted=True) if e.data_file.file_path in removed]
-        if len(entries) != len(removed):
-            raise ValidationException(f"{len(removed) - len(entries)} position delete file(s) to remove are not in the table")
-        with self._writer(self._transaction.table_metadata.default_spec_id, ManifestContent.DELETES) as writer:
-            for e in entries:
-                writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.DELETED, snapshot_id=self._snapshot_id,
-                                                         sequence_number=e.sequence_number,
-                                                         file_sequence_number=e.file_sequence_number, data_file=e.data_file))
-        return [*manifests, writer.to_manifest_file()]
+        spec_id = self._transaction.table_metadata.default_spec_id
+        if self._delete_files:
+            with self._writer(spec_id, ManifestContent.DELETES) as writer:
+                for delete_file in self._delete_files:
+                    writer.add(ManifestEntry.from_args(status=ManifestEntryStatus.ADDED, snapshot_id=self._snapshot_id,
+                                                       sequence_number=None, file_sequence_number=None, data_file=delete_file))
+            manifests.append(writer.to_manifest_file())
+        if self._removed_deletes:
+            removed = {f.file_path for f in self._removed_deletes}
+            snapshot = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch)
+            entries = [e for m in snapshot.manifests(io=self._io) if m.content == ManifestContent.DELETES
+                       for e in m.fetch_manifest_entry(io=self._io, discard_deleted=True) if e.data_file.file_path in removed]
+            if len(entries) != len(removed):
+                raise ValidationException(f"{len(removed) - len(entries)} position delete file(s) to remove are not in the table")
+            with self._writer(spec_id, ManifestContent.DELETES) as writer:
+                for e in entries:
+                    writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.DELETED, snapshot_id=self._snapshot_id,
+                                                             sequence_number=e.sequence_number,
+                                                             file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+            manifests.append(writer.to_manifest_file())
+        return manifests
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Any:
-        removed = self._deleted_data_files  # the summary counts delete files among the removed ones, by their content
-        self._deleted_data_files = {*removed, *self._removed_deletes}
+        added, removed = self._added_data_files, self._deleted_data_files  # the summary counts delete files by content
+        self._added_data_files, self._deleted_data_files = [*added, *self._delete_files], {*removed, *self._removed_deletes}
         try:
             return super()._summary(snapshot_properties)
         finally:
-            self._deleted_data_files = removed
+            self._added_data_files, self._deleted_data_files = added, removed
 
 
-def compaction(tx: Transaction, props: dict[str, str]) -> _Compaction:
+class _RunCommit(_Changes):
+    """One snapshot for a run's changes to a table: its new data files, the position delete files masking the
+    rows it replaced or deleted, and the data files it removed whole (with their masks); readers of any snapshot
+    see each id once. Re-planned after a concurrent commit, it checks that nothing removed or masked rows of
+    the files it masks or removes (``touched``) since the transaction began."""
+
+    def __init__(self, transaction: Transaction, io: Any, touched: set[DataFile], snapshot_properties: dict[str, str]):
+        super().__init__(transaction, io, snapshot_properties)
+        self._touched = touched
+
+    def _validate_concurrency(self) -> None:
+        window = self._commit_window
+        if window is None or window.is_empty() or window.head is None:
+            return
+        _check_untouched(self._transaction._table, window.head, window.base, self._touched)
+
+
+def stage_run_commit(tx: Transaction, data_files: list[DataFile], delete_files: list[DataFile], removed: list[DataFile],
+                     removed_masks: list[DataFile], touched: set[DataFile], props: dict[str, str]) -> None:
+    """Stage a run's changes to one table in tx as one snapshot (committed with the transaction). removed_masks:
+    the delete files of the removed data files. touched: the table's data files (as read before this
+    transaction) that delete_files mask rows of or that are removed."""
+    producer = _RunCommit(tx, tx._table.io, touched, props)
+    for f in data_files:
+        producer.append_data_file(f)
+    for f in delete_files:
+        producer.add_delete_file(f)
+    for f in removed:
+        producer.delete_data_file(f)
+    for f in removed_masks:
+        producer.remove_delete_file(f)
+    producer.commit()
+
+
+def compaction(tx: Transaction, props: dict[str, str]) -> _Changes:
     """An overwrite for a compaction (a context manager, like pyiceberg's): delete_data_file, append_data_file,
-    delete_by_predicate as pyiceberg's, and remove_delete_file for the masks of the files it rewrites."""
-    return _Compaction(tx, tx._table.io, props)
+    delete_by_predicate as pyiceberg's, and remove_delete_file for the masks of the files it rewrites, which go
+    with them: no mask outlives its file, and the snapshot's position delete count is that of the masks in force."""
+    return _Changes(tx, tx._table.io, props)
 
 
 def masks_of(task: Any) -> list[DataFile]:

@@ -145,6 +145,7 @@ class _Scratch:
             os.close(lock)
             raise Busy(self.path) from None
         try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # SQLite gives its -wal and -shm the same mode
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=FILE", f"cache_size=-{cache_kib}"):
                 self.db.execute(f"PRAGMA {pragma}")

@@ -60,6 +60,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -80,6 +81,7 @@ from pyiceberg.table.snapshots import Operation
 from hub.errors import CommandFailed
 from hub.lakehouse.positions import (
     check_untouched,
+    masks_of,
     partition_rows,
     stage_run_commit,
     write_position_deletes,
@@ -288,7 +290,7 @@ class TableWriter:
             return None
         try:
             return PublishedRows(keep=self.kept_index)
-        except Busy:
+        except (Busy, OSError, sqlite3.Error):  # held by another process, or its folder cannot be written: scratch
             return None
 
     def _stamp(self, snapshot_id: int | None) -> str:
@@ -296,17 +298,23 @@ class TableWriter:
 
     def _current(self, stamp: str | None) -> bool:
         """Whether an index stamped so still holds the partition as the table has it: the stamp's snapshot is the
-        current one or an ancestor, and every commit since is another institution's run (hub's runs write only
-        their institution's partition; maintenance and commits made outside hub count as touching it)."""
-        if stamp is None:
+        current one or an ancestor, and every commit since is another institution's run."""
+        if stamp is None or not stamp.startswith(f"{self.table.metadata.table_uuid}:"):
             return False
         snap = self.table.current_snapshot()
-        while snap is not None and self._stamp(snap.snapshot_id) != stamp:
+        return snap is not None and self._others_only(snap, stamp.rpartition(":")[2])
+
+    def _others_only(self, snap: Any, until: str | None) -> bool:
+        """Whether snap and its ancestors, down to the snapshot whose id is until (not included; None: the first
+        snapshot, included), are all other institutions' runs (hub's runs write only their institution's
+        partition; maintenance and commits made outside hub count as touching it), and that snapshot is reached."""
+        by_id = {s.snapshot_id: s for s in self.table.metadata.snapshots}
+        while snap is not None and str(snap.snapshot_id) != until:
             institution = _props(snap).get("hub.institution")
             if institution is None or institution == self.institution or "hub.maintenance" in _props(snap):
                 return False
-            snap = self.table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-        return snap is not None or stamp == self._stamp(None)
+            snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+        return snap is not None or until is None
 
     @staticmethod
     def _located(index: PublishedRows, rows: Iterable[tuple[DataFile, pa.RecordBatch, Any]]) -> Iterable[pa.RecordBatch]:
@@ -433,19 +441,19 @@ class TableWriter:
             for f in files:
                 append.append_data_file(f)
 
-    def _masks(self) -> tuple[list[DataFile], list[DataFile], set[DataFile]]:
+    def _masks(self) -> tuple[list[DataFile], list[DataFile], list[DataFile], set[DataFile]]:
         """What this run replaced or deleted, ready to commit: (position delete files written, one per data file
         with masked rows; data files to remove whole, read from the table with every row of them gone; the
-        table's data files these touch). Raises CommitConflict when another commit removed or masked rows of
+        delete files of those; the table's data files these touch). Raises CommitConflict when another commit removed or masked rows of
         one of those files since this run read the partition."""
         index = self._existing
         masked = index.masked_files() if index is not None else {}
         if not masked:
-            return [], [], set()
+            return [], [], [], set()
         name = ".".join(self.table.name())
         known = index.files_of(masked)
-        files = {**self._table_files({known[no][0] for no in masked if no in known and no not in self._own}),
-                 **{no: f for no, f in self._own.items() if no in masked}}
+        tasks = self._table_files({known[no][0] for no in masked if no in known and no not in self._own})
+        files = {**{no: task.file for no, task in tasks.items()}, **{no: f for no, f in self._own.items() if no in masked}}
         if len(files) != len(masked):
             index.discard()  # the index names a file the table no longer has: the next run reads the partition again
             raise CommitConflict(f"{name}: {len(masked) - len(files)} data file(s) of {self.institution} this run masks rows "
@@ -461,15 +469,15 @@ class TableWriter:
                 and len(files[no].partition) and str(files[no].partition[0]) == self.institution}
         deletes = [write_position_deletes(self.table, files[no], index.masked(no))
                    for no in sorted(set(masked) - drop, key=lambda no: files[no].file_path)]
-        return deletes, [files[no] for no in sorted(drop)], touched
+        return deletes, [files[no] for no in sorted(drop)], [m for no in sorted(drop) for m in masks_of(tasks[no])], touched
 
-    def _table_files(self, paths: set[str]) -> dict[int, DataFile]:
-        """file number -> the table's data file, for those of paths in the institution's partition now (the
-        manifests are read, not the files)."""
+    def _table_files(self, paths: set[str]) -> dict[int, Any]:
+        """file number -> the table's scan task (data file and its masks), for those of paths in the institution's
+        partition now (the manifests are read, not the files)."""
         if not paths:
             return {}
         index = self._existing
-        return {index.file_number(task.file.file_path): task.file
+        return {index.file_number(task.file.file_path): task
                 for task in self.table.scan(row_filter=EqualTo("institution", self.institution)).plan_files()
                 if task.file.file_path in paths}
 
@@ -507,10 +515,10 @@ class TableWriter:
             return
         name = ".".join(self.table.name())
         fresh = self.table.catalog.load_table(self.table.name())
-        since, snap = [], fresh.current_snapshot()
+        since, snap, by_id = [], fresh.current_snapshot(), {s.snapshot_id: s for s in fresh.metadata.snapshots}
         while snap is not None and snap.snapshot_id != self._read_at:
             since.append(snap)
-            snap = fresh.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+            snap = by_id.get(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
         if snap is None and self._read_at is not None:
             raise CommitConflict(f"{name}: the snapshot this run read {self.institution}'s rows from is no longer in the "
                                  "table's history (expired meanwhile); nothing of this commit is visible, run it again", 2)
@@ -530,14 +538,14 @@ class TableWriter:
     def commit(self) -> None:
         """Make everything staged in this run visible, atomically (after ``check_shared`` for a shared partition)."""
         self.check_shared()
-        deletes, removed, touched = self._masks()
+        deletes, removed, removed_masks, touched = self._masks()
         if deletes or removed:  # one snapshot: no reader ever sees a replaced row twice or a deleted one missing early
             data_files, self._files = self._files, []
-            stage_run_commit(self._transaction(), data_files, deletes, removed, touched, self.props)
+            stage_run_commit(self._transaction(), data_files, deletes, removed, removed_masks, touched, self.props)
         else:
             self._append_files()
         if self._tx is None:
-            if self._existing is not None:  # nothing changed: the index holds the partition as it was read
+            if self._existing is not None and self._read_at is not None:  # nothing changed: it holds what was read
                 self._existing.set_stamp(self._stamp(self._read_at))
             return
         tx, self._tx, before = self._tx, None, refused_commits(self.table)
@@ -545,9 +553,17 @@ class TableWriter:
             commit_with_retry(self.table, tx, self.policy)
         finally:
             self.retries += refused_commits(self.table) - before
-        self.snapshot_ids += committed_snapshots(self.table, self.run_id)
-        if self._existing is not None and self.snapshot_ids:
-            self._existing.committed(self._stamp(self.snapshot_ids[-1]))
+        ours = committed_snapshots(self.table, self.run_id)
+        self.snapshot_ids += ours
+        if self._existing is not None and ours:
+            # the index is this run's view: it holds the table only if what the commit landed on, since this run
+            # read the partition (or since the table began, if it was empty), is other institutions' runs
+            # (pyiceberg rebases a commit over anything)
+            first = self.table.snapshot_by_id(ours[0])
+            parent = self.table.snapshot_by_id(first.parent_snapshot_id) if first.parent_snapshot_id is not None else None
+            read_at = str(self._read_at) if self._read_at is not None else None
+            if (parent is None and read_at is None) or (parent is not None and self._others_only(parent, read_at)):
+                self._existing.committed(self._stamp(ours[-1]))
 
 
 def _to_arrow(rows: list[dict], chunk: int = 4096) -> pa.Table:

@@ -14,6 +14,7 @@ import os
 import signal
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -21,7 +22,7 @@ from hub.demo.generator import generate_region
 from hub.lakehouse import writer as writer_module
 from hub.lakehouse.rowindex import PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA, ensure_table, open_catalog
-from hub.lakehouse.writer import TableWriter
+from hub.lakehouse.writer import CommitConflict, TableWriter
 from hub.pipeline import ROW_INDEX_DIR, run_institution
 from hub.region import load_region
 from tests.lakehouse.test_position_deletes import FILES, PER_FILE, _contents, _row
@@ -190,3 +191,117 @@ def test_a_pipeline_correction_run_reads_no_partition(tmp_path, keys, reads):
     table = open_catalog(region.catalog_url, region.warehouse).load_table("recognition.observation")
     ids = table.scan(row_filter=f"institution == '{inst}'", selected_fields=("id",)).to_arrow().column("id").to_pylist()
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_many_runs_of_random_changes_match_a_model(table, tmp_path, seed):
+    """Runs of random replacements, deletions (a full pull that no longer sees some keys) and new rows, some
+    failing before their commit, some after a commit made outside hub, against a dict of what must be published.
+    Whatever the kept index reuses, drops or masks, the table must equal the model after every run."""
+    import random
+
+    rng = random.Random(seed)
+    kept = tmp_path / "a.sqlite"
+    model = {f"id{i}": f"c{i}" for i in range(FILES * PER_FILE)}
+    next_id, reused = 10_000, 0
+    for run in range(12):
+        w = TableWriter(table.catalog.load_table(table.name()), "a", f"r{run}", lambda data, where: None, key_id="k1",
+                        kept_index=kept)
+        live = sorted(model)
+        changes = {rid: f"v{run}x" for rid in rng.sample(live, rng.randint(0, 6))}
+        for _ in range(rng.randint(0, 3)):
+            changes[f"id{next_id}"] = f"v{run}x"
+            next_id += 1
+        for rid, content in changes.items():
+            w.add(_row(int(rid[2:]), content, run=f"r{run}"))
+        w.flush()
+        reused += w.index_reused
+        gone = set()
+        if rng.random() < 0.4:  # a full pull: some keys no longer at the source (a whole file's, now and then)
+            gone = set(rng.sample(live, rng.randint(0, 4)))
+            if rng.random() < 0.3:
+                gone |= {f"id{i}" for i in range(PER_FILE)} & set(live)
+            gone -= set(changes)
+            seen = [f"skh{r[2:]}" for r in (set(model) | set(changes)) - gone]
+            w.stage_deletions("lab", seen)
+        if rng.random() < 0.15:  # the run fails before its commit: nothing of it counts
+            w.close()
+        else:
+            w.commit()
+            w.close()
+            model.update({rid: f"{content}{rid[2:]}" for rid, content in changes.items()})
+            for rid in gone:
+                model.pop(rid, None)
+        if rng.random() < 0.1:  # a commit made outside hub: the kept index is not current any more
+            table.catalog.load_table(table.name()).append(
+                pa.Table.from_pylist([_row(next_id, "out")], schema=ARROW_SCHEMA))
+            model[f"id{next_id}"] = f"out{next_id}"
+            next_id += 1
+        assert _contents(table) == model, f"run {run}"
+    assert reused >= 3  # the kept index was trusted in several of the runs
+
+
+@pytest.mark.parametrize("meanwhile", ["append outside hub", "rollback", "another writer of the institution"])
+def test_a_commit_that_landed_over_something_unseen_is_not_stamped(table, tmp_path, meanwhile):
+    """pyiceberg rebases a commit over whatever landed after the run read its partition: the run's index then
+    misses it, so the commit must not stamp it as current (the next run reads the partition again)."""
+    kept = tmp_path / "a.sqlite"
+    _run(table, kept, "r1", {500: "c"})
+    before_r1 = table.refresh().snapshots()[-2].snapshot_id
+    w = _run(table, kept, "r2", {7: "n"}, commit=False)  # read (the kept index), staged
+    assert w.index_reused
+    t = table.catalog.load_table(table.name())
+    if meanwhile == "append outside hub":
+        t.append(pa.Table.from_pylist([_row(600, "x")], schema=ARROW_SCHEMA))
+    elif meanwhile == "rollback":
+        t.manage_snapshots().rollback_to_snapshot(before_r1).commit()  # id500 is no longer published
+    else:
+        _run(t, None, "r-other", {601: "x"})
+    try:
+        w.commit()  # rebased over the append or the other writer; refused after the rollback (its read is gone)
+    except CommitConflict:
+        assert meanwhile == "rollback"
+    w.close()
+    r3 = _run(table, kept, "r3", {7: "n", 500: "c", 600: "x", 601: "x"})  # the source still has them all
+    assert not r3.index_reused
+    assert _contents(table) == _expected({7: "n"}) | {"id500": "c500", "id600": "x600", "id601": "x601"}
+
+
+def test_a_run_that_changes_nothing_on_an_empty_table_stamps_nothing(tmp_path):
+    t = ensure_table(open_catalog(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "wh"), "recognition", "Observation")
+    w = TableWriter(t, "a", "r0", lambda data, where: None, key_id="k1", kept_index=tmp_path / "a.sqlite")
+    assert w.row_hashes_for("lab", ["skh1"]) == {}
+    w.commit()
+    w.close()
+    index = PublishedRows(keep=tmp_path / "a.sqlite")
+    assert index.stamp is None  # "the table was empty" is not a state a later run may trust
+    index.close()
+
+
+def test_a_rowindex_folder_that_cannot_be_written_falls_back_to_a_scratch_index(table, tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    w = _run(table, tmp_path / "not-a-folder" / "a.sqlite", "r1", {7: "n"})
+    assert not w.index_reused and _contents(table) == _expected({7: "n"})
+
+
+def test_the_kept_file_is_readable_by_its_owner_only(table, tmp_path):
+    _run(table, tmp_path / "a.sqlite", "r1", {7: "n"})
+    assert (tmp_path / "a.sqlite").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_file_dropped_whole_takes_its_masks_along(table, tmp_path):
+    kept = tmp_path / "a.sqlite"
+    _run(table, kept, "r1", {0: "n"})  # masks id0 in the first file
+    w = TableWriter(table.catalog.load_table(table.name()), "a", "r2", lambda data, where: None, key_id="k1", kept_index=kept)
+    w.stage_deletions("lab", [f"skh{i}" for i in range(FILES * PER_FILE) if not 1 <= i < PER_FILE])  # the rest of it
+    w.commit()
+    w.close()
+    files = table.refresh().inspect.files()
+    live = {p for p, c in zip(files.column("file_path").to_pylist(), files.column("content").to_pylist(), strict=True) if c == 0}
+    for path, content in zip(files.column("file_path").to_pylist(), files.column("content").to_pylist(), strict=True):
+        if content == 1:  # every mask left names a data file still in the table
+            data = pq.read_table(table.io.new_input(path).open())
+            assert set(data.column("file_path").to_pylist()) <= live
+    summary = table.current_snapshot().summary
+    rows = table.scan().to_arrow().num_rows
+    assert int(summary["total-records"]) - int(summary["total-position-deletes"]) == rows
