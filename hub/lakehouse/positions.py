@@ -186,6 +186,12 @@ def check_untouched(table: Table, read_at: int | None, files: set[DataFile]) -> 
     _check_untouched(fresh, fresh.current_snapshot(), base, files)
 
 
+def _carried(entry: ManifestEntry, status: ManifestEntryStatus, snapshot_id: int | None) -> ManifestEntry:
+    """entry with a new status (and the snapshot that gives it), keeping its file and sequence numbers."""
+    return ManifestEntry.from_args(status=status, snapshot_id=snapshot_id, sequence_number=entry.sequence_number,
+                                   file_sequence_number=entry.file_sequence_number, data_file=entry.data_file)
+
+
 class _Changes(_OverwriteFiles):
     """pyiceberg's overwrite that also adds and removes position delete files, each in a manifest of content
     ``deletes`` (pyiceberg would write their entries into data manifests, or leave them out)."""
@@ -226,9 +232,7 @@ class _Changes(_OverwriteFiles):
             elif kept:
                 with self._writer(manifest.partition_spec_id, manifest.content) as writer:
                     for e in kept:
-                        writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.EXISTING, snapshot_id=e.snapshot_id,
-                                                                 sequence_number=e.sequence_number,
-                                                                 file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+                        writer.add_entry(_carried(e, ManifestEntryStatus.EXISTING, e.snapshot_id))
                 out.append(writer.to_manifest_file())
         return out
 
@@ -250,9 +254,7 @@ class _Changes(_OverwriteFiles):
                 raise ValidationException(f"{len(removed) - len(entries)} position delete file(s) to remove are not in the table")
             with self._writer(spec_id, ManifestContent.DELETES) as writer:
                 for e in entries:
-                    writer.add_entry(ManifestEntry.from_args(status=ManifestEntryStatus.DELETED, snapshot_id=self._snapshot_id,
-                                                             sequence_number=e.sequence_number,
-                                                             file_sequence_number=e.file_sequence_number, data_file=e.data_file))
+                    writer.add_entry(_carried(e, ManifestEntryStatus.DELETED, self._snapshot_id))
             manifests.append(writer.to_manifest_file())
         return manifests
 
