@@ -51,6 +51,7 @@ from hub.region import load_region
 
 REPO = Path(__file__).resolve().parents[1]
 CUMULUS_VERSION = "4.3.6"
+PIP_VERSION = "26.3"  # in cumulus-etl's venv: the pip a venv starts with (23.x) backtracks for many minutes
 INSTITUTION = "bulk-clinic"
 BENCH_KEY = bytes(range(32)).hex()  # benchmark-only master key
 EXPORT_GROUP, EXPORT_TIME = "hub-bench", "2026-01-01T00:00:00Z"
@@ -139,6 +140,7 @@ def ensure_cumulus(venv: Path, version: str) -> Path:
     if not python.exists():
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"pip=={PIP_VERSION}"], check=True)
     subprocess.run([python, "-m", "pip", "install", "--quiet", f"cumulus-etl=={version}"], check=True)
     return exe
 
@@ -205,7 +207,9 @@ PROJECT = ("hub/", "deid/", "dagster_project/")
 #: it is not one of these (so typer, click and Dagster's own plumbing are not listed).
 ENTRY = ("hub/cli/", "dagster_project/")
 #: Stages of a publish, each the samples whose stack holds that function. Names follow today's
-#: code: a renamed function shows 0.0 % here and still appears in the lists.
+#: code: a renamed function shows 0.0 % here and still appears in the lists. A method of a
+#: compiled module (hub/compiled.py) shows under its bare name in py-spy's native frames, so a
+#: method is matched with and without its class.
 STAGES = (
     ("prepare each resource (parse, keyed ids, validate, de-identify, scan)", "ResourcePreparer.prepare (hub/resources.py)"),
     ("  of which the identifier scan of each resource", "Scanner.record (hub/leakscan.py)"),
@@ -226,6 +230,18 @@ def _short(file: str) -> str:
         if marker in file:
             return file.split(marker, 1)[1]
     return file
+
+
+#: Native frames of a thread waiting on a lock or a condition (an idle pool thread), which --native
+#: sampling reports as running: such samples are left out.
+_WAITS = ("PyThread_acquire_lock_timed", "std::condition_variable::wait")
+
+
+def _inlined(frame: str) -> bool:
+    """A native frame of an inlined CPython header function (``Py_DECREF (object.h)``) or a Cython helper
+    (``__Pyx_PyObject_GetAttrStr``): part of the function that called it, not a function of its own."""
+    m = _FRAME.match(frame)
+    return m is not None and (m["file"].endswith(".h") or m["func"].startswith("__Pyx"))
 
 
 def _frame(frame: str) -> tuple[str, str]:
@@ -253,9 +269,11 @@ def read_pyspy(raw: Path) -> Profile:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        if any(wait in stack for wait in _WAITS):
+            continue
         k = int(count)
         prof.samples += k
-        frames = [_frame(f) for f in stack.split(";") if not f.startswith("process ")]
+        frames = [_frame(f) for f in stack.split(";") if not f.startswith("process ") and not _inlined(f)]
         hub_seen, lib_seen, caller = set(), set(), ""
         for key, file in frames:
             if file.startswith(PROJECT):
@@ -272,13 +290,23 @@ def read_pyspy(raw: Path) -> Profile:
     return prof
 
 
+def stage_samples(prof: Profile, key: str) -> int:
+    """Samples whose stack holds the stage's function: ``Class.method (file)`` from Python, or
+    ``method (file)`` from a compiled module's native frame (never both in one stack)."""
+    name, _, where = key.partition(" ")
+    bare = f"{name.rpartition('.')[2]} {where}"
+    return prof.anywhere[key] + (prof.anywhere[bare] if bare != key else 0)
+
+
 def profile_hub(ws: Path, log: Path, n: int) -> None:
     """Publish ws under py-spy (every process; threads running or waiting for a CPU) and print where the time went."""
     pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if not pyspy:
         sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
     raw = log.with_suffix(".pyspy.txt")
-    cmd = [pyspy, "record", "--format", "raw", "--rate", str(PYSPY_RATE), "--subprocesses", "--nonblocking",
+    # --native: the compiled modules' functions have no Python frame of their own; py-spy reads them from
+    # the native stack (and pauses the process for each sample, which --nonblocking would not)
+    cmd = [pyspy, "record", "--format", "raw", "--rate", str(PYSPY_RATE), "--subprocesses", "--native",
            "-o", raw, "--", *hub_command(ws)]
     run_child("hub under py-spy", cmd, log, lambda: hub_published(ws), env=hub_env())
     prof = read_pyspy(raw)
@@ -286,7 +314,7 @@ def profile_hub(ws: Path, log: Path, n: int) -> None:
           f"(~{prof.samples / PYSPY_RATE:.1f} s of running or runnable threads); raw stacks in {raw}")
     print("stages (share of all samples; nested lines are part of the line above):")
     for label, key in STAGES:
-        print(f"  {100 * prof.anywhere[key] / prof.samples:5.1f}%  {label}")
+        print(f"  {100 * stage_samples(prof, key) / prof.samples:5.1f}%  {label}")
     for title, counter in (("by cumulative CPU, hub's code below the command line and Dagster wiring", prof.hub_cumulative),
                            ("by cumulative CPU, libraries called by that code", prof.library_cumulative),
                            ("by own CPU (the function itself, any code)", prof.own)):

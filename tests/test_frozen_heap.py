@@ -44,15 +44,16 @@ def test_a_pooled_run_and_its_workers_leave_the_heap_out_and_the_run_gives_it_ba
 
     def init_and_look(*args):
         init(*args)
-        (tmp_path / f"worker-{os.getpid()}").write_text(str(gc.get_freeze_count()))
+        (tmp_path / f"worker-{os.getpid()}").write_text(f"{gc.get_freeze_count()} {gc.get_threshold()[2]}")
 
     monkeypatch.setattr(pipeline.InstitutionRun, "commit", commit_and_look)
     monkeypatch.setattr(prepare, "_init_worker", init_and_look)
     report = run_institution(region, region.institutions[0].id, keys, workers=2)
     assert sum(c["published"] for c in report.by_resource().values()) > 0
     assert during and during[0] > IMPORTED
-    workers = [int(p.read_text()) for p in tmp_path.glob("worker-*")]
-    assert len(workers) == 2 and min(workers) > IMPORTED
+    workers = [tuple(map(int, p.read_text().split())) for p in tmp_path.glob("worker-*")]
+    assert len(workers) == 2 and min(frozen for frozen, _ in workers) > IMPORTED
+    assert all(full >= pipeline.RUN_GC_THRESHOLDS[2] for _, full in workers)  # the workers run with the run's thresholds
     assert gc.get_freeze_count() == 0  # given back: collectable again
 
 
@@ -132,3 +133,64 @@ def test_garbage_from_before_a_run_is_not_kept_while_it_runs():
         assert run(refs) == 0  # collected before the freeze, not held (frozen) until the run ends
     finally:
         gc.enable()
+
+
+def test_a_run_raises_the_collectors_thresholds_and_puts_them_back():
+    """Full collections walk everything a run holds; during a run they come at most every
+    RUN_GC_THRESHOLDS[2] collections of the middle generation. A process's own higher thresholds stay."""
+    before = gc.get_threshold()
+
+    @frozen_heap
+    def run() -> tuple[int, ...]:
+        return gc.get_threshold()
+
+    during = run()
+    assert all(d >= max(r, b) for d, r, b in zip(during, pipeline.RUN_GC_THRESHOLDS, before, strict=True))
+    assert during != (700, 10, 10)
+    assert gc.get_threshold() == before
+    gc.set_threshold(50_000, 10, 1_000)
+    try:
+        assert run() == (50_000, 10, 1_000)  # raised, never lowered
+        assert gc.get_threshold() == (50_000, 10, 1_000)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_failing_or_interrupted_run_puts_the_thresholds_back(monkeypatch):
+    before = gc.get_threshold()
+
+    @frozen_heap
+    def fails() -> None:
+        raise RuntimeError("a source went away")
+
+    with pytest.raises(RuntimeError):
+        fails()
+    assert gc.get_threshold() == before
+
+    real_set = gc.set_threshold
+
+    @frozen_heap
+    def run() -> tuple[int, ...]:
+        return gc.get_threshold()
+
+    # a signal landing just after the thresholds were raised (call 1), or just before they are put back (call 2)
+    for interrupted_call in (1, 2):
+        calls = []
+
+        def set_interrupted(*args, at=interrupted_call, calls=calls):
+            calls.append(args)
+            if len(calls) == at == 2:
+                raise KeyboardInterrupt
+            real_set(*args)
+            if len(calls) == at == 1:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(gc, "set_threshold", set_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        monkeypatch.setattr(gc, "set_threshold", real_set)
+        assert gc.get_threshold() != before  # left raised by the interrupted run
+        assert run() != before  # the next run raises them again ...
+        assert gc.get_threshold() == before  # ... and puts back the process's own, not the raised ones
+        assert run() != before and gc.get_threshold() == before  # and so does every run after it
+        assert gc.get_freeze_count() == 0
