@@ -194,3 +194,27 @@ def test_a_failing_or_interrupted_run_puts_the_thresholds_back(monkeypatch):
         assert gc.get_threshold() == before  # ... and puts back the process's own, not the raised ones
         assert run() != before and gc.get_threshold() == before  # and so does every run after it
         assert gc.get_freeze_count() == 0
+
+
+def test_the_publish_command_runs_its_whole_job_frozen(region, monkeypatch):
+    """Not only the runs: the job's checks and recognition index after each run walked the whole heap
+    in every full collection too (``hub publish`` hands the job to dagster_project.launch)."""
+    import typer
+
+    import dagster_project.launch as launch
+    from hub.cli.demo import publish
+
+    seen = []
+
+    def materialize(workspace, ids, full):
+        seen.append((gc.get_freeze_count(), gc.get_threshold()))
+        return False  # a failed job: publish exits 1 before reading any report
+
+    monkeypatch.setattr(launch, "materialize_institutions", materialize)
+    before = gc.get_threshold()
+    with pytest.raises(typer.Exit):
+        publish(region.workspace, [region.institutions[0].id])
+    assert len(seen) == 1
+    frozen, thresholds = seen[0]
+    assert frozen > IMPORTED and thresholds[2] >= pipeline.RUN_GC_THRESHOLDS[2]
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
