@@ -721,6 +721,13 @@ def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list,
 def _numbers_in_run(text: str, folded: str, run: re.Match[str], document: bool, origin: _Origin, out: list) -> None:
     base = run.start()
     chunk = run.group()
+    if document and len(chunk) < 17 and chunk.isascii() and chunk.isdigit():
+        # Digits in a hex token (an id, a pseudonym, a hash: most runs of a resource): one group, blocked
+        # below as a hex token, and too few for an 18-character ID, the only number read in one. Found
+        # the same way here, before the work on dates, groups and gaps; a Chinese numeral would cut the group.
+        start, end = origin(base), origin(run.end() - 1) + 1
+        if _in_hex_token(text, start, end) and not _HANZI_DIGIT_RE.search(text, start, end):
+            return
     # Most runs are dates and times: leave them cheaply. A number needs 11 digits outside dates
     # (or 17 for an ID), and a part of 3 digits or more not cut by a wide separator.
     total = len(_NOT_DIGIT.sub("", chunk))

@@ -609,6 +609,20 @@ def test_document_mode_skips_digits_inside_hex_tokens_but_not_id_numbers():
     assert [f.kind for f in find_identifiers(upper, document=True)] == ["mobile"]
 
 
+def test_the_hex_token_shortcut_keeps_what_a_chinese_numeral_or_full_width_digits_reveal():
+    """_numbers_in_run leaves a run of fewer than 17 ASCII digits inside a hex token early; a run that a
+    Chinese numeral cuts in two, or whose digits are written full width, is not such a run."""
+    tail = "9a8d17082502775463f2dd78099"  # hex right after the number: the whole run reaches into a hex token
+    glued = '{"a":"+86１３８１２３４５６７８两' + tail + '"}'  # 两 cuts the group: the mobile before it stands alone
+    assert [(f.kind, f.value) for f in find_identifiers(glued, document=True)] == [("mobile", "13812345678")]
+    in_hex = '{"a":"ab13812345678' + tail + '"}'  # the same digits inside the hex token: a pseudonym's digits
+    assert find_identifiers(in_hex, document=True) == []
+    sixteen = '{"id":"ab' + "1381234567812345" + 'cdef0123"}'  # 16 digits in hex: no 18-character ID either
+    assert find_identifiers(sixteen, document=True) == []
+    planted = '{"id":"ab' + ID + 'cdef0123"}'  # 17 digits and x (or 18): read as an ID, in hex too
+    assert [f.value for f in find_identifiers(planted, document=True)] == [ID]
+
+
 def test_document_mode_finds_identifiers_in_json_strings():
     doc = '{"valueString": "手机 138 1234 5678，身份证 110101 19900307 4610", "code": "2345-7", "value": 5.60}'
     assert [f.kind for f in find_identifiers(doc, document=True)] == ["mobile", "resident-id"]
