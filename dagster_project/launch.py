@@ -27,6 +27,7 @@ from dagster_project.defs.publish.assets import SOURCES, recognition_tables
 from dagster_project.defs.serving.assets import recognition_index
 from dagster_project.instance import sync_partitions, workspace_instance
 from dagster_project.resources import HubResource
+from hub.pipeline import frozen_heap
 from hub.region import REPO_ROOT, load_region
 from hub.yamlio import ConfigError, LineDict, load_yaml
 
@@ -42,6 +43,7 @@ def instance_for(workspace: Path) -> DagsterInstance:
     return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else workspace_instance(workspace)
 
 
+@frozen_heap  # the whole job, its checks and recognition index too, with the heap it starts with frozen
 def materialize_institutions(workspace: Path, institution_ids: list[str], full: bool = False) -> bool:
     """Materialize the recognition tables and index for each institution; True when every run succeeded.
 

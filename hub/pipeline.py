@@ -473,6 +473,14 @@ _saved_thresholds: tuple[int, ...] | None = None  # the collector's thresholds b
 RUN_GC_THRESHOLDS = (700, 10, 100)  # see frozen_heap; Python's defaults are (700, 10, 10)
 
 
+def _put_thresholds_back() -> None:
+    """The collector's thresholds as they were before the outermost run raised them (under _frozen_lock)."""
+    global _saved_thresholds
+    if _saved_thresholds is not None:
+        gc.set_threshold(*_saved_thresholds)
+        _saved_thresholds = None
+
+
 def frozen_heap(fn):
     """Runs fn with what is alive at its start (modules, classes, the models of fhir.resources, pyiceberg
     and SQLAlchemy: ~120,000 objects) left out of the collector's full collections (gc.freeze), in this
@@ -497,9 +505,8 @@ def frozen_heap(fn):
         mine = False
         try:
             with _frozen_lock:
-                if _frozen_runs == 0 and _saved_thresholds is not None:  # left raised by an interrupted run
-                    gc.set_threshold(*_saved_thresholds)
-                    _saved_thresholds = None
+                if _frozen_runs == 0:
+                    _put_thresholds_back()  # left raised by an interrupted run
                 if _frozen_runs == 0 and _frozen_by_us:
                     gc.unfreeze()
                     _frozen_by_us = False
@@ -508,9 +515,8 @@ def frozen_heap(fn):
                         gc.collect()
                         _frozen_by_us = True  # before freezing: an interruption in between leaves it to be taken back
                         gc.freeze()
-                        raised = tuple(max(a, b) for a, b in zip(gc.get_threshold(), RUN_GC_THRESHOLDS, strict=True))
-                        _saved_thresholds = gc.get_threshold()  # before raising: see the restores above and below
-                        gc.set_threshold(*raised)
+                        _saved_thresholds = gc.get_threshold()  # before raising: see _put_thresholds_back
+                        gc.set_threshold(*map(max, _saved_thresholds, RUN_GC_THRESHOLDS))
                     _frozen_runs += 1
                     mine = True
             return fn(*args, **kwargs)
@@ -519,9 +525,7 @@ def frozen_heap(fn):
                 with _frozen_lock:
                     _frozen_runs -= 1
                     if _frozen_runs == 0:
-                        if _saved_thresholds is not None:  # first: an interruption in between leaves it to the next run
-                            gc.set_threshold(*_saved_thresholds)
-                            _saved_thresholds = None
+                        _put_thresholds_back()  # first: an interruption in between leaves it to the next run
                         gc.unfreeze()
                         _frozen_by_us = False
 

@@ -74,7 +74,6 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
 
     from hub import progress as hub_progress
     from hub.lineage import runrecord
-    from hub.pipeline import frozen_heap
     from hub.region import load_region
 
     os.environ["HUB_WORKSPACE"] = str(workspace)
@@ -91,9 +90,7 @@ def publish(workspace: Path, institution_ids: list[str] | None = None, full: boo
         shown = _RichProgress(bar)
         hub_progress.set_reporter(shown)
         try:
-            # the whole job with the heap it starts with frozen and full collections rarer (hub.pipeline.frozen_heap):
-            # its checks and recognition index after each run, not only the runs
-            if not frozen_heap(launch.materialize_institutions)(workspace, ids, full):
+            if not launch.materialize_institutions(workspace, ids, full):
                 raise typer.Exit(1)
         finally:
             shown.finish()
