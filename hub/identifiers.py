@@ -83,7 +83,6 @@ _WORD_SEPS = (("ext", "~~~"), ("分机", "~~"), ("分機", "~~"))
 _GROUP_RE = re.compile(r"[0-9]+")
 _TIGHT_GAP = re.compile(rf"{_SEP}{{1,4}}")
 _CHECK_X = re.compile(rf"[{_WIDE_CHARS}转轉]{{0,16}}x")  # an ID's check character after its 17 digits
-_ELEVEN_DIGITS = re.compile(r"[0-9](?:[^0-9]*[0-9]){10}")
 _DATE_GROUPS_RE = re.compile(r"(?<![0-9])((?:19|20)[0-9]{2})([-/])([0-9]{1,2})\2([0-9]{1,2})(?![0-9])")
 _NOT_DIGIT = re.compile(r"[^0-9]+")
 _THREE_DIGITS = re.compile(rf"[0-9](?:{_SEP}{{0,4}}[0-9]){{2}}")
@@ -92,14 +91,16 @@ _MOBILE_DIGITS = re.compile(r"(?:0086|86)?(1[3-9][0-9]{9})")
 _KNOWN_STRIP = re.compile(_KNOWN_SEP + "+")
 _KNOWN_KEPT = re.compile(f"[^{_KNOWN_SEP_CHARS}]")
 _HEX = frozenset("0123456789abcdef")
-# A cheap, exact test that _RUN_RE cannot match: in the UTF-8 bytes of the folded text, delete "ext"
-# and every byte that may be part of what _RUN_RE allows between two digits (its ASCII separators
-# and every byte of a character beyond ASCII, 转 and 分机 among them: a superset), and write each
-# digit as '0'; every match of _RUN_RE then shows as 11 '0's in a row. Most resources have none (ids
-# are hex, dates have 8 or 14 digits cut by letters), and this costs a few C passes where _RUN_RE
-# tries a match at every digit.
+# A cheap, exact test that _RUN_RE cannot match (_may_hold_numbers): in the UTF-8 bytes of the folded
+# text, delete every byte that may be part of what _RUN_RE allows between two digits (its ASCII
+# separators and every byte of a character beyond ASCII, 转 and 分机 among them: a superset) and the
+# word "ext", and write each digit as '0'; every match of _RUN_RE then shows as 11 '0's in a row. Most
+# resources have none (ids are hex, dates have 8 or 14 digits cut by letters), and this costs a few C
+# passes where _RUN_RE tries a match at every digit.
 _RUN_GLUE = bytes(c for c in range(128) if re.fullmatch(f"[{_WIDE_CHARS}x]", chr(c))) + bytes(range(128, 256))
 _AS_DIGITS = bytes(48 if 48 <= c <= 57 else 97 for c in range(256))
+# _AS_DIGITS keeping 'e' and 't': with x deleted, "ext" shows as "et" (so do a few other pairs: a superset)
+_AS_DIGITS_ET = bytes(c if c in b"et" else d for c, d in enumerate(_AS_DIGITS))
 _RUN_DIGITS = b"0" * 11
 _MIN_RUN_DIGITS = 11  # the shortest number found without a known value: a mobile or landline
 _MAX_ALIGNED = 16  # the longest number checked on group boundaries: 0086 (0)571 87654321
@@ -361,6 +362,16 @@ def _fold_pieces(text: str) -> tuple[str, str, bytes]:
     characters commutes with concatenation)."""
     data = text.encode("utf-8", "surrogatepass").lower()
     marks = data.translate(_NON_ASCII_BYTES)
+    pos = 0
+    while (start := marks.find(b"\x01", pos)) >= 0:
+        end = marks.find(b"\x00", start)
+        if end < 0:
+            end = len(data)
+        if not _plain_run(data[start:end]):
+            break
+        pos = end
+    else:  # every run of other characters folds to itself and holds no separator (most Chinese text): C passes
+        return data.decode("utf-8", "surrogatepass"), data.translate(None, _ASCII_SEPS).decode("utf-8", "surrogatepass"), data
     folded: list[str] = []
     compact: list[str] = []
     encoded: list[bytes] = []
@@ -393,6 +404,13 @@ def _fold_run(run: bytes) -> tuple[str, str, bytes]:
     separators, and the folded run in UTF-8."""
     folded = run.decode("utf-8", "surrogatepass").translate(_TABLE)
     return folded, _KNOWN_STRIP.sub("", folded), folded.encode("utf-8", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=8192)
+def _plain_run(run: bytes) -> bool:
+    """Whether a run of characters other than ASCII (its UTF-8 bytes) folds to itself and holds no separator."""
+    folded, compact, encoded = _fold_run(run)
+    return encoded == run and compact == folded
 
 
 def _span_map(text: str, folded: str) -> _SpanMap | None:
@@ -655,7 +673,7 @@ def _new_day() -> None:
 
 def _find(text: str, folded: str, known_spans: list[tuple[int, int, str]], document: bool, data: bytes | None = None) -> list[Found]:
     """find_identifiers on a folded text whose known-value spans are found already (data: folded in UTF-8, if at hand)."""
-    digits = _ELEVEN_DIGITS.search(folded) is not None
+    digits = _may_hold_numbers(data if data is not None else folded.encode("utf-8", "surrogatepass"))
     spans: list[tuple[int, int, int, str, str]] = [  # start, end, priority, kind, value
         (start, end, 0, "known", value) for start, end, value in known_spans
     ]
@@ -663,7 +681,7 @@ def _find(text: str, folded: str, known_spans: list[tuple[int, int, str]], docum
         return []
     origin = _Origin(text, folded)
     if digits:
-        _numbers(text, folded, document, origin, spans, data)
+        _numbers(text, folded, document, origin, spans)
         if known_spans:
             pieces, pos = [], 0
             for start, end, _value in sorted(known_spans):
@@ -674,7 +692,9 @@ def _find(text: str, folded: str, known_spans: list[tuple[int, int, str]], docum
                     pieces.append("\0" * (end - pos))
                     pos = end
             pieces.append(folded[pos:])
-            _numbers(text, "".join(pieces), document, origin, spans)
+            blanked = "".join(pieces)
+            if _may_hold_numbers(blanked.encode("utf-8", "surrogatepass")):
+                _numbers(text, blanked, document, origin, spans)
     if not spans:
         return []
     # Overlapping candidates become one span covering them all (no digit of any survives),
@@ -705,13 +725,15 @@ def _marks_after(text: str, end: int) -> int:
     return end
 
 
-def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list, data: bytes | None = None) -> None:
-    if data is None:
-        data = folded.encode("utf-8", "surrogatepass")
-    if b"ext" in data:
-        data = data.replace(b"ext", b"")
-    if _RUN_DIGITS not in data.translate(_AS_DIGITS, _RUN_GLUE):
-        return  # no 11 digits joined by separators (or the words of _WORD_SEPS): _RUN_RE cannot match (see _RUN_GLUE)
+def _may_hold_numbers(data: bytes) -> bool:
+    """False when _RUN_RE cannot match the folded text whose UTF-8 bytes are data: no 11 digits joined by
+    separators or the words of _WORD_SEPS (see _RUN_GLUE). Only a digit glued to "ext" makes the second test run."""
+    squeezed = data.translate(_AS_DIGITS_ET, _RUN_GLUE)
+    return _RUN_DIGITS in squeezed or (b"0et" in squeezed and _RUN_DIGITS in squeezed.replace(b"et", b""))
+
+
+def _numbers(text: str, folded: str, document: bool, origin: _Origin, out: list) -> None:
+    """The numbers _RUN_RE finds in folded (spans of folded), added to out; for a text that passed _may_hold_numbers."""
     for word, seps in _WORD_SEPS:
         folded = folded.replace(word, seps)
     for run in _RUN_RE.finditer(folded):

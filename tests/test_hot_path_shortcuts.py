@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,13 +48,26 @@ def test_the_one_pass_fold_gives_the_fold_its_compact_form_and_its_bytes(text):
 @settings(max_examples=400, deadline=None)
 @given(texts)
 def test_the_number_prefilter_never_hides_a_run(text):
-    """_numbers skips _RUN_RE when the bytes test finds no 11 glued digits: it must never skip a match."""
+    """_find skips _RUN_RE when the bytes test finds no 11 glued digits: it must never skip a match."""
     folded = ids._fold(text)
     for word, seps in ids._WORD_SEPS:
         folded = folded.replace(word, seps)
     if ids._RUN_RE.search(folded):
-        data = ids._fold(text).encode("utf-8", "surrogatepass").replace(b"ext", b"")
-        assert ids._RUN_DIGITS in data.translate(ids._AS_DIGITS, ids._RUN_GLUE)
+        assert ids._may_hold_numbers(ids._fold(text).encode("utf-8", "surrogatepass"))
+
+
+@pytest.mark.parametrize(("text", "passes"), [
+    ("13812345678", True), ("138ext12345678", True), ("1ext3ext8ext1ext2ext3ext4ext5ext6ext7ext8", True),
+    ("0571 extext 87654321", True), ("(0571) 8765 4321 ext 12", True), ("ext13812345678", True),
+    ("1381234567e8", False), ("2024-05-12t08:30:00", False), ("text 1381234 next 5678", False), ("138 ext 12345678", True),
+])
+def test_the_number_prefilter_lets_digits_joined_by_ext_through_and_stops_dates(text, passes):
+    """ext joins digits (a landline's extension); t (a timestamp's) and e (a decimal's exponent) do not."""
+    folded = ids._fold(text)
+    for word, seps in ids._WORD_SEPS:
+        folded = folded.replace(word, seps)
+    assert bool(ids._RUN_RE.search(folded)) == passes
+    assert ids._may_hold_numbers(ids._fold(text).encode()) == passes
 
 
 @settings(max_examples=300, deadline=None)
