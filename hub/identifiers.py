@@ -486,6 +486,10 @@ class KnownValues:
     def __repr__(self) -> str:  # never the values
         return f"KnownValues({len(self._keys)} forms)"
 
+    def forms(self) -> tuple[str, ...]:
+        """Every compact form the values are found by (never shown: they are the values)."""
+        return tuple(key for key, _, _ in self._keys)
+
     def forms_of(self, alphabet: frozenset[str]) -> tuple[str, ...]:
         """The compact forms made only of characters in alphabet: the only ones a text written in
         that alphabet (lowercase hex, say) can hold."""
@@ -973,6 +977,34 @@ def hex_suspects(values: list[str], known: KnownValues) -> list[str]:
             keep.add(k)
             i = text.find(needle, starts[k + 1] if k + 1 < len(starts) else len(text))  # the next value
     return [values[k] for k in sorted(keep)]
+
+
+def pieces_clean(texts: list[str], join: str, known: KnownValues) -> bool:
+    """True when find_identifiers(join.join(texts), known, document=True) finds nothing, judged on the
+    joined text's distinct pieces between double quotes, each scanned once: in a column of FHIR JSON
+    every resource repeats its keys, codes, units, displays and references, and the distinct pieces
+    are a small part of the text. False when the pieces hold a finding (the caller then scans the
+    whole text, which places it) or when a known value's form holds a '"'.
+
+    Sound because no finding can hold a '"' (no character class on the number path takes it, and
+    folding turns only U+FF02 into one, inside a piece of the original text), and every read
+    beyond a digit run (a hex token, marks, a letter prefix, a check character, a decimal point)
+    stops at a '"' or reads the same at the end of a text: the findings of a text are those of its
+    pieces. Known values are found within a piece unless one of their forms holds a '"' (their
+    edges read a '"' as they read the end of a text). The pieces are exactly the joined text's: the
+    last piece of one text, join and the first of the next are one piece."""
+    if not texts or any('"' in form for form in known.forms()):
+        return False
+    pieces: set[str] = set()
+    current = None
+    for text in texts:
+        parts = text.split('"')
+        if current is not None:
+            parts[0] = current + join + parts[0]
+        current = parts.pop()
+        pieces.update(parts)
+    pieces.add(current)
+    return not find_identifiers('"'.join(pieces), known, document=True)
 
 
 # ---- the simple interfaces -------------------------------------------------------------

@@ -423,8 +423,10 @@ class Scanner:
                 starts.append(pos)
                 pos += len(t) + len(_JOIN)
             joined = _JOIN.join(distinct)
-            # the values a finding touches; a JSON escape could hide digits from the text scan: decode those rows too
-            spans = [(a, b) for _, _, a, b in detect(joined, self.known)]
+            # the values a finding touches; a JSON escape could hide digits from the text scan: decode those rows too.
+            # Resources are judged on their distinct pieces first (identifiers.pieces_clean): the whole text only if they hold a finding
+            clean = name in json_columns and identifiers.pieces_clean(distinct, _JOIN, self.known)
+            spans = [] if clean else [(a, b) for _, _, a, b in detect(joined, self.known)]
             if name in json_columns and "\\u" in joined:
                 spans += [(m.start(), m.end()) for m in re.finditer(r"\\u", joined)]
             hit_values = {distinct[k] for a, b in spans
