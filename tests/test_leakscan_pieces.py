@@ -38,6 +38,22 @@ def test_a_column_passed_on_its_pieces_holds_nothing_the_whole_scan_finds(column
         assert ids.find_identifiers(_JOIN.join(column), known, document=True) == []
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(texts, min_size=1, max_size=4), st.sampled_from(KNOWN[:4]))
+def test_what_a_text_holds_is_what_its_pieces_between_quotes_hold(column, known_values):
+    """The invariant pieces_clean rests on, kept by every later change to the detector: the findings
+    of a text are those of its pieces cut at '"', each read alone, in place (no finding holds a quote
+    and no read beyond a number or a known value crosses one)."""
+    known = ids.known_values_of(known_values)
+    text = _JOIN.join(column)
+    expected, offset = [], 0
+    for piece in text.split('"'):
+        expected += [(f.kind, f.start + offset, f.end + offset, f.value, f.detected)
+                     for f in ids.find_identifiers(piece, known, document=True)]
+        offset += len(piece) + 1
+    assert [(f.kind, f.start, f.end, f.value, f.detected) for f in ids.find_identifiers(text, known, document=True)] == expected
+
+
 @pytest.mark.parametrize("column", [
     ['{"telecom":"13812345678"}'],  # in one piece
     ['{"a":"1381234"}', '{"b":"0", "c":"13812345678"}'],  # in the second text
