@@ -362,24 +362,22 @@ def _fold_pieces(text: str) -> tuple[str, str, bytes]:
     characters commutes with concatenation)."""
     data = text.encode("utf-8", "surrogatepass").lower()
     marks = data.translate(_NON_ASCII_BYTES)
+    runs: list[tuple[int, int]] = []
+    plain = True
     pos = 0
     while (start := marks.find(b"\x01", pos)) >= 0:
-        end = marks.find(b"\x00", start)
-        if end < 0:
-            end = len(data)
-        if not _plain_run(data[start:end]):
-            break
-        pos = end
-    else:  # every run of other characters folds to itself and holds no separator (most Chinese text): C passes
+        pos = marks.find(b"\x00", start)
+        if pos < 0:
+            pos = len(data)
+        runs.append((start, pos))
+        plain = plain and _plain_run(data[start:pos])
+    if plain:  # every run of other characters folds to itself and holds no separator (most Chinese text): C passes
         return data.decode("utf-8", "surrogatepass"), data.translate(None, _ASCII_SEPS).decode("utf-8", "surrogatepass"), data
     folded: list[str] = []
     compact: list[str] = []
     encoded: list[bytes] = []
     pos = 0
-    while (start := marks.find(b"\x01", pos)) >= 0:
-        end = marks.find(b"\x00", start)
-        if end < 0:
-            end = len(data)
+    for start, end in runs:
         if start > pos:
             part = data[pos:start]
             folded.append(part.decode("ascii"))
