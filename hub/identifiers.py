@@ -952,6 +952,10 @@ def _in_hex_token(text: str, start: int, end: int) -> bool:
 
 _HEX_LINES = re.compile(r"[0-9a-f]{16,}(?:\n[0-9a-f]{16,})*")
 _ID_DIGITS = b"0" * 17  # an 18-character ID in hex has 18 digits in a row (its check character x is no hex): 17 is a margin
+# hex_suspects' two tests of one value, as RE2 patterns for a column in Arrow (hub.leakscan._arrow_suspects)
+HEX_VALUE_PATTERN = "^[0-9a-f]{16,}$"
+ID_DIGITS_PATTERN = "[0-9]{17}"
+HEX_DIGITS = _HEX
 
 
 def hex_suspects(values: list[str], known: KnownValues) -> list[str]:

@@ -180,6 +180,31 @@ def load_scan_policy(path: Path) -> ScanPolicy:
 _JOIN = "\n.\n"
 
 
+def _arrow_suspects(column: pa.ChunkedArray | pa.Array, known: identifiers.KnownValues) -> list[str]:
+    """What identifiers.hex_suspects(distinct non-null values of column) gives, in Arrow: the distinct values
+    in order of first appearance; of a column whose every value is lowercase hex of 16 characters or more
+    only those holding 17 digits in a row or a form of a known value made of hex characters.
+    (tests/test_leakscan_arrow.py holds the two to the same answer.)"""
+    values = pc.drop_null(column)
+    if len(values) and pc.all(pc.match_substring_regex(values, identifiers.HEX_VALUE_PATTERN)).as_py():
+        # one pass: the forms are made of hex characters only, nothing in them is special to RE2
+        wanted = "|".join((identifiers.ID_DIGITS_PATTERN, *known.forms_of(identifiers.HEX_DIGITS)))
+        values = values.filter(pc.match_substring_regex(values, wanted))
+    return pc.unique(values).to_pylist()
+
+
+def _rows_holding(values: list | pa.ChunkedArray | pa.Array, wanted: set[str]) -> list[tuple[int, str]]:
+    """(row number, text) of the rows of a column whose value (as text) is in wanted, in row order."""
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        rows = pc.indices_nonzero(pc.fill_null(pc.is_in(values, value_set=pa.array(sorted(wanted), pa.string())), False))
+        return list(zip(rows.to_pylist(), values.take(rows).to_pylist(), strict=True))
+    return [(i, t) for i, v in enumerate(values) if v is not None and (t := v if isinstance(v, str) else str(v)) in wanted]
+
+
+def _value_at(values: list | pa.ChunkedArray, i: int):
+    return values[i].as_py() if isinstance(values, pa.ChunkedArray | pa.Array) else values[i]
+
+
 def known_values(canaries: Iterable[str]) -> identifiers.KnownValues:
     """Canary values compiled once for the detector (it also finds them spaced or full-width)."""
     values = tuple(sorted(set(canaries)))
@@ -401,10 +426,10 @@ class Scanner:
 
     # -- tables ----------------------------------------------------------------------------
 
-    def columns(self, columns: Mapping[str, list], where: str, *, ids: list | None = None,
+    def columns(self, columns: Mapping[str, list | pa.ChunkedArray], where: str, *, ids: list | pa.ChunkedArray | None = None,
                 json_columns: Iterable[str] = JSON_COLUMNS, token_columns: Iterable[str] = TOKEN_COLUMNS,
                 code_columns: Mapping[str, str] | None = None) -> ScanResult:
-        """Columns of values ({name: [value, ...]}); None values are skipped.
+        """Columns of values ({name: [value, ...]}, or string Arrow columns); None values are skipped.
 
         json_columns hold FHIR resource JSON, token_columns ``system|code``, code_columns
         ({name: system}) bare codes of one system; anything else is plain text.
@@ -412,12 +437,13 @@ class Scanner:
         json_columns, token_columns, code_columns = set(json_columns), set(token_columns), dict(code_columns or {})
         result = ScanResult()
         for name, values in columns.items():
-            rows = [i for i, v in enumerate(values) if v is not None]
-            texts = [values[i] if isinstance(values[i], str) else str(values[i]) for i in rows]
             # each distinct value is scanned once (a run id, an institution, a patient's pseudonym
             # repeat on many rows); the values are apart in the joined text, so what is found in one
             # does not depend on its neighbours, and every row holding a touched value is scanned again
-            distinct = self._suspects(list(dict.fromkeys(texts)))
+            if isinstance(values, pa.ChunkedArray | pa.Array):
+                distinct = _arrow_suspects(values, self.known)
+            else:
+                distinct = self._suspects(list(dict.fromkeys(v if isinstance(v, str) else str(v) for v in values if v is not None)))
             starts, pos = [], 0
             for t in distinct:
                 starts.append(pos)
@@ -431,10 +457,8 @@ class Scanner:
                 spans += [(m.start(), m.end()) for m in re.finditer(r"\\u", joined)]
             hit_values = {distinct[k] for a, b in spans
                           for k in range(bisect.bisect_right(starts, a) - 1, bisect.bisect_right(starts, b - 1))}
-            touched = [k for k, t in enumerate(texts) if t in hit_values] if hit_values else []
-            for k in touched:
-                i, text = rows[k], texts[k]
-                at = f"{where}.{name}" + (f"[id={ids[i]}]" if ids is not None and ids[i] is not None else f"[row {i}]")
+            for i, text in _rows_holding(values, hit_values) if hit_values else ():
+                at = f"{where}.{name}" + (f"[id={rid}]" if ids is not None and (rid := _value_at(ids, i)) is not None else f"[row {i}]")
                 if name in json_columns:
                     result.add(self.resource(text, at))
                 elif name in token_columns:
@@ -452,15 +476,17 @@ class Scanner:
         return identifiers.hex_suspects(distinct, self.known)
 
     def arrow(self, table: pa.Table, where: str, **kw) -> ScanResult:
-        """Every string and numeric column of an Arrow table (see columns() for the options)."""
-        cols: dict[str, list] = {}
+        """Every string and numeric column of an Arrow table (see columns() for the options). The
+        columns stay in Arrow: their distinct values, and the hex values that can hold a finding,
+        are found there (_arrow_suspects); only those become Python strings."""
+        cols: dict[str, pa.ChunkedArray] = {}
         for name in table.column_names:
             column = table.column(name)
             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                cols[name] = column.to_pylist()
+                cols[name] = column
             elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
-                cols[name] = pc.cast(column, pa.string()).to_pylist()
-        ids = table.column("id").to_pylist() if "id" in table.column_names and pa.types.is_string(table.schema.field("id").type) else None
+                cols[name] = pc.cast(column, pa.string())
+        ids = table.column("id") if "id" in table.column_names and pa.types.is_string(table.schema.field("id").type) else None
         return self.columns(cols, where, ids=ids, **kw)
 
     def rows(self, rows: list[dict], where: str, **kw) -> ScanResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +115,46 @@ def test_a_value_of_hex_lines_is_no_hex_value(scanner):
         assert scanner._suspects(column) == column
         found = scanner.columns({"id": column}, "t").hits
         assert [h.where for h in found] == ["t.id[row 1]"], value
+
+
+# ---- the same scan of an Arrow column (Scanner.arrow: the sink's scan and the checks' re-reads) ----
+
+_cells = st.one_of(
+    st.none(),
+    st.lists(_pieces, min_size=1, max_size=6).map("".join),
+    st.sampled_from(["", "ABCDEF0123456789ABCD", "0123456789abcdef\n0123456789abcdef", "0123456789abcdef ", "Zhang San"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_cells, min_size=0, max_size=10), st.booleans())
+def test_an_arrow_column_keeps_the_values_the_python_list_keeps(values, chunked):
+    """_arrow_suspects finds in Arrow what hex_suspects finds in the column's distinct values: the
+    same values, in the same order, None left out (and a list not all hex kept whole)."""
+    from hub.leakscan import _arrow_suspects
+
+    scanner = Scanner(CANARIES)
+    column = pa.chunked_array([values[:3], values[3:]], pa.string()) if chunked else pa.array(values, pa.string())
+    expected = scanner._suspects(list(dict.fromkeys(v for v in values if v is not None)))
+    assert _arrow_suspects(column, scanner.known) == expected
+
+
+def test_planted_identifiers_in_an_arrow_table_are_found_in_their_rows(scanner):
+    """The table scan finds what the scan of the same values as Python lists finds, named by row id."""
+    n = 3000
+    ids = [_hex(32) for _ in range(n)]
+    hashes = [_hex(64) for _ in range(n)]
+    hashes[5] = _hex(20) + _valid_id() + _hex(26)
+    patients = [None if i % 7 == 0 else _hex(32) for i in range(n)]
+    patients[700] = _hex(9) + "13800138000" + _hex(12)
+    notes = ["ok"] * n
+    notes[2999] = "call 13800138000"
+    table = pa.table({"id": ids, "patient": patients, "content_hash": hashes, "note": notes,
+                      "count": pa.array(range(n), pa.int64())})
+    fast = scanner.arrow(table, "t")
+    listed = _plain(scanner).columns({"id": ids, "patient": patients, "content_hash": hashes, "note": notes,
+                                      "count": [str(i) for i in range(n)]}, "t", ids=ids)
+    assert sorted((h.kind, h.where) for h in fast.hits) == sorted((h.kind, h.where) for h in listed.hits)
+    assert {h.where for h in fast.hits} == {f"t.content_hash[id={ids[5]}]", f"t.patient[id={ids[700]}]",
+                                            f"t.note[id={ids[2999]}]"}
+    assert fast.rows == n
