@@ -78,7 +78,10 @@ _KNOWN_SEP = f"[{_KNOWN_SEP_CHARS}]"
 # A run of digits and separators holding at least 11 digits (the shortest number found without a
 # known value): shorter ones fail inside the regex engine, which keeps documents cheap. The
 # words ext and 分机 are first written as "~~~" and "~~" (the same length, so positions hold).
-_RUN_RE = re.compile(rf"[0-9](?:[{_WIDE_CHARS}x转轉]*+[0-9]){{10,}}+(?:[{_WIDE_CHARS}转轉]{{0,16}}x)?")
+# The lookahead changes no match (the ten repetitions that follow a match's first digit take ten
+# characters or more of that class): it turns away, in one fast step, the digits that start none,
+# most of them inside ids and pseudonyms (13 -> 9 µs a document that passes _may_hold_numbers).
+_RUN_RE = re.compile(rf"[0-9](?=[0-9{_WIDE_CHARS}x转轉]{{10}})(?:[{_WIDE_CHARS}x转轉]*+[0-9]){{10,}}+(?:[{_WIDE_CHARS}转轉]{{0,16}}x)?")
 _WORD_SEPS = (("ext", "~~~"), ("分机", "~~"), ("分機", "~~"))
 _GROUP_RE = re.compile(r"[0-9]+")
 _TIGHT_GAP = re.compile(rf"{_SEP}{{1,4}}")
@@ -344,18 +347,19 @@ def _fold(text: str) -> str:
 
 
 def _folds(text: str) -> tuple[str, str, bytes]:
-    """(_fold(text), _compact(_fold(text)), _fold(text) in UTF-8) in one pass."""
+    """(_fold(text), _compact(_fold(text)), _fold(text) in UTF-8) in one pass: the compact form in
+    UTF-8 too, where the known values are looked for (bytes.find, not str.find in UCS-2)."""
     if text.isascii():
         folded = text.lower()
         data = folded.encode()
-        return folded, data.translate(None, _ASCII_SEPS).decode(), data
+        return folded, data.translate(None, _ASCII_SEPS), data
     return _fold_pieces(text)
 
 
 _NON_ASCII_BYTES = bytes(0 if c < 128 else 1 for c in range(256))
 
 
-def _fold_pieces(text: str) -> tuple[str, str, bytes]:
+def _fold_pieces(text: str) -> tuple[str, bytes, bytes]:
     """_folds of a text with other characters than ASCII. Its runs of them are found in its UTF-8
     bytes (those of a character other than ASCII are all >= 0x80), where bytes.lower() changes only
     the ASCII letters: C passes, no regex. Separators are removed per piece (the removal of single
@@ -372,16 +376,16 @@ def _fold_pieces(text: str) -> tuple[str, str, bytes]:
         runs.append((start, pos))
         plain = plain and _plain_run(data[start:pos])
     if plain:  # every run of other characters folds to itself and holds no separator (most Chinese text): C passes
-        return data.decode("utf-8", "surrogatepass"), data.translate(None, _ASCII_SEPS).decode("utf-8", "surrogatepass"), data
+        return data.decode("utf-8", "surrogatepass"), data.translate(None, _ASCII_SEPS), data
     folded: list[str] = []
-    compact: list[str] = []
+    compact: list[bytes] = []
     encoded: list[bytes] = []
     pos = 0
     for start, end in runs:
         if start > pos:
             part = data[pos:start]
             folded.append(part.decode("ascii"))
-            compact.append(part.translate(None, _ASCII_SEPS).decode("ascii"))
+            compact.append(part.translate(None, _ASCII_SEPS))
             encoded.append(part)
         run, run_compact, run_encoded = _fold_run(data[start:end])
         folded.append(run)
@@ -391,24 +395,24 @@ def _fold_pieces(text: str) -> tuple[str, str, bytes]:
     if pos < len(data):
         part = data[pos:]
         folded.append(part.decode("ascii"))
-        compact.append(part.translate(None, _ASCII_SEPS).decode("ascii"))
+        compact.append(part.translate(None, _ASCII_SEPS))
         encoded.append(part)
-    return "".join(folded), "".join(compact), b"".join(encoded)
+    return "".join(folded), b"".join(compact), b"".join(encoded)
 
 
 @functools.lru_cache(maxsize=8192)
-def _fold_run(run: bytes) -> tuple[str, str, bytes]:
+def _fold_run(run: bytes) -> tuple[str, bytes, bytes]:
     """A run of characters other than ASCII (its UTF-8 bytes) folded by the table, that without
-    separators, and the folded run in UTF-8."""
+    separators in UTF-8, and the folded run in UTF-8."""
     folded = run.decode("utf-8", "surrogatepass").translate(_TABLE)
-    return folded, _KNOWN_STRIP.sub("", folded), folded.encode("utf-8", "surrogatepass")
+    return folded, _KNOWN_STRIP.sub("", folded).encode("utf-8", "surrogatepass"), folded.encode("utf-8", "surrogatepass")
 
 
 @functools.lru_cache(maxsize=8192)
 def _plain_run(run: bytes) -> bool:
     """Whether a run of characters other than ASCII (its UTF-8 bytes) folds to itself and holds no separator."""
-    folded, compact, encoded = _fold_run(run)
-    return encoded == run and compact == folded
+    _folded, compact, encoded = _fold_run(run)
+    return encoded == run and compact == encoded
 
 
 def _span_map(text: str, folded: str) -> _SpanMap | None:
@@ -486,38 +490,43 @@ class KnownValues:
 
     def forms(self) -> tuple[str, ...]:
         """Every compact form the values are found by (never shown: they are the values)."""
-        return tuple(key for key, _, _ in self._keys)
+        return tuple(key for key, _, _, _ in self._keys)
 
     def forms_of(self, alphabet: frozenset[str]) -> tuple[str, ...]:
         """The compact forms made only of characters in alphabet: the only ones a text written in
         that alphabet (lowercase hex, say) can hold."""
-        return tuple(key for key, _, _ in self._keys if set(key) <= alphabet)
+        return tuple(key for key, _, _, _ in self._keys if set(key) <= alphabet)
 
     def absent_from(self, pairs: frozenset[str]) -> bool:
         """True when no value can be in a text whose compact form has only these pairs of adjacent
         characters: every form is 2 characters or more, so a text holding one holds its first two."""
         if self._heads is None:
-            self._heads = frozenset(k[:2] for k, _, _ in self._keys)
+            self._heads = frozenset(k[:2] for k, _, _, _ in self._keys)
         return self._heads.isdisjoint(pairs)
 
-    def spans(self, folded: str, compact: str | None = None) -> list[tuple[int, int, str]]:
+    def spans(self, folded: str, compact: bytes | None = None) -> list[tuple[int, int, str]]:
         """(start, end, compact value) of every known value in an already folded text
-        (compact: _compact(folded), when the caller has it)."""
+        (compact: _compact(folded), when the caller has it). The forms are looked for in the UTF-8
+        bytes of the compact text: a form in UTF-8 is found only where a character starts (no
+        character's encoding starts inside another's), so the matches are those of the text."""
         if not self._keys:
             return []
         if compact is None:
             compact = _compact(folded)
-        kept: list[int] | range | None = None
+        kept: list[int] | range = range(0)
+        chars: str | None = None  # the compact text, once a form is found
         out = []
-        for key, before, after in self._keys:
-            i = compact.find(key)
+        for key, encoded, before, after in self._keys:
+            i = compact.find(encoded)
             while i >= 0:
-                if kept is None:
-                    kept = range(len(folded)) if len(compact) == len(folded) else [m.start() for m in _KNOWN_KEPT.finditer(folded)]
-                start, end = kept[i], kept[i + len(key) - 1] + 1
+                if chars is None:
+                    chars = compact.decode("utf-8", "surrogatepass")
+                    kept = range(len(folded)) if len(chars) == len(folded) else [m.start() for m in _KNOWN_KEPT.finditer(folded)]
+                at = i if len(chars) == len(compact) else len(compact[:i].decode("utf-8", "surrogatepass"))
+                start, end = kept[at], kept[at + len(key) - 1] + 1
                 if _edge_free(folded, start - 1, -1, before) and _edge_free(folded, end, 1, after):
                     out.append((start, end, key))
-                i = compact.find(key, i + 1)
+                i = compact.find(encoded, i + 1)
         return out
 
 
@@ -531,17 +540,17 @@ def _non_ascii_sep() -> re.Pattern[str]:
     return re.compile("[" + re.escape(chars) + "]")
 
 
-def _compact(folded: str) -> str:
-    """folded without its separators (what _KNOWN_STRIP removes). When every separator in it is
-    ASCII, as in nearly every resource, bytes.translate deletes them at C speed."""
+def _compact(folded: str) -> bytes:
+    """folded without its separators (what _KNOWN_STRIP removes), in UTF-8. When every separator in
+    it is ASCII, as in nearly every resource, bytes.translate deletes them at C speed."""
     if not folded.isascii() and _non_ascii_sep().search(folded) is not None:
-        return _KNOWN_STRIP.sub("", folded)
-    return folded.encode().translate(None, _ASCII_SEPS).decode()
+        return _KNOWN_STRIP.sub("", folded).encode("utf-8", "surrogatepass")
+    return folded.encode("utf-8", "surrogatepass").translate(None, _ASCII_SEPS)
 
 
 @functools.lru_cache(maxsize=16384)
-def _key_form(key: str) -> tuple[str, str | None, str | None]:
-    return key, _edge(key, 0), _edge(key, -1)
+def _key_form(key: str) -> tuple[str, bytes, str | None, str | None]:
+    return key, key.encode("utf-8", "surrogatepass"), _edge(key, 0), _edge(key, -1)
 
 
 def _edge(key: str, index: int) -> str | None:
@@ -646,7 +655,8 @@ def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, docu
         if len(memo) >= _MEMO_SIZE:
             memo.clear()
         folded, compact, data = _folds(text)
-        pairs = frozenset(compact[i:i + 2] for i in range(len(compact) - 1))
+        chars = compact.decode("utf-8", "surrogatepass")
+        pairs = frozenset(chars[i:i + 2] for i in range(len(chars) - 1))
         hit = memo[text] = (folded, compact, pairs, tuple(_find(text, folded, [], document, data)))
     folded, compact, pairs, plain = hit
     if not known or known.absent_from(pairs):
@@ -657,7 +667,7 @@ def find_identifiers(text: str, known: KnownValues | Iterable[str] = (), *, docu
 
 #: find_identifiers' memo of short texts without known values, by document mode: (folded, compact,
 #: its pairs of adjacent characters, found).
-_PLAIN: tuple[dict[str, tuple[str, str, frozenset[str], tuple[Found, ...]]], dict[str, tuple[str, str, frozenset[str], tuple[Found, ...]]]] = ({}, {})
+_PLAIN: tuple[dict[str, tuple[str, bytes, frozenset[str], tuple[Found, ...]]], dict[str, tuple[str, bytes, frozenset[str], tuple[Found, ...]]]] = ({}, {})
 _MEMO_LEN, _MEMO_SIZE = 128, 4096  # ~4 KB a 50-character text, at most ~45 MB in all
 _today_ends = 0.0  # when the local date changes: the memos hold verdicts on birth dates "up to today"
 

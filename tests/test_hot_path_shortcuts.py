@@ -41,7 +41,7 @@ def test_the_one_pass_fold_gives_the_fold_its_compact_form_and_its_bytes(text):
     folded, compact, data = ids._folds(text)
     expected = _reference_fold(text)
     assert folded == ids._fold(text) == expected
-    assert compact == ids._KNOWN_STRIP.sub("", expected)
+    assert compact == ids._KNOWN_STRIP.sub("", expected).encode("utf-8", "surrogatepass")
     assert data == expected.encode("utf-8", "surrogatepass")
 
 
@@ -161,3 +161,45 @@ def test_the_reference_memo_keeps_keys_that_are_equal_but_written_differently_ap
     expected = [f"Patient/{comp.resource_id(keys, 'inst', 'patient', [v])}" for v in (1, 1.0, True, "1", 1, Decimal("1.0"), "1")]
     assert refs == expected
     assert len(set(refs)) == 3  # key texts "1", "1.0" and "True"
+
+
+_RUN_WITHOUT_LOOKAHEAD = re.compile(
+    rf"[0-9](?:[{ids._WIDE_CHARS}x转轉]*+[0-9]){{10,}}+(?:[{ids._WIDE_CHARS}转轉]{{0,16}}x)?")
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(CHARS, max_size=14), st.text("0123456789 -x转~", max_size=20)),
+                max_size=10).map("".join))
+def test_the_run_lookahead_changes_no_match(text):
+    """_RUN_RE's lookahead only turns away digits no match starts at: the matches are those of the
+    pattern written without it."""
+    folded = ids._fold(text)
+    for word, seps in ids._WORD_SEPS:
+        folded = folded.replace(word, seps)
+    assert [m.span() for m in ids._RUN_RE.finditer(folded)] == [m.span() for m in _RUN_WITHOUT_LOOKAHEAD.finditer(folded)]
+
+
+def _reference_spans(known: ids.KnownValues, folded: str) -> list[tuple[int, int, str]]:
+    """KnownValues.spans as written before: the forms looked for with str.find in the compact text."""
+    compact = ids._KNOWN_STRIP.sub("", folded)
+    kept = [m.start() for m in ids._KNOWN_KEPT.finditer(folded)]
+    out = []
+    for key, _encoded, before, after in known._keys:
+        i = compact.find(key)
+        while i >= 0:
+            start, end = kept[i], kept[i + len(key) - 1] + 1
+            if ids._edge_free(folded, start - 1, -1, before) and ids._edge_free(folded, end, 1, after):
+                out.append((start, end, key))
+            i = compact.find(key, i + 1)
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES + list(KNOWN) + ["浙江省杭州市", "西湖区", "张 伟", "ZHANG-WEI", "\ud800"]),
+                          st.text(CHARS, max_size=12)), max_size=10).map("".join))
+def test_known_values_found_in_the_utf8_compact_text_are_those_of_the_text(text):
+    """The forms are looked for in the compact text's UTF-8 bytes: the same spans, at the same
+    characters, as str.find in the compact text, with Chinese and other wide characters before them."""
+    known = ids.known_values_of(KNOWN)
+    folded, compact, _data = ids._folds(text)
+    assert known.spans(folded, compact) == known.spans(folded) == _reference_spans(known, folded)
