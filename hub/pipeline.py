@@ -436,7 +436,7 @@ class _BlockPublish:
             w.add({
                 "id": item.id, "institution": run.inst.id, "resource_type": block.resource,
                 "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
-                "resource": item.text, "content_hash": item.hash,
+                "resource": item.data, "content_hash": item.hash,
                 "source_system": mapping.system, "source_table": block.table,
                 "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": mapping.label,
                 "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,

@@ -24,7 +24,7 @@ from deid.keys import Keyring
 from deid.ruleset import Ruleset
 from hub.fhir.check import Validator
 from hub.fhir.ids import source_key_hash
-from hub.fhir.jsonio import content_hash, dumps
+from hub.fhir.jsonio import content_hash, dump_bytes
 from hub.lakehouse.tables import effective_time, parse_instant, primary_code
 from hub.leakscan import Hit, Scanner, load_scan_policy
 from hub.mapping.compile import CompiledBlock, RowProblem
@@ -38,7 +38,7 @@ class Ready:
     """A de-identified resource ready to publish, with its key and lineage columns."""
 
     id: str
-    text: str
+    data: bytes  # the resource's JSON in UTF-8, as published (bytes cross the pipe from a worker without encoding)
     hash: str
     code: str | None
     effective_time: dt.datetime | None
@@ -50,6 +50,11 @@ class Ready:
     birth_times: tuple[tuple[str, int, str], ...] = ()
     #: text passed the publication's leak scan (Scanner.record) with the record's known values: the sink need not scan it again
     scanned: bool = False
+
+    @property
+    def text(self) -> str:
+        """The resource's JSON."""
+        return self.data.decode()
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,8 @@ class Preparer:
             except UnknownModifierExtension as exc:
                 items.append(Rejected([self._unknown_modifier(compiled, exc)], False, compiled.row_label(row), skh))
                 continue
-            text = dumps(clean)
+            data = dump_bytes(clean)
+            text = data.decode()
             found = self.scanner.record(text, self._must_not_appear(compiled, known, row), block.table)
             if found.hits:  # an identifier survived de-identification (a code, a number): this row only waits
                 items.append(Rejected([self._leak(compiled, hit) for hit in found.hits], False, compiled.row_label(row), skh))
@@ -167,7 +173,7 @@ class Preparer:
                 exempted.update(found.exempted)
             is_patient = block.resource == "Patient"
             items.append(Ready(
-                id=clean["id"], text=text, hash=content_hash(text), code=primary_code(clean),
+                id=clean["id"], data=data, hash=content_hash(data), code=primary_code(clean),
                 effective_time=effective_time(clean, mapping.timezone),
                 patient_ref=None if is_patient else _patient_ref(clean),
                 pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=skh,

@@ -24,7 +24,7 @@ from deid.engine import Deidentifier, UnknownModifierExtension, patient_pseudony
 from deid.keys import Keyring
 from hub.fhir.check import Validator
 from hub.fhir.ids import resource_id, source_key_hash
-from hub.fhir.jsonio import content_hash, dumps
+from hub.fhir.jsonio import content_hash, dump_bytes
 from hub.fhir.validate import RESOURCE_MODULES
 from hub.identifiers import is_valid_resident_id
 from hub.lakehouse.tables import effective_time, primary_code
@@ -180,7 +180,8 @@ class ResourcePreparer:
         except UnknownModifierExtension as exc:
             return self._reject(file, lineno, rtype, key, exc.path, f"has a modifierExtension hub's ruleset does not know: {exc.url}",
                                 f"no modifierExtension, or a rule for it in {self.deid.ruleset.path.name}")
-        out = dumps(clean)
+        data = dump_bytes(clean)
+        out = data.decode()
         found = self.scanner.record(out, known, f"{file}:{lineno}")
         if found.hits:
             return Prepared(lineno, rtype, Rejected([RowProblem(
@@ -192,7 +193,7 @@ class ResourcePreparer:
             self.exempted.update(found.exempted)
         is_patient = rtype == "Patient"
         return Prepared(lineno, rtype, Ready(
-            id=clean["id"], text=out, hash=content_hash(out), code=primary_code(clean),
+            id=clean["id"], data=data, hash=content_hash(data), code=primary_code(clean),
             effective_time=effective_time(clean, self.timezone), patient_ref=patient_ref,
             pseudonym=patient_pseudonym(clean) if is_patient else None, source_key_hash=self.key_hash(file, key),
             scanned=True,

@@ -394,9 +394,10 @@ class TableWriter:
         rows.sort(key=_file_order)  # the table's sort order, in Python: Arrow's sort_by would hold a second copy
         published = [(row["id"], row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
                       row["key_id"], row.get("source_row_hash")) for row in rows]
-        del existing
+        was_scanned = [entry[0] in scanned for entry in published]
+        del existing, scanned
         data = _to_arrow(rows)  # empties rows: the row dicts are most of a flush's memory
-        self.scan(_unscanned(data, scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
+        self.scan(_unscanned(data, was_scanned), ".".join(self.table.name()))  # raises LeakBlocked: nothing of this run is committed
         if changed:
             self._mask(index, changed)
         places = self._write_files(data)
@@ -566,17 +567,48 @@ class TableWriter:
                 self._existing.committed(self._stamp(ours[-1]))
 
 
+_TEXT_COLUMN = ARROW_SCHEMA.get_field_index("resource")
+_OTHER_COLUMNS = ARROW_SCHEMA.remove(_TEXT_COLUMN)
+_MAX_OFFSET = 2**31 - 1  # a string array's 32-bit offsets
+
+
 def _to_arrow(rows: list[dict], chunk: int = 4096) -> pa.Table:
     """The rows as a table of ARROW_SCHEMA, emptying the list as it goes: each slice's dicts are freed once
-    converted, so the dicts and their Arrow copy are never held whole at once."""
+    converted, so the dicts and their Arrow copy are never held whole at once. A row's resource may be its
+    JSON text or that text in UTF-8 (what the workers send): see _text_column."""
     rows.reverse()
     batches = []
     while rows:
         part = rows[-chunk:]
         del rows[-chunk:]
         part.reverse()
-        batches.append(pa.RecordBatch.from_pylist(part, schema=ARROW_SCHEMA))
+        texts = _text_column([row["resource"] for row in part])
+        if texts is None:  # more text than one array holds: a smaller slice
+            if len(part) == 1:
+                raise CommandFailed(f"resource {part[0]['id']} is more than 2 GiB of JSON: nothing of this run is committed", 2)
+            rows += reversed(part)
+            chunk = max(1, len(part) // 2)
+            continue
+        others = pa.RecordBatch.from_pylist(part, schema=_OTHER_COLUMNS)
+        columns = others.columns
+        columns.insert(_TEXT_COLUMN, texts)
+        batches.append(pa.RecordBatch.from_arrays(columns, schema=ARROW_SCHEMA))
     return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
+
+
+def _text_column(values: list[str | bytes]) -> pa.Array | None:
+    """A string array of texts or their UTF-8 bytes, built from one joined buffer and its offsets (a copy,
+    and a UTF-8 check): pyarrow converts a str holding Chinese by encoding it (and keeps that encoding in
+    the str), and bytes into a string array slowly. None when the texts exceed the array's 32-bit offsets."""
+    if any(v is None for v in values):
+        return pa.array([v.decode() if type(v) is bytes else v for v in values], pa.string())
+    data = [v if type(v) is bytes else v.encode() for v in values]
+    offsets = list(itertools.accumulate(map(len, data), initial=0))
+    if offsets[-1] > _MAX_OFFSET:
+        return None
+    array = pa.StringArray.from_buffers(len(data), pa.array(offsets, pa.int32()).buffers()[1], pa.py_buffer(b"".join(data)))
+    array.validate(full=True)  # raises on text that is not UTF-8
+    return array
 
 
 def _file_order(row: dict) -> tuple:
@@ -602,13 +634,14 @@ def added_files(table: Table, snapshots: list[Any]) -> list[str]:
     return out
 
 
-def _unscanned(data: pa.Table, scanned: set[str]) -> pa.Table:
-    """data with the resource text of the rows in scanned blanked (they were scanned upstream)."""
-    if not scanned:
+def _unscanned(data: pa.Table, scanned: list[bool]) -> pa.Table:
+    """data with the resource text of the rows scanned upstream blanked (scanned: one flag per row, in order)."""
+    if not any(scanned):
         return data
-    mask = pc.is_in(data.column("id"), value_set=pa.array(list(scanned), pa.string()))
     i = data.schema.get_field_index("resource")
-    return data.set_column(i, "resource", pc.if_else(mask, pa.scalar(None, pa.string()), data.column("resource")))
+    if all(scanned):
+        return data.set_column(i, "resource", pa.nulls(data.num_rows, pa.string()))
+    return data.set_column(i, "resource", pc.if_else(pa.array(scanned, pa.bool_()), pa.scalar(None, pa.string()), data.column("resource")))
 
 
 def committed_snapshots(table: Table, run_id: str) -> list[int]:

@@ -342,7 +342,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
                 run.writer(rtype).add({
                     "id": item.id, "institution": run.inst.id, "resource_type": rtype,
                     "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
-                    "resource": item.text, "content_hash": item.hash,
+                    "resource": item.data, "content_hash": item.hash,
                     "source_system": label, "source_table": sf.rel,
                     "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": f"fhir-ndjson@{hub.__version__}",
                     "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,

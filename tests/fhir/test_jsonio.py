@@ -47,3 +47,18 @@ def test_the_fast_encoder_writes_what_the_standard_library_writes():
 
 def test_what_the_fast_encoder_refuses_is_still_written():
     assert dumps({"n": 2**70}) == '{"n":1180591620717411303424}'
+
+
+def test_the_published_bytes_are_the_text_in_utf8():
+    """dump_bytes (what the workers publish and send) is dumps in UTF-8: decimals, markers, the fallback too."""
+    from pathlib import Path
+
+    from hub.fhir.jsonio import content_hash, dump_bytes
+
+    data = Path(__file__).parents[1] / "data"
+    docs = [loads(line) for f in sorted(data.glob("*/expected/*.ndjson")) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    docs += [{"a": "\u2028\u2029\x00\x1f\"\\中𝄞", "b": [Decimal("1.50"), Decimal("NaN"), Decimal("-1E-7")], "c": "\u0001dec:1"},
+             {"n": 2**70, "t": "张三"}]
+    for doc in docs:
+        assert dump_bytes(doc) == dumps(doc).encode()
+        assert content_hash(dump_bytes(doc)) == content_hash(dumps(doc))

@@ -101,6 +101,43 @@ def test_a_text_scanned_upstream_skips_only_its_own_column_of_the_batch_scan(lak
     assert [h.kind for h in exc.value.hits] == ["mobile"]
 
 
+def test_a_resource_sent_as_utf8_bytes_is_scanned_unless_marked_and_never_hides_a_row(lake):
+    """The workers send each resource as its UTF-8 bytes: the writer's scan reads those rows like text,
+    a flush of marked and unmarked rows scans exactly the unmarked ones, and the finding names its row."""
+    icat, _, _ = lake
+    table = ensure_table(icat, "recognition", "Observation")
+    pub = _publication(lake)
+    writer = pub.table_writer(table, "inst-a", "k1")
+    for i in range(1, 40):
+        row = _row(_resource(i, valueString=f"结果{i}"), pub.id)
+        writer.add({**row, "resource": row["resource"].encode()}, text_scanned=True)
+    hidden = _row(_resource(40, **SURVIVOR), pub.id)
+    writer.add({**hidden, "resource": hidden["resource"].encode()})  # not scanned upstream
+    with pytest.raises(LeakBlocked) as exc:
+        writer.flush()
+    pub.abort()
+    assert [(h.kind, h.where) for h in exc.value.hits] == [("mobile", f"recognition.observation.resource[id={40:032x}]")]
+
+
+def test_texts_and_their_utf8_bytes_become_the_same_arrow_column():
+    """_to_arrow builds the resource column from str or bytes alike, in slices, NUL-free or not, and
+    refuses bytes that are not UTF-8; a slice whose text exceeds 32-bit offsets is cut smaller."""
+    from hub.lakehouse import writer
+
+    texts = [dumps(_resource(i, valueString="张三\u0000" * (i % 4))) for i in range(300)]
+    rows = [{**_row(json.loads(t)), "resource": t.encode() if i % 2 else t} for i, t in enumerate(texts)]
+    expected = pa.Table.from_pylist([{**r, "resource": t} for r, t in zip(rows, texts, strict=True)], schema=ARROW_SCHEMA)
+    assert writer._to_arrow(list(rows), chunk=64).equals(expected)
+    with pytest.raises(pa.ArrowInvalid):
+        writer._text_column([b"{}", b"\xff"])
+    small = writer._MAX_OFFSET
+    try:
+        writer._MAX_OFFSET = 3 * max(len(t.encode()) for t in texts)
+        assert writer._to_arrow(list(rows), chunk=64).equals(expected)
+    finally:
+        writer._MAX_OFFSET = small
+
+
 def test_research_table_replace_blocks_the_survivor_and_keeps_the_previous_release(lake):
     icat, engine, _ = lake
     table = ensure_table(icat, "research", "Observation")
