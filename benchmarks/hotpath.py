@@ -119,6 +119,10 @@ def measure_stages(ws: Path) -> dict:
     from deid.engine import UnknownModifierExtension, patient_pseudonym
     from hub.fhir.ids import source_key_hash
     from hub.fhir.jsonio import content_hash, dumps
+    try:  # the JSON in UTF-8, as prepare makes it since 2026-12-02 (a tree from before writes text)
+        from hub.fhir.jsonio import dump_bytes as dumps  # noqa: F811
+    except ImportError:
+        pass
     from hub.lakehouse.tables import effective_time, primary_code
     from hub.prepare import TASK_ROWS, _patient_ref, _updated_at
 
@@ -168,7 +172,8 @@ def measure_stages(ws: Path) -> dict:
                         continue
                     t5 = clock()
                     spent["deid"] += t5 - t4
-                    text = dumps(clean)
+                    data = dumps(clean)
+                    text = data.decode() if isinstance(data, bytes) else data
                     t6 = clock()
                     spent["json"] += t6 - t5
                     found = prep.scanner.record(text, prep._must_not_appear(compiled, known, row), block.table)
@@ -177,7 +182,7 @@ def measure_stages(ws: Path) -> dict:
                     if found.hits:
                         continue
                     is_patient = block.resource == "Patient"
-                    (clean["id"], content_hash(text), primary_code(clean), effective_time(clean, mapping.timezone),
+                    (clean["id"], content_hash(data), primary_code(clean), effective_time(clean, mapping.timezone),
                      None if is_patient else _patient_ref(clean), patient_pseudonym(clean) if is_patient else None,
                      _updated_at(row[wm_index], mapping) if wm_index is not None else None,
                      compiled.birth_times(clean) if compiled.birth_checked and not is_patient else ())
