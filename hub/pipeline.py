@@ -395,6 +395,7 @@ class _BlockPublish:
         rejected: list[quarantine.QuarantinedRow] = []
         published_hashes: list[str] = []
         now = dt.datetime.now(dt.UTC)
+        mapping_label, ruleset_label, scanned_upstream = mapping.label, run.ruleset.label, run.pool.scans_for(run.publication)
         seen_before, batch_keys = self.seen.has(item.source_key_hash for item in batch.items), set()
         for row, item in zip(batch.rows, batch.items, strict=True):
             count.rows_read += 1
@@ -438,10 +439,10 @@ class _BlockPublish:
                 "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
                 "resource": item.data, "content_hash": item.hash,
                 "source_system": mapping.system, "source_table": block.table,
-                "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": mapping.label,
-                "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,
+                "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": mapping_label,
+                "ruleset_version": ruleset_label, "key_id": run.keys.key_id, "published_at": now,
                 "source_updated_at": item.source_updated_at, "source_row_hash": self.row_hash_of.pop(item.source_key_hash, None),
-            }, text_scanned=item.scanned and run.pool.scans_for(run.publication))
+            }, text_scanned=item.scanned and scanned_upstream)
             count.published += 1
             published_hashes.append(item.source_key_hash)
         self.seen.add(batch_keys)

@@ -274,6 +274,7 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
     present: set[tuple[str, str]] = set()
     published_ids: dict[str, set[str]] = {}
     scanned_by_run = run.pool.scans_for(run.publication)  # the preparer's per-line scan is the publication's own
+    mapping_version, ruleset_label = f"fhir-ndjson@{hub.__version__}", run.ruleset.label  # the same on every row
     moves = []
     for sf in discover(feed.path):
         start, state = plan_file(run.engine, run.inst.id, feed.name, sf, full)
@@ -344,8 +345,8 @@ def publish_feed(run, feed: Feed, *, full: bool = False, batch_lines: int = 2000
                     "patient": pseudonym, "code": item.code, "effective_time": item.effective_time,
                     "resource": item.data, "content_hash": item.hash,
                     "source_system": label, "source_table": sf.rel,
-                    "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": f"fhir-ndjson@{hub.__version__}",
-                    "ruleset_version": run.ruleset.label, "key_id": run.keys.key_id, "published_at": now,
+                    "source_key_hash": item.source_key_hash, "run_id": run.run_id, "mapping_version": mapping_version,
+                    "ruleset_version": ruleset_label, "key_id": run.keys.key_id, "published_at": now,
                     "source_updated_at": None, "source_row_hash": line_hash,
                 }, text_scanned=item.scanned and scanned_by_run)
                 count.published += 1
