@@ -119,10 +119,10 @@ def measure_stages(ws: Path) -> dict:
     from deid.engine import UnknownModifierExtension, patient_pseudonym
     from hub.fhir.ids import source_key_hash
     from hub.fhir.jsonio import content_hash, dumps
-    try:  # the JSON in UTF-8, as prepare makes it since 2026-12-02 (a tree from before writes text)
-        from hub.fhir.jsonio import dump_bytes as dumps  # noqa: F811
+    try:  # the JSON in UTF-8, as prepare makes it since 2026-12-02 (third); a tree from before makes text
+        from hub.fhir.jsonio import dump_bytes as serialise
     except ImportError:
-        pass
+        serialise = dumps
     from hub.lakehouse.tables import effective_time, primary_code
     from hub.prepare import TASK_ROWS, _patient_ref, _updated_at
 
@@ -172,7 +172,7 @@ def measure_stages(ws: Path) -> dict:
                         continue
                     t5 = clock()
                     spent["deid"] += t5 - t4
-                    data = dumps(clean)
+                    data = serialise(clean)
                     text = data.decode() if isinstance(data, bytes) else data
                     t6 = clock()
                     spent["json"] += t6 - t5

@@ -506,27 +506,30 @@ class KnownValues:
 
     def spans(self, folded: str, compact: bytes | None = None) -> list[tuple[int, int, str]]:
         """(start, end, compact value) of every known value in an already folded text
-        (compact: _compact(folded), when the caller has it). The forms are looked for in the UTF-8
-        bytes of the compact text: a form in UTF-8 is found only where a character starts (no
-        character's encoding starts inside another's), so the matches are those of the text."""
+        (compact: _compact(folded) in UTF-8, when the caller has it). Until a form is found, the
+        forms are looked for in those bytes (bytes.find; in a str holding Chinese, UCS-2, str.find
+        widens each form first): a form in UTF-8 is found only where a character starts, so it is in
+        the bytes when it is in the text. From the first one found (in 2 % of documents), they are
+        looked for in the decoded text, where a match's position is its character."""
         if not self._keys:
             return []
         if compact is None:
             compact = _compact(folded)
         kept: list[int] | range = range(0)
-        chars: str | None = None  # the compact text, once a form is found
+        chars: str | None = None  # the compact text, once a form is in it
         out = []
         for key, encoded, before, after in self._keys:
-            i = compact.find(encoded)
+            if chars is None:
+                if encoded not in compact:
+                    continue
+                chars = compact.decode("utf-8", "surrogatepass")
+                kept = range(len(folded)) if len(chars) == len(folded) else [m.start() for m in _KNOWN_KEPT.finditer(folded)]
+            i = chars.find(key)
             while i >= 0:
-                if chars is None:
-                    chars = compact.decode("utf-8", "surrogatepass")
-                    kept = range(len(folded)) if len(chars) == len(folded) else [m.start() for m in _KNOWN_KEPT.finditer(folded)]
-                at = i if len(chars) == len(compact) else len(compact[:i].decode("utf-8", "surrogatepass"))
-                start, end = kept[at], kept[at + len(key) - 1] + 1
+                start, end = kept[i], kept[i + len(key) - 1] + 1
                 if _edge_free(folded, start - 1, -1, before) and _edge_free(folded, end, 1, after):
                     out.append((start, end, key))
-                i = compact.find(encoded, i + 1)
+                i = chars.find(key, i + 1)
         return out
 
 

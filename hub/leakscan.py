@@ -184,13 +184,21 @@ def _arrow_suspects(column: pa.ChunkedArray | pa.Array, known: identifiers.Known
     """What identifiers.hex_suspects(distinct non-null values of column) gives, in Arrow: the distinct values
     in order of first appearance; of a column whose every value is lowercase hex of 16 characters or more
     only those holding 17 digits in a row or a form of a known value made of hex characters.
-    (tests/test_leakscan_arrow.py holds the two to the same answer.)"""
+    (tests/test_leakscan_hex_columns.py holds the two to the same answer.)"""
     values = pc.drop_null(column)
     if len(values) and pc.all(pc.match_substring_regex(values, identifiers.HEX_VALUE_PATTERN)).as_py():
-        # one pass: the forms are made of hex characters only, nothing in them is special to RE2
-        wanted = "|".join((identifiers.ID_DIGITS_PATTERN, *known.forms_of(identifiers.HEX_DIGITS)))
-        values = values.filter(pc.match_substring_regex(values, wanted))
+        # one RE2 alternation per group of forms (made of hex characters only: nothing in them is special
+        # to RE2), small enough for RE2 to compile: tens of thousands of canaries make one pattern too large
+        patterns = [identifiers.ID_DIGITS_PATTERN, *known.forms_of(identifiers.HEX_DIGITS)]
+        keep = None
+        for at in range(0, len(patterns), _FORMS_PER_PATTERN):
+            found = pc.match_substring_regex(values, "|".join(patterns[at:at + _FORMS_PER_PATTERN]))
+            keep = found if keep is None else pc.or_(keep, found)
+        values = values.filter(keep)
     return pc.unique(values).to_pylist()
+
+
+_FORMS_PER_PATTERN = 2_000  # RE2 refused one alternation of ~40,000 ID-number forms (a review)
 
 
 def _rows_holding(values: list | pa.ChunkedArray | pa.Array, wanted: set[str]) -> list[tuple[int, str]]:
@@ -201,7 +209,7 @@ def _rows_holding(values: list | pa.ChunkedArray | pa.Array, wanted: set[str]) -
     return [(i, t) for i, v in enumerate(values) if v is not None and (t := v if isinstance(v, str) else str(v)) in wanted]
 
 
-def _value_at(values: list | pa.ChunkedArray, i: int):
+def _value_at(values: list | pa.ChunkedArray | pa.Array, i: int):
     return values[i].as_py() if isinstance(values, pa.ChunkedArray | pa.Array) else values[i]
 
 
@@ -482,11 +490,15 @@ class Scanner:
         cols: dict[str, pa.ChunkedArray] = {}
         for name in table.column_names:
             column = table.column(name)
+            if pa.types.is_dictionary(column.type):  # a file may store a column dictionary-encoded: its values are scanned
+                column = column.cast(column.type.value_type)
+            if pa.types.is_string_view(column.type):
+                column = column.cast(pa.string())
             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 cols[name] = column
             elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
                 cols[name] = pc.cast(column, pa.string())
-        ids = table.column("id") if "id" in table.column_names and pa.types.is_string(table.schema.field("id").type) else None
+        ids = cols.get("id")
         return self.columns(cols, where, ids=ids, **kw)
 
     def rows(self, rows: list[dict], where: str, **kw) -> ScanResult:

@@ -203,3 +203,14 @@ def test_known_values_found_in_the_utf8_compact_text_are_those_of_the_text(text)
     known = ids.known_values_of(KNOWN)
     folded, compact, _data = ids._folds(text)
     assert known.spans(folded, compact) == known.spans(folded) == _reference_spans(known, folded)
+
+
+def test_a_long_text_with_many_known_values_is_read_in_one_pass():
+    """Every occurrence is found, at its characters, and the search stays linear: the positions come from
+    the decoded text once a form is found (a review measured 12 s for this text when each hit decoded the
+    bytes before it)."""
+    text = "患者张伟，" * 64_000
+    known = ids.known_values_of(("张伟",))
+    folded, compact, _data = ids._folds(text)
+    spans = known.spans(folded, compact)
+    assert len(spans) == 64_000 and spans[1] == (7, 9, "张伟") and spans == _reference_spans(known, folded)

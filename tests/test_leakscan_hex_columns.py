@@ -8,6 +8,7 @@ identifier planted in such a column, in the row it is in, exactly as the full sc
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 
@@ -166,3 +167,30 @@ def test_planted_identifiers_in_an_arrow_table_are_found_in_their_rows(scanner):
     assert {h.where for h in fast.hits} == {f"t.content_hash[id={ids[5]}]", f"t.patient[id={ids[700]}]",
                                             f"t.note[id={ids[2999]}]"}
     assert fast.rows == n
+
+
+def test_tens_of_thousands_of_canaries_still_scan_a_hex_column():
+    """The hex forms of the known values are matched by RE2 alternations of a bounded size: one
+    alternation of ~40,000 ID-number forms is more than RE2 compiles (a review found the sink then
+    refused every publication)."""
+    draw = random.Random(7)  # varied IDs: RE2 folds the common prefixes of similar ones
+    ids = [_valid_id(birth=f"{draw.randint(1940, 2010)}{draw.randint(1, 12):02d}{draw.randint(1, 28):02d}",
+                     area=f"{draw.randint(110000, 659999)}", seq=f"{draw.randint(0, 999):03d}") for _ in range(45_000)]
+    ids = [v for v in ids if not v.endswith("X")]
+    scanner = Scanner(frozenset(ids))
+    column = [_plain_hex(32) for _ in range(50)] + [_plain_hex(5) + ids[-1] + _plain_hex(9)]
+    found = scanner.arrow(pa.table({"id": column}), "t").hits
+    assert [h.where for h in found] == [f"t.id[id={column[-1]}]"]
+
+
+def test_a_dictionary_encoded_column_is_scanned_by_its_values(scanner, tmp_path):
+    """A Parquet file may store a column dictionary-encoded (an insider rewriting a published file, or
+    another writer): the scan reads its values, as it reads a plain column's."""
+    import pyarrow.parquet as pq
+
+    notes = pa.array(["ok", "call 13800138000", "ok"]).dictionary_encode()
+    path = tmp_path / "part.parquet"
+    pq.write_table(pa.table({"id": [_plain_hex(32) for _ in range(3)], "note": notes}), path)
+    assert pa.types.is_dictionary(pq.read_table(path).schema.field("note").type)
+    found = scanner.files([path]).hits
+    assert [h.kind for h in found] == ["canary"] and found[0].where.startswith(f"{path}.note[id=")

@@ -44,8 +44,9 @@ def dumps(resource: dict, indent: int | None = None) -> str:
     Compact text comes from orjson (byte-identical to the standard library's here, 4x faster:
     tests/fhir/test_jsonio.py compares them); what orjson refuses (integers beyond 64 bits, keys
     that are not strings) falls back to the standard library."""
-    if indent is None and (data := _compact(resource)) is not None:
-        return data.decode()
+    if indent is None and (data := _orjson(resource)) is not None:
+        text = data.decode()
+        return _MARK_RE.sub(r"\1", text) if _MARK_JSON in text else text
     separators = (",", ":") if indent is None else (",", ": ")
     text = json.dumps(resource, default=_default, ensure_ascii=False, separators=separators, sort_keys=True, indent=indent)
     return _MARK_RE.sub(r"\1", text)
@@ -54,21 +55,22 @@ def dumps(resource: dict, indent: int | None = None) -> str:
 def dump_bytes(resource: dict) -> bytes:
     """dumps(resource) in UTF-8, as orjson writes it: what the workers publish and send to the
     parent (bytes cross a pipe and enter Arrow without being encoded again)."""
-    data = _compact(resource)
-    return data if data is not None else dumps(resource).encode()
-
-
-def _compact(resource: dict) -> bytes | None:
-    """The compact text in UTF-8 by orjson, or None when orjson refuses the resource."""
-    try:
-        data = orjson.dumps(resource, default=_fragment, option=orjson.OPT_SORT_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        return None
+    data = _orjson(resource)
+    if data is None:
+        return dumps(resource).encode()
     if _MARK_JSON_BYTES in data:
         return _MARK_RE_BYTES.sub(rb"\1", data)
     # orjson's bytes keep the capacity they were written into (~4 KB for a 1 KB resource): a resource
     # held until its flush is held as an exact copy (100,000 of them: 393 -> 88 MiB)
     return bytes(memoryview(data))
+
+
+def _orjson(resource: dict) -> bytes | None:
+    """The compact text in UTF-8 by orjson (decimals still marked), or None when orjson refuses the resource."""
+    try:
+        return orjson.dumps(resource, default=_fragment, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None
 
 
 def loads(text: str) -> dict:

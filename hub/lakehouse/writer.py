@@ -602,7 +602,7 @@ def _text_column(values: list[str | bytes]) -> pa.Array | None:
     the str), and bytes into a string array slowly. None when the texts exceed the array's 32-bit offsets."""
     if any(v is None for v in values):
         return pa.array([v.decode() if type(v) is bytes else v for v in values], pa.string())
-    data = [v if type(v) is bytes else v.encode() for v in values]
+    data = [v.encode() if type(v) is str else bytes(v) for v in values]
     offsets = list(itertools.accumulate(map(len, data), initial=0))
     if offsets[-1] > _MAX_OFFSET:
         return None

@@ -130,6 +130,7 @@ def test_texts_and_their_utf8_bytes_become_the_same_arrow_column():
     assert writer._to_arrow(list(rows), chunk=64).equals(expected)
     with pytest.raises(pa.ArrowInvalid):
         writer._text_column([b"{}", b"\xff"])
+    assert writer._text_column([bytearray(b"{}"), memoryview(b"[]"), "{}"]).to_pylist() == ["{}", "[]", "{}"]
     small = writer._MAX_OFFSET
     try:
         writer._MAX_OFFSET = 3 * max(len(t.encode()) for t in texts)
