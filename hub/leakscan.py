@@ -209,6 +209,20 @@ def _rows_holding(values: list | pa.ChunkedArray | pa.Array, wanted: set[str]) -
     return [(i, t) for i, v in enumerate(values) if v is not None and (t := v if isinstance(v, str) else str(v)) in wanted]
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A binary column as text: UTF-8 as it is; anything else decoded leniently (an invalid byte becomes U+FFFD,
+    which parts no digits a reader would see joined)."""
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.chunked_array([pa.array([None if v is None else bytes(v).decode("utf-8", "replace") for v in column.to_pylist()],
+                                          pa.string())])
+
+
 def _value_at(values: list | pa.ChunkedArray | pa.Array, i: int):
     return values[i].as_py() if isinstance(values, pa.ChunkedArray | pa.Array) else values[i]
 
@@ -494,6 +508,8 @@ class Scanner:
                 column = column.cast(column.type.value_type)
             if pa.types.is_string_view(column.type):
                 column = column.cast(pa.string())
+            elif _is_binary(column.type):  # text stored as bytes (a rewritten file): read as a reader decoding it would show it
+                column = _as_text(column)
             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 cols[name] = column
             elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):

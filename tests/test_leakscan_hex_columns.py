@@ -194,3 +194,17 @@ def test_a_dictionary_encoded_column_is_scanned_by_its_values(scanner, tmp_path)
     assert pa.types.is_dictionary(pq.read_table(path).schema.field("note").type)
     found = scanner.files([path]).hits
     assert [h.kind for h in found] == ["canary"] and found[0].where.startswith(f"{path}.note[id=")
+
+
+def test_text_stored_as_bytes_is_scanned_as_text(scanner, tmp_path):
+    """A published file rewritten with its text as a binary column (UTF-8, or not quite) is read as the
+    text a reader would decode: a number in it is found, named by row."""
+    import pyarrow.parquet as pq
+
+    rows = [_plain_hex(32) for _ in range(3)]
+    for notes, kind in ((pa.array([b"ok", "电话 13800138000".encode(), None], pa.binary()), "canary"),
+                        (pa.array([b"ok", b"\xff" + "身份证 ".encode() + _valid_id().encode(), b"ok"], pa.large_binary()), "resident-id")):
+        path = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"id": rows, "note": notes}), path)
+        found = scanner.files([path]).hits
+        assert [(h.kind, h.where) for h in found] == [(kind, f"{path}.note[id={rows[1]}]")]
