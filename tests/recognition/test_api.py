@@ -85,6 +85,7 @@ def test_errors_and_metadata(served):
 def test_decisions_are_recorded_and_every_query_is_logged_without_identifiers(served):
     region, client, tokens = served
     t = {"Authorization": f"Bearer {tokens['city-first']}"}
+    assert _get(client, tokens["beishan-chc"], requester="city-first").status_code == 403  # a refused query, logged too
     result = _get(client, tokens["city-first"]).json()["entry"][0]["fullUrl"]
     assert client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest"}, headers=t).status_code == 400
     ok = client.post("/fhir/recognition-decision", json={"resource": result, "decision": "retest", "reason": "condition-changed"}, headers=t)
