@@ -963,11 +963,13 @@ def _in_hex_token(text: str, start: int, end: int) -> bool:
     return right - left >= 16
 
 
-_HEX_LINES = re.compile(r"[0-9a-f]{16,}(?:\n[0-9a-f]{16,})*")
-_ID_DIGITS = b"0" * 17  # an 18-character ID in hex has 18 digits in a row (its check character x is no hex): 17 is a margin
+_HEX_VALUE = "[0-9a-f]{16,}"  # a value hex_suspects may leave out is lowercase hex of 16 characters or more
+_ID_RUN = 17  # an 18-character ID in hex has 18 digits in a row (its check character x is no hex): 17 is a margin
+_HEX_LINES = re.compile(rf"{_HEX_VALUE}(?:\n{_HEX_VALUE})*")
+_ID_DIGITS = b"0" * _ID_RUN
 # hex_suspects' two tests of one value, as RE2 patterns for a column in Arrow (hub.leakscan._arrow_suspects)
-HEX_VALUE_PATTERN = "^[0-9a-f]{16,}$"
-ID_DIGITS_PATTERN = "[0-9]{17}"
+HEX_VALUE_PATTERN = f"^{_HEX_VALUE}$"
+ID_DIGITS_PATTERN = f"[0-9]{{{_ID_RUN}}}"
 HEX_DIGITS = _HEX
 
 
