@@ -88,6 +88,7 @@ from hub.lakehouse.positions import (
 )
 from hub.lakehouse.rowindex import COLUMNS, LOCATION, Busy, KeySet, PublishedRows
 from hub.lakehouse.tables import ARROW_SCHEMA
+from hub.memory import release_freed_memory
 
 T = TypeVar("T")
 
@@ -406,6 +407,8 @@ class TableWriter:
         self._staged.add(entry[0] for entry in published)
         index.upsert((*entry, *places[entry[0]]) for entry in published)
         self.written += len(published)
+        del data, published, places
+        release_freed_memory()  # the flush's rows and tables are freed: give their pages back (hub/memory.py)
 
     def _write_files(self, data: pa.Table) -> dict[str, tuple[int, int]]:
         """Write data as Parquet data files of the table, not yet part of it: commit() appends every file of
