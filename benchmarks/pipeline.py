@@ -39,6 +39,7 @@ import sqlalchemy as sa
 
 from deid.keys import Keyring
 from hub.demo.generator import generate_region
+from hub.memory import with_system_arrow_pool
 from hub.pipeline import FLUSH_ROWS, run_institution
 from hub.prepare import default_workers
 from hub.region import load_region
@@ -166,7 +167,8 @@ def main() -> None:
 
     cmd = [sys.executable, __file__, "--hub-only", "--workspace", str(ws), "--workers", str(args.workers or default_workers()),
            "--flush-rows", str(args.flush_rows)]
-    hub = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    hub = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                    env=with_system_arrow_pool()).stdout.splitlines()[-1])  # as the hub command runs
     read, published, quarantined, hub_s, hub_cpu = hub["read"], hub["published"], hub["quarantined"], hub["wall_s"], hub["cpu_s"]
     ratio = (read / hub_s) / (copied / base_s)
     print(f"hub       end to end, {hub['workers']} worker(s): {read} source rows -> {published} resources published, "

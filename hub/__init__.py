@@ -1,9 +1,6 @@
 """hub: a regional health data interchange hub (HIS/LIS to a de-identified FHIR lakehouse)."""
 
 from hub.compiled import install_guard
-from hub.memory import prefer_system_arrow_pool
-
-prefer_system_arrow_pool()  # before anything imports pyarrow (hub/memory.py)
 
 __version__ = "0.1.0"
 

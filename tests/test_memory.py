@@ -16,28 +16,54 @@ from tests.lakehouse.test_sink import _publication, _resource, _row
 
 lake = test_sink.lake  # the fixture: a catalog, a run record and a signing key in tmp_path
 
-_POOL = "import hub, pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+_POOL = "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
 
 
-def _pool(env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-c", _POOL], env=env, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+def _run(code: str, env: dict[str, str] | None = None) -> list[str]:
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != memory.ARROW_POOL_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
-def test_importing_hub_makes_the_system_allocator_arrows_pool():
-    env = {k: v for k, v in os.environ.items() if k != memory.ARROW_POOL_ENV}
-    assert _pool(env) == "system"
+_CLI = "import sys; from hub import cli; sys.argv = ['hub', 'compiled', 'status']\ntry:\n    cli.main()\nexcept SystemExit:\n    pass\n"
 
 
-def test_a_pool_the_environment_names_is_kept():
-    assert _pool({**os.environ, memory.ARROW_POOL_ENV: "mimalloc"}) == "mimalloc"
+def test_the_hub_command_makes_the_system_allocator_arrows_pool():
+    assert _run(_CLI + _POOL)[-1] == "system"
+
+
+def test_the_dagster_code_location_makes_the_system_allocator_arrows_pool():
+    assert _run("import dagster_project.definitions; " + _POOL) == ["system"]
+
+
+def test_hub_imported_as_a_library_leaves_the_pool_alone():
+    """Reading the lakehouse from a notebook: no variable set, Arrow's own default (reads measured faster there)."""
+    assert _run("import os, hub.lakehouse.tables, hub.pipeline; print(os.environ.get('ARROW_DEFAULT_MEMORY_POOL')); " + _POOL) \
+        == ["None", _run(_POOL)[0]]
+
+
+def test_a_pool_the_environment_names_is_kept_and_an_empty_one_is_not_a_choice():
+    assert _run(_CLI + _POOL, {**os.environ, memory.ARROW_POOL_ENV: "mimalloc"})[-1] == "mimalloc"
+    assert _run(_CLI + _POOL, {**os.environ, memory.ARROW_POOL_ENV: ""})[-1] == "system"
+
+
+def test_a_process_that_imported_pyarrow_already_is_left_as_it_is():
+    """Its pool is chosen; setting the variable then would put the processes it starts on another pool."""
+    code = "import os, pyarrow\nfrom hub import memory\nprint(memory.prefer_system_arrow_pool(), os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))"
+    assert _run(code) == ["False", "None"]
 
 
 def test_the_variable_reaches_child_processes():
+    code = _CLI + f"import subprocess; subprocess.run([sys.executable, '-c', {_POOL!r}], check=True)"
+    assert _run(code)[-1] == "system"
+
+
+def test_a_measured_run_gets_the_pool_the_command_would():
     env = {k: v for k, v in os.environ.items() if k != memory.ARROW_POOL_ENV}
-    code = f"import hub, os, subprocess, sys; subprocess.run([sys.executable, '-c', {_POOL!r}], check=True)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "system"
+    assert memory.with_system_arrow_pool(env)[memory.ARROW_POOL_ENV] == "system"
+    assert memory.with_system_arrow_pool({**env, memory.ARROW_POOL_ENV: "jemalloc"})[memory.ARROW_POOL_ENV] == "jemalloc"
+    assert memory.ARROW_POOL_ENV not in env  # a copy
 
 
 _TRIM = """
@@ -76,14 +102,14 @@ def test_a_flush_gives_its_pages_back_once_its_rows_are_staged(lake, monkeypatch
     from hub.lakehouse import writer
 
     calls = []
-    monkeypatch.setattr(writer, "release_freed_memory", lambda: calls.append(True) or True)
     icat, _, _ = lake
     pub = _publication(lake)
     w = pub.table_writer(ensure_table(icat, "recognition", "Observation"), "inst-a", "k1")
+    monkeypatch.setattr(writer, "release_freed_memory", lambda: calls.append((w.written, w.pending)) or True)
     for i in range(1, 51):
         w.add(_row(_resource(i), pub.id))
     w.flush()
-    assert calls == [True] and w.written == 50
+    assert calls == [(50, 0)]  # after the rows were written and the buffer emptied
     w.flush()  # nothing buffered: nothing freed
-    assert calls == [True]
+    assert calls == [(50, 0)]
     pub.abort()

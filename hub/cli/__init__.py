@@ -35,7 +35,9 @@ def main() -> None:
     (see hub.cli.errors); ``hub --debug`` adds the traceback."""
     from hub.cli.base import debug
     from hub.cli.errors import report
+    from hub.memory import prefer_system_arrow_pool
 
+    prefer_system_arrow_pool()  # the commands import pyarrow when they run, not before (hub/memory.py)
     try:
         app()
     except Exception as exc:  # the last line of defence: one line, never a rich traceback

@@ -391,6 +391,7 @@ class TableWriter:
             rows.append(row)
         scanned, self._buffer, self._scanned = self._scanned, {}, set()
         if not rows:
+            release_freed_memory()  # the buffer held only unchanged or stale rows: freed, give their pages back
             return
         rows.sort(key=_file_order)  # the table's sort order, in Python: Arrow's sort_by would hold a second copy
         published = [(row["id"], row["content_hash"], row.get("source_updated_at"), row["source_key_hash"], row["source_table"],
